@@ -8,7 +8,10 @@ raises ``LocalProtocolError``)::
 Records on the wire (``protocol.framing``) during HANDSHAKE are cleartext and
 start with a kind byte: ``H`` a Noise message (the initiator's first one is
 prefixed by ``RN``, the wire major and the cipher it picked), ``R`` a reject
-(code byte + reason) the responder sends before closing.  After the handshake
+(code byte + reason) the responder sends before closing, ``A`` the responder's
+accept after message 3 authenticated.  The initiator stays in HANDSHAKE until
+``A`` or ``R`` arrives, so a wrong token reaches it as a typed reject rather
+than as an undecryptable record.  After the handshake
 every record is ciphertext whose plaintext starts with ``C`` (a control
 message, msgpack) or ``B`` (bulk data: u32 stream id + at most 64 KiB).
 
@@ -301,6 +304,10 @@ class PeerConnection:
                 code = RejectCode.FAILED
             reason = rest[1:].decode("utf-8", "replace")
             raise PeerRejected(code, reason, self.remote_static)
+        if kind == b"A":
+            if not self.initiator or self._hs is None or not self._hs.complete:
+                raise RemoteProtocolError("unexpected accept record")
+            return self._complete(self._hs)
         if kind != b"H":
             raise RemoteProtocolError(f"expected a handshake record, got kind {kind!r}")
         if self._hs is None:
@@ -309,6 +316,8 @@ class PeerConnection:
             rest = self._accept_first(rest)
         hs = self._hs
         assert hs is not None
+        if hs.complete:
+            raise RemoteProtocolError("a handshake message after the handshake completed")
         try:
             payload = hs.read_message(rest)
         except WrongPsk:
@@ -325,9 +334,11 @@ class PeerConnection:
             self.remote_hint = _parse_hint(payload)
             self._queue_record(b"H" + hs.write_message(self._hint))
             return None
-        if hs.step == 2:  # initiator read message 2
+        if hs.step == 2:  # initiator read message 2; wait for the accept
             self.remote_hint = _parse_hint(payload)
             self._queue_record(b"H" + hs.write_message(b""))
+            return None
+        self._queue_record(b"A")  # responder: message 3 authenticated
         return self._complete(hs)
 
     def _accept_first(self, rest: bytes) -> bytes:

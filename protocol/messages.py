@@ -32,7 +32,8 @@ class Hello(Message):
     listen: list[str] = field(default_factory=list)  #: "host:port" we accept peers on
     sharing: bool = True  #: offers its cores to the farm
     features: list[str] = field(default_factory=list)
-    mac: str = ""
+    mac: str = ""  #: hardware address, for Wake-on-LAN
+    boot: str = ""  #: random per daemon start: tells a restarted peer from a duplicate
 
 
 @register

@@ -1,0 +1,162 @@
+"""Control-socket methods for membership (status, machines, config, logs).
+
+Each method takes the caller and the request's argument map, checks the
+arguments (BadRequest says what is wrong) and returns plain data.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from protocol.enums import MachineList, Output
+from protocol.verification import VerificationBits
+
+from .config import Preferences
+from .control import Caller, Method
+from .errors import BadRequest, NotFound
+from .identity import Identity
+from .machines import Machine
+from .peers import Peers
+
+console_log = logging.getLogger("rendernode.console")
+
+
+def _arg(args: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    value = args.get(name, default)
+    if value is None and default is None:
+        return None
+    if kind is int and isinstance(value, bool):
+        raise BadRequest(f"argument {name!r} must be an integer")
+    if not isinstance(value, kind):
+        raise BadRequest(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+class MembershipApi:
+    """status, machines, machine_add/remove, config, machine log, console output."""
+
+    def __init__(self, prefs: Preferences, ident: Identity, peers: Peers) -> None:
+        self.prefs = prefs
+        self.ident = ident
+        self.peers = peers
+        self.role: dict[str, Any] = {"role": "worker", "term": 0, "server": None}
+
+    def methods(self) -> dict[str, Method]:
+        """Name -> coroutine function, for the control server."""
+        return {
+            "status": self.status,
+            "machines": self.machines,
+            "machine_add": self.machine_add,
+            "machine_remove": self.machine_remove,
+            "config": self.config,
+            "add_log_to_machine": self.add_log_to_machine,
+            "console": self.console,
+        }
+
+    async def status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """GetUuid, GetName, role, term and server."""
+        return {
+            "uuid": self.ident.uuid,
+            "name": self.prefs.name,
+            **self.role,
+            "build_id": self.peers.local.build_id,
+            "arch": self.peers.local.arch,
+            "listen": self.peers.advertised,
+            "online_peers": len(self.peers.sessions),
+            "caller": caller.user,
+        }
+
+    async def machines(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """GetAllMachineUuids / GetMachinesList with the seed's filters."""
+        which = MachineList(_arg(args, "list", int, int(MachineList.MACHINELIST_ALL)) & 3)
+        bits = _arg(args, "bits", int, 0)
+        include_local = _arg(args, "include_local", bool, True)
+        include_discovered = _arg(args, "include_discovered", bool, True)
+        only = _arg(args, "uuid", str, "")
+        log_count = _arg(args, "log", int, 0)
+        rows = [self._local_row(), *(m for m in self.peers.table.all() if not m.local)]
+        out = []
+        for row in rows:
+            if only and row.uuid != only and not row.uuid.startswith(only):
+                continue
+            if row.local and not include_local:
+                continue
+            if not include_discovered and row.via == ["mdns"]:
+                continue
+            if row.online and not which & MachineList.MACHINELIST_ONLINE:
+                continue
+            if not row.online and not which & MachineList.MACHINELIST_OFFLINE:
+                continue
+            if row.bits & bits != bits:
+                continue
+            item = row.public()
+            if log_count:
+                item["log"] = self.peers.table.log_tail(row.uuid, log_count)
+            out.append(item)
+        if only and not out:
+            raise NotFound(f"no machine {only!r}; `rendernode machines` lists them")
+        return out
+
+    def _local_row(self) -> Machine:
+        bits = (VerificationBits.VERIFICATIONBIT_ONLINE | VerificationBits.VERIFICATIONBIT_VERIFIED
+                | VerificationBits.VERIFICATIONBIT_VERIFICATIONESTABLISHED)
+        if self.prefs.share:
+            bits |= VerificationBits.VERIFICATIONBIT_SHARED
+        if not self.peers.capabilities:
+            bits |= VerificationBits.VERIFICATIONBIT_NORENDERSUPPORT
+        return self.peers.table.update(
+            self.ident.uuid, via="local", name=self.prefs.name, online=True, bits=int(bits),
+            addresses=self.peers.advertised, build_id=self.peers.local.build_id,
+            arch=self.peers.local.arch, capabilities=self.peers.capabilities,
+            server_priority=self.prefs.server_priority,
+        )
+
+    async def machine_add(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """AddMachine(address, token, allowGui, uuidOfMachineToOverwrite)."""
+        address = _arg(args, "address", str)
+        if not address:
+            raise BadRequest("machine_add needs an address HOST[:PORT]")
+        replace = _arg(args, "replace", str, "")
+        target = self.peers.add_static(address, replace=replace)
+        return {"key": target.key, "uuid": target.uuid}
+
+    async def machine_remove(self, caller: Caller, args: dict[str, Any]) -> bool:
+        """Forget a machine (by UUID or static address)."""
+        which = _arg(args, "machine", str)
+        if not which:
+            raise BadRequest("machine_remove needs a UUID or address")
+        if which == self.ident.uuid:
+            raise BadRequest("this node cannot remove itself")
+        if not self.peers.remove(which):
+            raise NotFound(f"no machine {which!r}")
+        return True
+
+    async def config(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """GetNetPreferences: the effective values, never the token."""
+        return self.prefs.public()
+
+    async def add_log_to_machine(self, caller: Caller, args: dict[str, Any]) -> bool:
+        """AddLogToMachine(machineUuid, log)."""
+        uuid = _arg(args, "uuid", str) or self.ident.uuid
+        line = _arg(args, "line", str)
+        if line is None:
+            raise BadRequest("add_log_to_machine needs a line")
+        if uuid != self.ident.uuid and self.peers.table.get(uuid) is None:
+            raise NotFound(f"no machine {uuid!r}")
+        if uuid == self.ident.uuid:
+            self._local_row()
+        self.peers.table.log(uuid, f"[{caller.user}] {line}")
+        return True
+
+    async def console(self, caller: Caller, args: dict[str, Any]) -> bool:
+        """NetConsoleOutput(flags, value): to the daemon's log at the flag's level."""
+        flags = Output(_arg(args, "flags", int, int(Output.OUTPUT_DIAGNOSTIC)) & 0x1F)
+        text = _arg(args, "text", str, "")
+        level = logging.INFO
+        if flags & Output.OUTPUT_CRITICAL:
+            level = logging.CRITICAL
+        elif flags & Output.OUTPUT_WARNING:
+            level = logging.WARNING
+        console_log.log(level, "%s: %s", caller.user, text)
+        return True

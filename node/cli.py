@@ -1,0 +1,222 @@
+"""The ``rendernode`` command, built on ``node.client``.
+
+Every listing takes ``--json``.  Exit status is 0 on success; otherwise a
+one-line error goes to stderr and the status is non-zero.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from protocol.enums import MachineList
+from protocol.verification import parse_bits
+
+from .client import Client
+from .errors import NodeError
+
+
+def fail(reason: str, status: int = 1) -> NoReturn:
+    """Print a one-line error and exit."""
+    click.echo(f"rendernode: {reason}", err=True)
+    sys.exit(status)
+
+
+def emit(data: Any, as_json: bool, render: Any = None) -> None:
+    """Print ``data`` as JSON or through ``render``."""
+    if as_json or render is None:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        render(data)
+
+
+def client(ctx: click.Context) -> Client:
+    """The control-socket client for this invocation."""
+    return Client(ctx.obj.get("socket"))
+
+
+def json_option(f: Any) -> Any:
+    """Add ``--json`` to a command."""
+    return click.option("--json", "as_json", is_flag=True, help="print JSON")(f)
+
+
+class Main(click.Group):
+    """Turns NodeError into a one-line error and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NodeError as exc:
+            fail(exc.reason)
+        except ValueError as exc:
+            fail(str(exc), 2)
+
+
+@click.group(cls=Main)
+@click.option("--socket", envvar="RENDERNODE_SOCKET", help="control socket of the local daemon")
+@click.pass_context
+def main(ctx: click.Context, socket: str | None) -> None:
+    """rendernode: a peer-to-peer render farm."""
+    ctx.ensure_object(dict)
+    ctx.obj["socket"] = socket
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML preferences")
+@click.option("--state-dir", help="identity, database, chunk store")
+@click.option("--listen", help="HOST:PORT for peers (port 0 picks one)")
+@click.option("--mdns-interface", multiple=True, help="address to run mDNS on (repeatable)")
+@click.option("--no-mdns", is_flag=True, help="no mDNS: static peers only")
+@click.option("--name", help="name shown to users (default: hostname)")
+@click.option("--server-priority", type=int, help="0 = never server")
+@click.option("--peer", multiple=True, help="static peer HOST[:PORT] (repeatable)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def daemon(ctx: click.Context, config_path: str | None, state_dir: str | None, listen: str | None,
+           mdns_interface: tuple[str, ...], no_mdns: bool, name: str | None,
+           server_priority: int | None, peer: tuple[str, ...], log_level: str | None) -> None:
+    """Run the node daemon in the foreground until SIGTERM/SIGINT."""
+    import trio
+
+    from node import config as config_mod
+    from node import logs
+    from node.daemon import serve
+
+    prefs = config_mod.load(config_path, overrides={
+        "state_dir": state_dir, "listen": listen, "mdns_interfaces": list(mdns_interface),
+        "name": name, "server_priority": server_priority, "socket": ctx.obj.get("socket"),
+        "peers": list(peer), "log_level": log_level, "mdns": False if no_mdns else None,
+    })
+    token = config_mod.load_token(prefs)
+    logs.setup(prefs.log_level)
+    try:
+        trio.run(serve, prefs, token, logs.sd_notify)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+
+
+@main.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """This node: UUID, name, role, term, server (GetUuid, GetName)."""
+    data = client(ctx).status()
+
+    def render(d: dict[str, Any]) -> None:
+        for key in ("uuid", "name", "role", "term", "server", "build_id", "arch", "online_peers"):
+            click.echo(f"{key:13} {d.get(key)}")
+
+    emit(data, as_json, render)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def config(ctx: click.Context, as_json: bool) -> None:
+    """The effective preferences (GetNetPreferences); never the token."""
+    data = client(ctx).get_net_preferences()
+
+    def render(d: dict[str, Any]) -> None:
+        for key, value in d.items():
+            click.echo(f"{key:20} {value}")
+
+    emit(data, as_json, render)
+
+
+class MachinesGroup(click.Group):
+    """``machines [OPTIONS] [UUID]`` lists; ``machines add|remove`` change the table."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=MachinesGroup)
+def machines() -> None:
+    """List machines (GetAllMachineUuids / GetMachinesList), add or remove them."""
+
+
+@machines.command("list")
+@click.argument("uuid", required=False)
+@click.option("--online", is_flag=True, help="only online machines")
+@click.option("--offline", is_flag=True, help="only offline machines")
+@click.option("--bits", help="only machines with all these bits, e.g. VERIFIED,SHARED")
+@click.option("--no-local", is_flag=True, help="leave out this machine")
+@click.option("--no-discovered", is_flag=True, help="leave out machines known only from mDNS")
+@click.option("--uuids", is_flag=True, help="print UUIDs only")
+@click.option("--log", "log_count", type=int, default=0, help="include the last N log lines")
+@json_option
+@click.pass_context
+def machines_list(ctx: click.Context, uuid: str | None, online: bool, offline: bool, bits: str | None,
+                  no_local: bool, no_discovered: bool, uuids: bool, log_count: int, as_json: bool) -> None:
+    """List machines."""
+    which = MachineList.MACHINELIST_ALL
+    if online and not offline:
+        which = MachineList.MACHINELIST_ONLINE
+    elif offline and not online:
+        which = MachineList.MACHINELIST_OFFLINE
+    rows = client(ctx).get_machines_list(
+        log_count=log_count, get_only_this_machine=uuid, machine_list=which,
+        bits=int(parse_bits(bits)) if bits else 0,
+        include_local_machine=not no_local, include_bonjour_machines=not no_discovered,
+    )
+    if uuids:
+        emit([r["uuid"] for r in rows], as_json, lambda d: click.echo("\n".join(d)))
+        return
+    emit(rows, as_json, _render_machines)
+
+
+def _render_machines(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("name", "uuid", "address", "via", "state", "bits"):
+        table.add_column(col)
+    for r in rows:
+        state = "online" if r["online"] else "offline"
+        table.add_row(r["name"] + (" (this)" if r["local"] else ""), r["uuid"], r["address"],
+                      ",".join(r["via"]), state, " ".join(r["bits"]))
+    console = Console()
+    console.print(table)
+    for r in rows:
+        for entry in r.get("log", []):
+            ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%Y-%m-%d %H:%M:%S")
+            console.print(f"{r['name']}  {ts}  {entry['line']}", markup=False, highlight=False)
+
+
+@machines.command("add")
+@click.argument("address")
+@click.option("--replace", default="", help="UUID of the machine this one replaces")
+@json_option
+@click.pass_context
+def machines_add(ctx: click.Context, address: str, replace: str, as_json: bool) -> None:
+    """Add a static peer HOST[:PORT] (AddMachine)."""
+    result = client(ctx).add_machine(address, replace)
+    emit(result, as_json, lambda d: click.echo(f"added {d['key']}"))
+
+
+@machines.command("remove")
+@click.argument("machine")
+@json_option
+@click.pass_context
+def machines_remove(ctx: click.Context, machine: str, as_json: bool) -> None:
+    """Forget a machine by UUID or static address."""
+    client(ctx).remove_machine(machine)
+    emit({"removed": machine}, as_json, lambda d: click.echo(f"removed {machine}"))
+
+
+@machines.command("log")
+@click.argument("machine")
+@click.argument("text")
+@click.pass_context
+def machines_log(ctx: click.Context, machine: str, text: str) -> None:
+    """Add a line to a machine's log (AddLogToMachine)."""
+    client(ctx).add_log_to_machine(machine, text)

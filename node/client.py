@@ -1,0 +1,166 @@
+"""A blocking Python client for the local daemon's control socket.
+
+Usable from plain scripts with no trio knowledge; method names are the
+snake_case names of NetRenderService's methods::
+
+    from node.client import Client
+    with Client() as farm:
+        print(farm.get_uuid(), farm.get_name())
+        for m in farm.get_machines_list():
+            print(m["name"], m["bits"])
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from types import TracebackType
+from typing import Any
+
+from protocol import ProtocolError, codec
+from protocol.enums import MachineList
+from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
+from protocol.messages import Call, Error, Reply
+from protocol.verification import VerificationBits
+
+from .config import default_socket
+from .errors import DaemonNotRunning, NodeError
+
+DEFAULT_TIMEOUT = 70.0
+
+
+class RemoteError(NodeError):
+    """The daemon answered with an error; ``code`` is the daemon's error code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Client:
+    """A connection to the daemon's control socket."""
+
+    def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path or default_socket()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._decoder = RecordDecoder(MAX_CONTROL)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (the next call reconnects)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._decoder = RecordDecoder(MAX_CONTROL)
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                raise DaemonNotRunning(
+                    f"no rendernode daemon is running on {self.path}; start one with "
+                    "`rendernode daemon` (or `systemctl start rendernode`), or pass --socket"
+                ) from None
+            except PermissionError:
+                sock.close()
+                raise DaemonNotRunning(
+                    f"permission denied on {self.path}: join the rendernode group"
+                ) from None
+            self._sock = sock
+        return self._sock
+
+    def call(self, method: str, **args: Any) -> Any:
+        """Call a control method by name and return its result."""
+        sock = self._connect()
+        req_id = next(self._ids)
+        body = codec.encode(Call(method, {k: v for k, v in args.items() if v is not None}), req_id)
+        try:
+            sock.sendall(HEADER.pack(len(body)) + body)
+            while True:
+                record = self._decoder.next_record()
+                if record is not None:
+                    break
+                data = sock.recv(65536)
+                if not data:
+                    raise DaemonNotRunning("the daemon closed the connection")
+                self._decoder.feed(data)
+            reply, reply_id = codec.decode(record)
+        except (OSError, ProtocolError) as exc:
+            self.close()
+            raise DaemonNotRunning(f"lost the daemon on {self.path}: {exc}") from None
+        if isinstance(reply, Error):
+            raise RemoteError(reply.code, reply.reason)
+        if not isinstance(reply, Reply) or reply_id != req_id:
+            self.close()
+            raise DaemonNotRunning("the daemon sent an unexpected reply")
+        return reply.result
+
+    # -- NetRenderService ------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """uuid, name, role, term, server and more."""
+        result: dict[str, Any] = self.call("status")
+        return result
+
+    def get_uuid(self) -> str:
+        """GetUuid: this node's UUID."""
+        return str(self.status()["uuid"])
+
+    def get_name(self) -> str:
+        """GetName: this node's name."""
+        return str(self.status()["name"])
+
+    def get_net_preferences(self) -> dict[str, Any]:
+        """GetNetPreferences: the effective preferences (never the token)."""
+        result: dict[str, Any] = self.call("config")
+        return result
+
+    def add_machine(self, address: str, uuid_of_machine_to_overwrite: str = "") -> dict[str, Any]:
+        """AddMachine: dial HOST[:PORT] as a static peer (the token is the farm's own)."""
+        result: dict[str, Any] = self.call("machine_add", address=address,
+                                           replace=uuid_of_machine_to_overwrite)
+        return result
+
+    def remove_machine(self, machine: str) -> bool:
+        """Forget a machine by UUID or static address."""
+        return bool(self.call("machine_remove", machine=machine))
+
+    def get_machines_list(self, log_count: int = 0, get_only_this_machine: str | None = None,
+                          machine_list: int = MachineList.MACHINELIST_ALL, bits: int = 0,
+                          include_local_machine: bool = True,
+                          include_bonjour_machines: bool = True) -> list[dict[str, Any]]:
+        """GetMachinesList: every machine's row, optionally with its log tail."""
+        result: list[dict[str, Any]] = self.call(
+            "machines", log=log_count, uuid=get_only_this_machine, list=int(machine_list), bits=int(bits),
+            include_local=include_local_machine, include_discovered=include_bonjour_machines,
+        )
+        return result
+
+    def get_all_machine_uuids(self, machine_list: int = MachineList.MACHINELIST_ALL,
+                              bits: int = VerificationBits.VERIFICATIONBIT_NONE,
+                              include_local_machine: bool = True,
+                              include_bonjour_machines: bool = True) -> list[str]:
+        """GetAllMachineUuids with the seed's filters."""
+        rows = self.get_machines_list(machine_list=machine_list, bits=bits, include_local_machine=include_local_machine,
+                                      include_bonjour_machines=include_bonjour_machines)
+        return [row["uuid"] for row in rows]
+
+    def add_log_to_machine(self, machine_uuid: str, log: str) -> bool:
+        """AddLogToMachine: append a line to a machine's log."""
+        return bool(self.call("add_log_to_machine", uuid=machine_uuid, line=log))
+
+    def net_console_output(self, flags: int, value: str) -> bool:
+        """NetConsoleOutput: print a line to the daemon's log (journal)."""
+        return bool(self.call("console", flags=int(flags), text=value))

@@ -1,0 +1,238 @@
+"""Preferences (GetNetPreferences): defaults, overlaid by the TOML file, then by
+``RENDERNODE_*`` environment variables, then by command-line options.
+
+The farm token comes from ``RENDERNODE_TOKEN`` or the ``token_file`` (which must
+be mode 0600).  It is never part of ``Preferences.public()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/rendernode/rendernode.toml")
+DEFAULT_PORT = 5401
+MIN_TOKEN_BITS = 128
+TOKEN_HELP = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+@dataclass
+class Preferences:
+    """Every preference a node reads; field docs are the user's documentation."""
+
+    name: str = field(default_factory=socket.gethostname)  #: shown to users
+    farm: str = "default"  #: farm id: nodes of different farms never talk
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"  #: HOST:PORT for peers; port 0 picks one
+    state_dir: str = ""  #: identity, database, chunk store
+    socket: str = ""  #: control socket path
+    token_file: str = ""  #: file holding the farm token (mode 0600)
+    mdns: bool = True  #: advertise and browse on mDNS
+    mdns_interfaces: list[str] = field(default_factory=list)  #: empty = all
+    peers: list[str] = field(default_factory=list)  #: static HOST[:PORT] peers
+    server_priority: int = 50  #: 0 = never server; highest (priority, uuid) wins
+    share: bool = True  #: offer this machine's cores to the farm
+    require_same_arch: bool = False  #: peers of another architecture are refused
+    heartbeat_interval: float = 0.5  #: seconds between heartbeats
+    heartbeat_misses: int = 3  #: missed heartbeats before a peer is OFFLINE
+    handshake_timeout: float = 5.0  #: seconds a handshake may take
+    max_handshakes: int = 64  #: incoming connections in handshake at once
+    reconnect_max: float = 1.0  #: cap of the reconnect backoff, seconds
+    cipher: str = "chachapoly"  #: chachapoly or aesgcm (sessions this node opens)
+    replicas: int = 2  #: peers a submit waits for
+    admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
+    log_level: str = "info"
+
+    def public(self) -> dict[str, Any]:
+        """Effective values for ``rendernode config``; never the token."""
+        return dataclasses.asdict(self)
+
+
+_ENV_PREFIX = "RENDERNODE_"
+_NOT_FROM_ENV = {"token_file"}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"preference {name!r} must be true or false, not {value!r}")
+    if kind is int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"preference {name!r} must be a whole number, not {value!r}") from None
+    if kind is float:
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"preference {name!r} must be a number, not {value!r}") from None
+        if not math.isfinite(result) or result <= 0:
+            raise ConfigError(f"preference {name!r} must be a positive number, not {value!r}")
+        return result
+    if kind is list:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"preference {name!r} must be a list of strings, not {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"preference {name!r} must be a string, not {value!r}")
+    return value
+
+
+def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None,
+         overrides: dict[str, Any] | None = None) -> Preferences:
+    """Build the effective preferences from file, environment and options."""
+    env = dict(os.environ if env is None else env)
+    prefs = Preferences()
+    defaults = {f.name: getattr(prefs, f.name) for f in dataclasses.fields(prefs)}
+    data: dict[str, Any] = {}
+    file = Path(path) if path else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if key not in defaults:
+            raise ConfigError(f"unknown preference {key!r} in {file}; known: {', '.join(defaults)}")
+        setattr(prefs, key, _coerce(key, value, defaults[key]))
+    for key, default in defaults.items():
+        var = _ENV_PREFIX + key.upper()
+        if key not in _NOT_FROM_ENV and var in env:
+            setattr(prefs, key, _coerce(key, env[var], default))
+    for key, value in (overrides or {}).items():
+        if value is not None and value != []:
+            setattr(prefs, key, _coerce(key, value, defaults[key]))
+    _check(prefs)
+    if not prefs.state_dir:
+        prefs.state_dir = default_state_dir()
+    if not prefs.socket:
+        prefs.socket = default_socket(env)
+    return prefs
+
+
+def _check(prefs: Preferences) -> None:
+    parse_hostport(prefs.listen)
+    for peer in prefs.peers:
+        parse_hostport(peer)
+    if prefs.server_priority < 0:
+        raise ConfigError("server_priority must be 0 (never) or more")
+    if prefs.cipher not in ("chachapoly", "aesgcm"):
+        raise ConfigError(f"cipher must be chachapoly or aesgcm, not {prefs.cipher!r}")
+    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0:
+        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas at least 0")
+    if not prefs.farm or len(prefs.farm) > 64:
+        raise ConfigError("farm must be a name of 1 to 64 characters")
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[V6]:PORT`` -> (host, port); ConfigError if malformed."""
+    text = text.strip()
+    host, port_s = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"bad address {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"bad address {text!r}")
+            port_s = rest[1:]
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    if not host:
+        raise ConfigError(f"bad address {text!r}: no host")
+    if not port_s:
+        return host, default_port
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(f"bad address {text!r}: port must be 0-65535")
+    return host, int(port_s)
+
+
+def default_state_dir() -> str:
+    """/var/lib/rendernode as root (or $STATE_DIRECTORY), else the user data dir."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/var/lib/rendernode"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "rendernode")
+
+
+def default_socket(env: dict[str, str] | None = None) -> str:
+    """$RENDERNODE_SOCKET, $RUNTIME_DIRECTORY, /run/rendernode as root, else $XDG_RUNTIME_DIR."""
+    env = dict(os.environ if env is None else env)
+    if env.get("RENDERNODE_SOCKET"):
+        return env["RENDERNODE_SOCKET"]
+    if env.get("RUNTIME_DIRECTORY"):
+        return os.path.join(env["RUNTIME_DIRECTORY"].split(":")[0], "control.sock")
+    if os.geteuid() == 0:
+        return "/run/rendernode/control.sock"
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/tmp/rendernode-{os.getuid()}"
+    return os.path.join(runtime, "rendernode", "control.sock")
+
+
+def token_bits(token: str) -> float:
+    """A conservative entropy estimate: length times log2 of the alphabet the
+    token's character classes span, capped by its distinct characters."""
+    if not token:
+        return 0.0
+    classes = 0
+    if any(c.islower() for c in token):
+        classes += 26
+    if any(c.isupper() for c in token):
+        classes += 26
+    if any(c.isdigit() for c in token):
+        classes += 10
+    if any(not c.isalnum() for c in token):
+        classes += 32
+    if all(c in "0123456789abcdef" for c in token) or all(c in "0123456789ABCDEF" for c in token):
+        classes = 16
+    distinct = len(set(token))
+    alphabet = min(classes, max(distinct, 2) * 2)
+    return len(token) * math.log2(max(alphabet, 2))
+
+
+def load_token(prefs: Preferences, env: dict[str, str] | None = None) -> bytes:
+    """The farm token from RENDERNODE_TOKEN or ``token_file``; refuses weak or exposed ones."""
+    env = dict(os.environ if env is None else env)
+    token = env.get("RENDERNODE_TOKEN", "")
+    source = "RENDERNODE_TOKEN"
+    if not token and prefs.token_file:
+        path = Path(prefs.token_file)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"token file {path} is mode {st.st_mode & 0o777:04o}; it must be 0600 (chmod 600 {path})"
+            )
+        token = path.read_text().strip()
+        source = str(path)
+    token = token.strip()
+    if not token:
+        raise ConfigError(f"no farm token: set RENDERNODE_TOKEN or token_file; {TOKEN_HELP}")
+    if token_bits(token) < MIN_TOKEN_BITS:
+        raise ConfigError(
+            f"the farm token from {source} has less than {MIN_TOKEN_BITS} bits of entropy; {TOKEN_HELP}"
+        )
+    return token.encode()

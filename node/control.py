@@ -1,0 +1,181 @@
+"""The control socket: a Unix socket speaking the peer framing and codec
+(unencrypted), one ``Call`` -> one ``Reply`` or ``Error`` at a time per
+connection.  The caller is identified by SO_PEERCRED.
+
+A stale socket file is replaced only if it is a socket and nothing answers on
+it; the socket is mode 0660 (group ``rendernode`` when that group exists).
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from protocol import ProtocolError, codec
+from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
+from protocol.messages import Call, Error, Reply
+
+from .errors import BadRequest, ConfigError, NodeError
+
+log = logging.getLogger("rendernode.control")
+REQUEST_TIMEOUT = 60.0
+IDLE_TIMEOUT = 600.0
+MAX_CLIENTS = 128
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is on the other end of a control connection."""
+
+    pid: int
+    uid: int
+    gid: int
+    user: str
+
+
+Method = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
+
+
+def peer_caller(sock: socket.socket) -> Caller:
+    """SO_PEERCRED of a connected Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid{uid}"
+    return Caller(pid, uid, gid, user)
+
+
+def bind_unix(path: str) -> socket.socket:
+    """Bind a listening Unix socket at ``path``, replacing only a dead socket file."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise ConfigError(f"cannot check {path}: {exc}") from None
+            os.unlink(path)
+        else:
+            raise ConfigError(f"another daemon is already serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    try:
+        os.chown(path, -1, grp.getgrnam("rendernode").gr_gid)
+    except (KeyError, PermissionError):
+        pass
+    sock.listen(64)
+    return sock
+
+
+class ControlServer:
+    """Serves ``methods`` on the control socket."""
+
+    def __init__(self, path: str, methods: dict[str, Method]) -> None:
+        self.path = path
+        self.methods = methods
+        self._clients = trio.Semaphore(MAX_CLIENTS)
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind and serve until cancelled; removes the socket file on exit."""
+        raw = bind_unix(self.path)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        try:
+            await trio.serve_listeners(self._serve, [listener], task_status=task_status)
+        finally:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with self._clients, stream:
+            try:
+                caller = peer_caller(stream.socket)  # type: ignore[arg-type]
+            except OSError:
+                return
+            decoder = RecordDecoder(MAX_CONTROL)
+            while True:
+                try:
+                    with trio.fail_after(IDLE_TIMEOUT):
+                        body = await self._read_record(stream, decoder)
+                except (trio.TooSlowError, trio.BrokenResourceError, OSError):
+                    return
+                except ProtocolError as exc:
+                    await self._reply(stream, Error("bad_request", exc.reason), 0)
+                    return
+                if body is None:
+                    return
+                reply, req_id = await self._handle(caller, body)
+                if not await self._reply(stream, reply, req_id):
+                    return
+
+    async def _read_record(self, stream: trio.SocketStream, decoder: RecordDecoder) -> bytes | None:
+        while True:
+            body = decoder.next_record()
+            if body is not None:
+                return body
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            decoder.feed(data)
+
+    async def _handle(self, caller: Caller, body: bytes) -> tuple[Reply | Error, int]:
+        try:
+            msg, req_id = codec.decode(body)
+        except ProtocolError as exc:
+            return Error("bad_request", exc.reason), 0
+        if not isinstance(msg, Call):
+            return Error("bad_request", f"expected a call, got {type(msg).TYPE}"), req_id
+        method = self.methods.get(msg.method)
+        if method is None:
+            return Error("bad_request", f"unknown method {msg.method!r}"), req_id
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                result = await method(caller, msg.args)
+        except NodeError as exc:
+            return Error(exc.code, exc.reason), req_id
+        except trio.TooSlowError:
+            return Error("timeout", f"{msg.method} took longer than {REQUEST_TIMEOUT:.0f} s"), req_id
+        except (KeyError, TypeError, ValueError) as exc:
+            err = BadRequest(f"bad arguments to {msg.method}: {exc}")
+            return Error(err.code, err.reason), req_id
+        return Reply(result), req_id
+
+    async def _reply(self, stream: trio.SocketStream, reply: Reply | Error, req_id: int) -> bool:
+        try:
+            body = codec.encode(reply, req_id)
+        except ProtocolError as exc:
+            body = codec.encode(Error("internal", f"reply could not be encoded: {exc.reason}"), req_id)
+        try:
+            await stream.send_all(HEADER.pack(len(body)) + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return False
+        return True

@@ -1,0 +1,105 @@
+"""``serve()``: start the node's services in dependency order and stop them on
+SIGTERM/SIGINT (mDNS goodbye, Goodbye to every peer, database flushed).
+
+    database -> machine table -> peers (listener, dialers) -> control socket
+    -> discovery
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from protocol.connection import derive_psk
+from protocol.version import build_id
+
+from . import capabilities
+from .api import MembershipApi
+from .config import Preferences
+from .control import ControlServer, Method
+from .db import Database
+from .discovery import Discovery
+from .identity import Identity, load_or_create
+from .machines import MachineTable
+from .peers import Peers
+
+log = logging.getLogger("rendernode.daemon")
+
+
+@dataclass
+class Node:
+    """The services of one running node, for tests that drive a node in-process."""
+
+    prefs: Preferences
+    ident: Identity
+    db: Database
+    table: MachineTable
+    peers: Peers
+    api: MembershipApi
+    methods: dict[str, Method] = field(default_factory=dict)
+
+
+def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -> Node:
+    """Create (but do not start) a node's services."""
+    env = dict(os.environ if env is None else env)
+    os.makedirs(prefs.state_dir, mode=0o750, exist_ok=True)
+    ident = load_or_create(prefs.state_dir)
+    db = Database(prefs.state_dir)
+    table = MachineTable(db)
+    peers = Peers(prefs, ident, table, derive_psk(token, prefs.farm),
+                  build_id(capabilities.version(), env), capabilities.arch(), capabilities.detect())
+    api = MembershipApi(prefs, ident, peers)
+    return Node(prefs, ident, db, table, peers, api, api.methods())
+
+
+async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every service of ``node`` until cancelled."""
+    prefs = node.prefs
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.table.run)
+            await nursery.start(node.peers.run)
+            await nursery.start(ControlServer(prefs.socket, node.methods).run)
+            if prefs.mdns:
+                addresses: list[tuple[str, int]] = []
+                for text in node.peers.advertised:
+                    host, _, port = text.rpartition(":")
+                    addresses.append((host, int(port)))
+                disco = Discovery(
+                    uuid=node.ident.uuid, name=prefs.name, addresses=addresses,
+                    txt=_txt(node), interfaces=prefs.mdns_interfaces, on_found=node.peers.hint,
+                )
+                await nursery.start(disco.run)
+            log.info("node %s (%s) ready: peers on %s, control on %s", prefs.name, node.ident.uuid,
+                     ", ".join(node.peers.advertised), prefs.socket)
+            task_status.started(node)
+    finally:
+        node.db.close()
+
+
+def _txt(node: Node) -> dict[str, str]:
+    return {
+        "proto": "1", "build": node.peers.local.build_id, "arch": node.peers.local.arch,
+        "uuid": node.ident.uuid, "name": node.prefs.name[:60], "term": "0",
+    }
+
+
+async def serve(prefs: Preferences, token: bytes, notify: Any = None) -> None:
+    """The daemon: run the node until SIGTERM or SIGINT."""
+    node = build(prefs, token)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_node, node)
+            if notify is not None:
+                notify("READY=1", f"STATUS=serving as {node.ident.uuid}")
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                if notify is not None:
+                    notify("STOPPING=1")
+                nursery.cancel_scope.cancel()
+                break

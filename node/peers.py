@@ -1,0 +1,547 @@
+"""Membership: accept and dial peers, verify them, keep one session per pair,
+and watch them with heartbeats.
+
+Targets to dial come from mDNS (``hint``) and static peers (``add_static``);
+each target has one dial loop with capped backoff.  Incoming connections are
+limited to ``max_handshakes`` in handshake at once, each under
+``handshake_timeout``.  A session is registered only after both Hellos and
+both Verdicts; a peer that fails verification gets our Verdict and a Goodbye
+and nothing else.
+
+One session per pair: when two verified sessions to the same UUID exist, both
+sides keep the one whose initiator has the smaller UUID (the same choice on
+both sides), unless the peer restarted (new ``boot`` in Hello), in which case
+the newer session wins.
+
+Liveness: every message received pushes the session's deadline to
+``heartbeat_interval * heartbeat_misses`` ahead; missing it closes the session
+and marks the peer OFFLINE.  mDNS is never used for liveness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from protocol import (
+    ConnectionClosed,
+    HandshakeComplete,
+    HandshakeFailed,
+    MessageReceived,
+    PeerConnection,
+    PeerRejected,
+    ProtocolError,
+    RejectCode,
+)
+from protocol.codec import Message
+from protocol.messages import DialBack, DialBackResult, Goodbye, Heartbeat, Hello, Verdict
+from protocol.noise import Cipher, WrongPsk
+from protocol.verification import (
+    HandshakeOutcome,
+    LocalFacts,
+    PeerFacts,
+    VerificationBits,
+    verify,
+)
+from protocol.verification import Verdict as VerifyResult
+
+from .config import Preferences, parse_hostport
+from .identity import Identity
+from .machines import MachineTable
+from .session import Session, SessionLost
+
+log = logging.getLogger("rendernode.peers")
+V = VerificationBits
+CONNECT_TIMEOUT = 1.0
+DIALBACK_TIMEOUT = 2.0
+FAILED_VERIFY_BACKOFF = 5.0
+Handler = Callable[[Session, Message, int], Awaitable[None]]
+
+
+@dataclass
+class Target:
+    """Something to dial: an mDNS instance or a static address."""
+
+    key: str
+    addresses: list[tuple[str, int]]
+    via: str
+    uuid: str = ""
+    replace: str = ""  #: uuidOfMachineToOverwrite, for static adds
+    removed: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def row_id(self) -> str:
+        """The machine-table key: the UUID once known, else ``static:HOST:PORT``."""
+        if self.uuid:
+            return self.uuid
+        host, port = self.addresses[0]
+        return f"static:{host}:{port}"
+
+
+class Peers:
+    """The peers service: listener, dialers, sessions, heartbeats, machine bits."""
+
+    def __init__(self, prefs: Preferences, ident: Identity, table: MachineTable, psk: bytes,
+                 build_id: str, arch: str, capabilities: dict[str, str]) -> None:
+        self.prefs = prefs
+        self.ident = ident
+        self.table = table
+        self.psk = psk
+        self.local = LocalFacts(build_id, arch, prefs.require_same_arch)
+        self.capabilities = capabilities
+        self.boot = secrets.token_hex(8)
+        self.sessions: dict[str, Session] = {}
+        self.targets: dict[str, Target] = {}
+        self.facts: dict[str, PeerFacts] = {}
+        self.listen_port = 0
+        self.advertised: list[str] = []
+        self.handlers: dict[type[Message], Handler] = {}
+        self.heartbeat_info: Callable[[], dict[str, Any]] = lambda: {}
+        self.hello_extra: Callable[[], dict[str, Any]] = lambda: {}
+        self.on_change: list[Callable[[], None]] = []
+        self._nursery: trio.Nursery | None = None
+        self._handshakes = trio.Semaphore(prefs.max_handshakes)
+        self._cipher = Cipher.AESGCM if prefs.cipher == "aesgcm" else Cipher.CHACHAPOLY
+
+    # -- public API -----------------------------------------------------------
+
+    def hello(self) -> Hello:
+        """This node's Hello."""
+        extra = self.hello_extra()
+        return Hello(
+            uuid=self.ident.uuid, name=self.prefs.name, build_id=self.local.build_id,
+            arch=self.local.arch, proto_major=1, proto_minor=0,
+            capabilities=self.capabilities, server_priority=self.prefs.server_priority,
+            term=int(extra.get("term", 0)), listen=self.advertised, sharing=self.prefs.share,
+            boot=self.boot, mac=str(extra.get("mac", "")),
+        )
+
+    def hint(self, uuid: str, addresses: list[tuple[str, int]], name: str = "") -> None:
+        """mDNS saw ``uuid`` at ``addresses``: dial it unless it is us."""
+        if uuid == self.ident.uuid or not addresses:
+            return
+        row = self.table.get(uuid)
+        if row is None or "mdns" not in row.via:
+            self.table.update(uuid, via="mdns", name=name or (row.name if row else ""))
+        self._add_target(Target(key=uuid, addresses=addresses, via="mdns", uuid=uuid))
+
+    def add_static(self, address: str, replace: str = "") -> Target:
+        """AddMachine: dial ``HOST[:PORT]`` like any peer; ``replace`` names the UUID it supersedes."""
+        host, port = parse_hostport(address)
+        key = f"static:{host}:{port}"
+        target = Target(key=key, addresses=[(host, port)], via="static", replace=replace)
+        self._add_target(target)
+        target = self.targets[key]
+        if not target.uuid and self.table.get(target.row_id) is None:
+            self.table.update(target.row_id, name=f"{host}:{port}", via="static",
+                              addresses=[f"{host}:{port}"])
+        return target
+
+    def remove(self, uuid_or_address: str) -> bool:
+        """Forget a machine: stop dialing it, close its session, drop its row."""
+        found = False
+        for key, target in list(self.targets.items()):
+            if uuid_or_address in (target.uuid, key, key.removeprefix("static:")):
+                target.removed = True
+                target.wake.set()
+                del self.targets[key]
+                found = True
+                if target.uuid:
+                    uuid_or_address = target.uuid
+        session = self.sessions.get(uuid_or_address)
+        if session is not None and self._nursery is not None:
+            self._nursery.start_soon(self._goodbye, session, "removed from the machine table")
+        self.facts.pop(uuid_or_address, None)
+        if self.table.remove(uuid_or_address):
+            found = True
+        return found
+
+    def online_uuids(self) -> list[str]:
+        """UUIDs of peers with a live verified session."""
+        return list(self.sessions)
+
+    async def broadcast(self, message: Message) -> None:
+        """Send ``message`` to every live session, skipping ones that break."""
+        for session in list(self.sessions.values()):
+            try:
+                await session.send(message)
+            except (SessionLost, ProtocolError):
+                pass
+
+    # -- service ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, dial static peers, and serve sessions until cancelled."""
+        host, port = parse_hostport(self.prefs.listen)
+        listeners = await trio.open_tcp_listeners(port, host=None if host in ("0.0.0.0", "*") else host)
+        self.listen_port = listeners[0].socket.getsockname()[1]
+        self.advertised = advertised_addresses(host, self.listen_port, self.prefs.mdns_interfaces)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(trio.serve_listeners, self._accept, listeners)
+            for peer in self.prefs.peers:
+                self.add_static(peer)
+            for row in self.table.all():
+                if row.uuid.startswith("static:"):
+                    self.add_static(row.uuid.removeprefix("static:"))
+                elif "static" in row.via and row.addresses:
+                    self.add_static(row.addresses[0])
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    for session in list(self.sessions.values()):
+                        await self._goodbye(session, "node shutting down")
+
+    def _add_target(self, target: Target) -> None:
+        existing = self.targets.get(target.key)
+        if existing is not None:
+            if target.addresses != existing.addresses:
+                existing.addresses = target.addresses
+                existing.wake.set()
+            if target.replace:
+                existing.replace = target.replace
+            return
+        self.targets[target.key] = target
+        if self._nursery is not None:
+            self._nursery.start_soon(self._dial_loop, target)
+
+    async def _dial_loop(self, target: Target) -> None:
+        backoff = 0.05
+        while not target.removed:
+            session = self.sessions.get(target.uuid) if target.uuid else None
+            if session is not None:
+                await session.closed.wait()
+                backoff = 0.05
+                continue
+            outcome = await self._dial_once(target)
+            if target.removed:
+                return
+            if outcome == "self":
+                self.targets.pop(target.key, None)
+                return
+            if outcome == "ok":
+                backoff = 0.05
+                continue
+            cap = FAILED_VERIFY_BACKOFF if outcome == "refused" else self.prefs.reconnect_max
+            with trio.move_on_after(backoff):
+                await target.wake.wait()
+            target.wake = trio.Event()
+            backoff = min(backoff * 2, cap)
+
+    async def _dial_once(self, target: Target) -> str:
+        for host, port in list(target.addresses):
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("dial %s:%d failed: %s", host, port, exc)
+                continue
+            return await self._serve_stream(stream, initiator=True, target=target)
+        self._record_failure(target.row_id, HandshakeOutcome.UNREACHABLE,
+                             "cannot connect to " + ", ".join(f"{h}:{p}" for h, p in target.addresses))
+        return "unreachable"
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        if self._handshakes.value == 0:
+            log.warning("refusing a connection: %d handshakes in flight", self.prefs.max_handshakes)
+            await stream.aclose()
+            return
+        await self._serve_stream(stream, initiator=False, target=None)
+
+    async def _serve_stream(self, stream: trio.SocketStream, *, initiator: bool,
+                            target: Target | None) -> str:
+        try:
+            remote_ip = str(stream.socket.getpeername()[0])
+        except OSError:
+            await stream.aclose()
+            return "unreachable"
+        conn = PeerConnection(
+            initiator=initiator, static_key=self.ident.key, psk=self.psk, farm_id=self.prefs.farm,
+            hint={"uuid": self.ident.uuid, "name": self.prefs.name}, cipher=self._cipher,
+        )
+        session = Session(stream, conn, initiator=initiator, remote_ip=remote_ip)
+        try:
+            async with self._handshakes:
+                outcome = await self._establish(session, target)
+            if outcome != "ok":
+                return outcome
+            await self._run_session(session)
+            return "ok"
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+
+    async def _establish(self, s: Session, target: Target | None) -> str:
+        conn = s.conn
+        row_hint = target.row_id if target else ""
+        try:
+            with trio.fail_after(self.prefs.handshake_timeout):
+                if s.initiator:
+                    conn.start()
+                    await s.flush()
+                event = await s.next_event()
+                if not isinstance(event, HandshakeComplete):
+                    raise HandshakeFailed("handshake did not complete")
+                row_hint = self._row_for_key(event.remote_static.hex(), event.hint, row_hint)
+                await s.send(self.hello())
+                event = await s.next_event()
+                if not isinstance(event, MessageReceived) or not isinstance(event.message, Hello):
+                    raise HandshakeFailed("peer sent no Hello")
+                hello = event.message
+                if hello.uuid == self.ident.uuid:
+                    return "self"
+                ours = self._verify_hello(hello, event_static=conn.remote_static or b"")
+                await s.send(Verdict(ours.verified, int(ours.bits), ours.reason))
+                event = await s.next_event()
+                if not isinstance(event, MessageReceived) or not isinstance(event.message, Verdict):
+                    raise HandshakeFailed("peer sent no Verdict")
+                theirs = event.message
+        except (WrongPsk, PeerRejected) as exc:
+            key = (exc.remote_static if isinstance(exc, PeerRejected) else conn.remote_static) or b""
+            row = self._row_for_key(key.hex(), conn.remote_hint, row_hint)
+            if isinstance(exc, PeerRejected) and exc.code is not RejectCode.WRONG_TOKEN:
+                self._record_failure(row, HandshakeOutcome.FAILED, exc.reason)
+            else:
+                self._record_failure(row, HandshakeOutcome.WRONG_TOKEN, exc.reason)
+            return "refused"
+        except (ProtocolError, trio.TooSlowError) as exc:
+            reason = getattr(exc, "reason", "handshake timed out")
+            log.info("handshake with %s failed: %s", s.remote_ip, reason)
+            if row_hint or conn.remote_hint.get("uuid"):
+                row = self._row_for_key((conn.remote_static or b"").hex(), conn.remote_hint, row_hint)
+                self._record_failure(row, HandshakeOutcome.FAILED, str(reason))
+            return "refused"
+        except SessionLost as exc:
+            log.debug("connection with %s lost during handshake: %s", s.remote_ip, exc.reason)
+            return "unreachable"
+        s.hello, s.uuid = hello, hello.uuid
+        self._adopt(hello, s, target)
+        facts = self.facts[hello.uuid]
+        facts = dataclasses.replace(facts, peer_verified_us=theirs.ok)
+        self.facts[hello.uuid] = facts
+        if not ours.verified or not theirs.ok:
+            reason = ours.reason if not ours.verified else f"it refused us: {theirs.reason}"
+            self._set_bits(hello.uuid, reason=reason)
+            self.table.log(hello.uuid, f"verification failed: {reason}")
+            await self._goodbye(s, "verification failed")
+            return "refused"
+        return "ok" if self._register(s) else "duplicate"
+
+    def _row_for_key(self, key_hex: str, hint: dict[str, Any], fallback: str) -> str:
+        row = self.table.by_key(key_hex) if key_hex else None
+        if row is not None:
+            return row.uuid
+        uuid = hint.get("uuid")
+        if isinstance(uuid, str) and 0 < len(uuid) <= 64 and uuid != self.ident.uuid:
+            return fallback if fallback.startswith("static:") and not self.table.get(uuid) else uuid
+        return fallback
+
+    def _verify_hello(self, hello: Hello, event_static: bytes) -> VerifyResult:
+        row = self.table.get(hello.uuid)
+        pinned = bytes.fromhex(row.pinned_key) if row and row.pinned_key else None
+        facts = PeerFacts(
+            outcome=HandshakeOutcome.OK, online=True, build_id=hello.build_id, arch=hello.arch,
+            capabilities=tuple(hello.capabilities), sharing=hello.sharing,
+            remote_static=event_static, pinned_static=pinned,
+            was_verified=bool(row and row.was_verified),
+        )
+        self.facts[hello.uuid] = facts
+        return verify(self.local, facts)
+
+    def _adopt(self, hello: Hello, s: Session, target: Target | None) -> None:
+        """Record what the Hello says in the machine table."""
+        addresses = [a.replace("0.0.0.0", s.remote_ip) for a in hello.listen] or [s.remote_ip]
+        changes: dict[str, Any] = dict(
+            name=hello.name, addresses=addresses, build_id=hello.build_id, arch=hello.arch,
+            capabilities=dict(hello.capabilities), server_priority=hello.server_priority,
+            term=hello.term, mac=hello.mac,
+        )
+        row = self.table.get(hello.uuid)
+        if row is None or not row.pinned_key:
+            changes["pinned_key"] = (s.conn.remote_static or b"").hex()
+        via = target.via if target else None
+        self.table.update(hello.uuid, via=via, **changes)
+        if target is not None and not target.uuid:
+            synthetic = target.row_id
+            target.uuid = hello.uuid
+            if synthetic != hello.uuid:
+                self.table.remove(synthetic)
+            if target.replace and target.replace != hello.uuid:
+                self.table.remove(target.replace)
+                self.table.log(hello.uuid, f"replaces machine {target.replace}")
+
+    def _register(self, s: Session) -> bool:
+        uuid = s.uuid
+        existing = self.sessions.get(uuid)
+        if existing is not None and not existing.closed.is_set():
+            if self._keep_existing(existing, s):
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._goodbye, s, "duplicate session")
+                return False
+            if self._nursery is not None:
+                self._nursery.start_soon(self._goodbye, existing, "duplicate session")
+        self.sessions[uuid] = s
+        self.facts[uuid] = dataclasses.replace(self.facts[uuid], online=True)
+        row = self.table.get(uuid)
+        if row is not None and not row.was_verified:
+            self.table.update(uuid, was_verified=True)
+        self._set_bits(uuid, reason="")
+        self.table.log(uuid, f"online, verified ({s.remote_ip})")
+        for callback in self.on_change:
+            callback()
+        return True
+
+    def _keep_existing(self, existing: Session, new: Session) -> bool:
+        assert existing.hello is not None and new.hello is not None
+        if existing.hello.boot != new.hello.boot:  # the peer restarted: the newer session wins
+            return False
+        def initiator(s: Session) -> str:
+            return self.ident.uuid if s.initiator else s.uuid
+        return initiator(existing) <= initiator(new)
+
+    def _set_bits(self, uuid: str, reason: str | None = None) -> None:
+        facts = self.facts.get(uuid)
+        if facts is None:
+            return
+        verdict = verify(self.local, facts)
+        changes: dict[str, Any] = {"bits": int(verdict.bits), "online": facts.online}
+        changes["reason"] = verdict.reason if reason is None else (reason or verdict.reason if not verdict.verified else "")
+        self.table.update(uuid, **changes)
+
+    def _record_failure(self, row_id: str, outcome: HandshakeOutcome, reason: str) -> None:
+        if not row_id or row_id in self.sessions:
+            return
+        row = self.table.get(row_id)
+        facts = PeerFacts(outcome=outcome, was_verified=bool(row and row.was_verified))
+        previous = self.facts.get(row_id)
+        self.facts[row_id] = facts
+        self._set_bits(row_id, reason=reason)
+        if previous is None or previous.outcome is not outcome:
+            self.table.log(row_id, f"{outcome.value}: {reason}")
+
+    async def _goodbye(self, s: Session, reason: str) -> None:
+        with trio.move_on_after(0.5):
+            try:
+                await s.send(Goodbye(reason))
+            except (SessionLost, ProtocolError):
+                pass
+        await s.aclose()
+
+    # -- a live session --------------------------------------------------------
+
+    async def _run_session(self, s: Session) -> None:
+        timeout = self.prefs.heartbeat_interval * self.prefs.heartbeat_misses
+        reason = "closed"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeats, s)
+                nursery.start_soon(self._send_dialback, s)
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                    reason = await self._read_loop(s, scope, timeout, nursery)
+                if scope.cancelled_caught:
+                    reason = f"missed {self.prefs.heartbeat_misses} heartbeats"
+                nursery.cancel_scope.cancel()
+        except SessionLost as exc:
+            reason = exc.reason
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc.reason}"
+            log.warning("session with %s (%s) failed: %s", s.uuid, s.remote_ip, exc.reason)
+        finally:
+            s.fail_pending()
+            s.closed.set()
+            if self.sessions.get(s.uuid) is s:
+                del self.sessions[s.uuid]
+                facts = self.facts.get(s.uuid)
+                if facts is not None:
+                    self.facts[s.uuid] = dataclasses.replace(facts, online=False)
+                    self._set_bits(s.uuid)
+                self.table.log(s.uuid, f"offline: {reason}")
+                for callback in self.on_change:
+                    callback()
+
+    async def _read_loop(self, s: Session, scope: trio.CancelScope, window: float,
+                         nursery: trio.Nursery) -> str:
+        while True:
+            event = await s.next_event()
+            scope.deadline = trio.current_time() + window
+            if isinstance(event, ConnectionClosed):
+                return event.reason
+            if not isinstance(event, MessageReceived):
+                continue
+            msg, req_id = event.message, event.req_id
+            if isinstance(msg, Heartbeat) or s.resolve(msg, req_id):
+                continue
+            if isinstance(msg, DialBack):
+                nursery.start_soon(self._answer_dialback, s, msg, req_id)
+            elif isinstance(msg, DialBackResult):
+                self._on_dialback_result(s, msg)
+            else:
+                handler = self.handlers.get(type(msg))
+                if handler is not None:
+                    await handler(s, msg, req_id)
+
+    async def _heartbeats(self, s: Session) -> None:
+        seq = 0
+        while True:
+            info = self.heartbeat_info()
+            await s.send(Heartbeat(seq=seq, term=int(info.get("term", 0)),
+                                   server=str(info.get("server", "")), busy=bool(info.get("busy", False))))
+            seq += 1
+            await trio.sleep(self.prefs.heartbeat_interval)
+
+    async def _send_dialback(self, s: Session) -> None:
+        await s.send(DialBack(addresses=self.advertised))
+
+    async def _answer_dialback(self, s: Session, msg: DialBack, req_id: int) -> None:
+        result = DialBackResult(reachable=False, reason="no address accepted a connection")
+        for text in msg.addresses[:8]:
+            try:
+                host, port = parse_hostport(text)
+            except ValueError:
+                continue
+            if host in ("0.0.0.0", "::"):
+                host = s.remote_ip
+            try:
+                with trio.fail_after(DIALBACK_TIMEOUT):
+                    stream = await trio.open_tcp_stream(host, port)
+                await stream.aclose()
+            except (OSError, trio.TooSlowError):
+                continue
+            result = DialBackResult(reachable=True, address=f"{host}:{port}")
+            break
+        await s.send(result, req_id)
+
+    def _on_dialback_result(self, s: Session, msg: DialBackResult) -> None:
+        facts = self.facts.get(s.uuid)
+        if facts is None or facts.peer_cannot_dial_us == (not msg.reachable):
+            return
+        self.facts[s.uuid] = dataclasses.replace(facts, peer_cannot_dial_us=not msg.reachable)
+        self._set_bits(s.uuid)
+        if not msg.reachable:
+            self.table.log(s.uuid, f"it cannot dial this node: {msg.reason}")
+
+
+def advertised_addresses(host: str, port: int, interfaces: list[str]) -> list[str]:
+    """Concrete HOST:PORT strings peers can dial us on."""
+    if host not in ("0.0.0.0", "*", "::", ""):
+        return [f"{host}:{port}"]
+    hosts = [i for i in interfaces if i]
+    if not hosts:
+        import ifaddr
+
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                    hosts.append(ip.ip)
+    return [f"{h}:{port}" for h in (hosts or ["127.0.0.1"])]
+
