@@ -316,6 +316,9 @@ class Peers:
             return "refused"
         except (ProtocolError, trio.TooSlowError) as exc:
             reason = getattr(exc, "reason", "handshake timed out")
+            if not s.initiator and conn.remote_static is None and not conn.remote_hint:
+                log.debug("connection from %s ended before a handshake: %s", s.remote_ip, reason)
+                return "refused"
             log.info("handshake with %s failed: %s", s.remote_ip, reason)
             if row_hint or conn.remote_hint.get("uuid"):
                 row = self._row_for_key((conn.remote_static or b"").hex(), conn.remote_hint, row_hint)
@@ -440,22 +443,23 @@ class Peers:
     # -- a live session --------------------------------------------------------
 
     async def _run_session(self, s: Session) -> None:
-        timeout = self.prefs.heartbeat_interval * self.prefs.heartbeat_misses
+        window = self.prefs.heartbeat_interval * self.prefs.heartbeat_misses
         reason = "closed"
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeats, s)
-                nursery.start_soon(self._send_dialback, s)
-                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                    reason = await self._read_loop(s, scope, timeout, nursery)
+                nursery.start_soon(self._guard, s, self._heartbeats(s))
+                nursery.start_soon(self._guard, s, s.send(DialBack(addresses=self.advertised)))
+                with trio.CancelScope(deadline=trio.current_time() + window) as scope:
+                    s.cancel_scope = scope
+                    reason = await self._read_loop(s, scope, window, nursery)
                 if scope.cancelled_caught:
-                    reason = f"missed {self.prefs.heartbeat_misses} heartbeats"
+                    reason = s.lost_reason or f"missed {self.prefs.heartbeat_misses} heartbeats"
                 nursery.cancel_scope.cancel()
-        except SessionLost as exc:
-            reason = exc.reason
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc.reason}"
-            log.warning("session with %s (%s) failed: %s", s.uuid, s.remote_ip, exc.reason)
+        except* SessionLost as group:
+            reason = _first_reason(group)
+        except* ProtocolError as group:
+            reason = f"protocol error: {_first_reason(group)}"
+            log.warning("session with %s (%s) failed: %s", s.uuid, s.remote_ip, reason)
         finally:
             s.fail_pending()
             s.closed.set()
@@ -468,6 +472,15 @@ class Peers:
                 self.table.log(s.uuid, f"offline: {reason}")
                 for callback in self.on_change:
                     callback()
+
+    async def _guard(self, s: Session, work: Awaitable[None]) -> None:
+        """Run a session's side task; if the session breaks, end the session."""
+        try:
+            await work
+        except (SessionLost, ProtocolError) as exc:
+            s.lost_reason = exc.reason
+            if s.cancel_scope is not None:
+                s.cancel_scope.cancel()
 
     async def _read_loop(self, s: Session, scope: trio.CancelScope, window: float,
                          nursery: trio.Nursery) -> str:
@@ -482,7 +495,7 @@ class Peers:
             if isinstance(msg, Heartbeat) or s.resolve(msg, req_id):
                 continue
             if isinstance(msg, DialBack):
-                nursery.start_soon(self._answer_dialback, s, msg, req_id)
+                nursery.start_soon(self._guard, s, self._answer_dialback(s, msg, req_id))
             elif isinstance(msg, DialBackResult):
                 self._on_dialback_result(s, msg)
             else:
@@ -498,9 +511,6 @@ class Peers:
                                    server=str(info.get("server", "")), busy=bool(info.get("busy", False))))
             seq += 1
             await trio.sleep(self.prefs.heartbeat_interval)
-
-    async def _send_dialback(self, s: Session) -> None:
-        await s.send(DialBack(addresses=self.advertised))
 
     async def _answer_dialback(self, s: Session, msg: DialBack, req_id: int) -> None:
         result = DialBackResult(reachable=False, reason="no address accepted a connection")
@@ -529,6 +539,14 @@ class Peers:
         self._set_bits(s.uuid)
         if not msg.reachable:
             self.table.log(s.uuid, f"it cannot dial this node: {msg.reason}")
+
+
+def _first_reason(group: BaseExceptionGroup[Any]) -> str:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_reason(exc)
+        return str(getattr(exc, "reason", exc))
+    return "closed"
 
 
 def advertised_addresses(host: str, port: int, interfaces: list[str]) -> list[str]:

@@ -47,6 +47,8 @@ class Session:
         self.hello: Hello | None = None
         self.uuid = ""
         self.closed = trio.Event()
+        self.cancel_scope: trio.CancelScope | None = None  #: the reader's scope, once running
+        self.lost_reason = ""
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[trio.Event, list[Message]]] = {}
