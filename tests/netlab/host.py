@@ -151,7 +151,12 @@ class Host:
         self.bed.sh(self._uncap_script())
 
     def loss(self, percent: float) -> None:
-        """Drop ``percent`` % of IP packets at random, in each direction, on eth0."""
+        """Drop ``percent`` % of IP packets at random in each direction (0 removes it).
+
+        Applied at the host's bridge port rather than in the host, so the
+        sender's socket never sees the drop (nft drops in a local output hook
+        would fail ``send`` with EPERM, which no real network does).
+        """
         if not 0 <= percent <= 100:
             raise ValueError("loss percent must be within 0..100")
         self.filter.loss_percent = float(percent)
@@ -211,12 +216,15 @@ class Host:
         return f"{self.addr}:{DAEMON_PORT}"
 
     def daemon_argv(self, extra_args: Sequence[str] = ()) -> list[str]:
-        """The command line :meth:`start_daemon` runs."""
+        """The command line :meth:`start_daemon` runs.
+
+        ``--socket`` is the CLI group's option (``node --socket S daemon ...``),
+        which the daemon serves on; it is not an option of ``daemon`` itself.
+        """
         return [
-            sys.executable, "-m", "node", "daemon",
+            sys.executable, "-m", "node", "--socket", str(self.socket_path), "daemon",
             "--state-dir", str(self.state_dir),
             "--listen", self.listen,
-            "--socket", str(self.socket_path),
             "--name", self.name,
             "--mdns-interface", self.addr,
             *extra_args,

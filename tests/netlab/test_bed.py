@@ -273,9 +273,9 @@ def test_terminate_and_exit_codes(bed: Bed) -> None:
 def test_daemon_command_line_is_built_from_the_host(bed: Bed) -> None:
     h1 = bed.hosts[1]
     argv = h1.daemon_argv(["--x"])
-    assert argv[:4] == [sys.executable, "-m", "node", "daemon"]
+    assert argv[:6] == [sys.executable, "-m", "node", "--socket", str(h1.socket_path), "daemon"]
     assert argv[argv.index("--listen") + 1] == "10.77.0.2:5401"
-    assert argv[argv.index("--socket") + 1] == str(h1.state_dir / "control.sock")
+    assert h1.socket_path == h1.state_dir / "control.sock"
     assert argv[argv.index("--mdns-interface") + 1] == "10.77.0.2" and argv[-1] == "--x"
     assert (CHECKOUT_ROOT / "tests" / "netlab" / "test_bed.py").exists()
     assert python_env({"A": "b"})["PYTHONPATH"].split(os.pathsep)[0] == str(CHECKOUT_ROOT)
