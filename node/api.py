@@ -7,6 +7,7 @@ arguments (BadRequest says what is wrong) and returns plain data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from protocol.enums import MachineList, Output
@@ -36,11 +37,12 @@ def _arg(args: dict[str, Any], name: str, kind: type, default: Any = None) -> An
 class MembershipApi:
     """status, machines, machine_add/remove, config, machine log, console output."""
 
-    def __init__(self, prefs: Preferences, ident: Identity, peers: Peers) -> None:
+    def __init__(self, prefs: Preferences, ident: Identity, peers: Peers,
+                 role: Callable[[], dict[str, Any]]) -> None:
         self.prefs = prefs
         self.ident = ident
         self.peers = peers
-        self.role: dict[str, Any] = {"role": "worker", "term": 0, "server": None}
+        self.role = role
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""
@@ -59,7 +61,7 @@ class MembershipApi:
         return {
             "uuid": self.ident.uuid,
             "name": self.prefs.name,
-            **self.role,
+            **self.role(),
             "build_id": self.peers.local.build_id,
             "arch": self.peers.local.arch,
             "listen": self.peers.advertised,

@@ -220,3 +220,6 @@ def machines_remove(ctx: click.Context, machine: str, as_json: bool) -> None:
 def machines_log(ctx: click.Context, machine: str, text: str) -> None:
     """Add a line to a machine's log (AddLogToMachine)."""
     client(ctx).add_log_to_machine(machine, text)
+
+
+from . import cli_jobs as _cli_jobs  # noqa: E402,F401  (registers the job commands)

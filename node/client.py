@@ -164,3 +164,86 @@ class Client:
     def net_console_output(self, flags: int, value: str) -> bool:
         """NetConsoleOutput: print a line to the daemon's log (journal)."""
         return bool(self.call("console", flags=int(flags), text=value))
+
+    # -- jobs ------------------------------------------------------------------
+
+    def create_render_job(self, scene: str, *, frames: str = "1", renderer: str = "builtin",
+                          output: str = "", chunk: int = 1, priority: int = 50,
+                          flags: int | list[str] = 0, name: str | None = None,
+                          job_uuid: str | None = None, creator: int = 3, start: bool = True,
+                          machines: list[str] | None = None,
+                          rdata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """CreateRenderJob: returns uuid and result (CREATEJOBRESULT_*), once the job is
+        durable here and on ``replicas`` peers."""
+        result: dict[str, Any] = self.call(
+            "submit", scene=scene, frames=frames, renderer=renderer, output=output, chunk=chunk,
+            priority=priority, flags=flags, name=name, uuid=job_uuid, creator=creator, start=start,
+            machines=machines, rdata=rdata,
+        )
+        return result
+
+    def get_jobs_list(self, rdata: int = 0, assets: int = 0, results: int = 0, log: int = 0,
+                      selected_job: str | None = None, selected_job_only: bool = False,
+                      user: str | None = None) -> list[dict[str, Any]]:
+        """GetJobsList with DETAILSELECTOR_* for each kind of detail."""
+        result: list[dict[str, Any]] = self.call(
+            "jobs", rdata=rdata, assets=assets, results=results, log=log, job=selected_job,
+            selected_only=selected_job_only, user=user,
+        )
+        return result
+
+    def get_job(self, job_uuid: str) -> dict[str, Any]:
+        """One job with every detail."""
+        result: dict[str, Any] = self.call("job", job=job_uuid)
+        return result
+
+    def init_and_start_rendering_full_async(self, job_uuid: str, flags: int | list[str] | None = None,
+                                            machines: list[str] | None = None,
+                                            restart: bool = False) -> bool:
+        """InitRendering + StartRendering in one (InitAndStartRenderingFullAsync)."""
+        return bool(self.call("start", job=job_uuid, flags=flags, machines=machines,
+                              restart=restart)["started"])
+
+    def stop_rendering(self, job_uuid: str) -> str:
+        """StopRendering: the job ends with RENDERRESULT_USERBREAK."""
+        return str(self.call("stop", job=job_uuid)["result"])
+
+    def delete_render_job(self, job_uuid: str, inform_clients: bool = True) -> bool:
+        """DeleteRenderJob(informClients)."""
+        return bool(self.call("delete", job=job_uuid, inform_clients=inform_clients)["deleted"])
+
+    def insert_job_before(self, job_uuid1: str, job_uuid2: str) -> bool:
+        """InsertJobBefore: move job 1 before job 2."""
+        return bool(self.call("move", job=job_uuid1, before=job_uuid2))
+
+    def insert_job_after(self, job_uuid1: str, job_uuid2: str) -> bool:
+        """InsertJobAfter: move job 1 after job 2."""
+        return bool(self.call("move", job=job_uuid1, after=job_uuid2))
+
+    def set_default_scene_name(self, job_uuid: str, default_scene_name: str) -> bool:
+        """SetDefaultSceneName."""
+        return bool(self.call("scene", job=job_uuid, name=default_scene_name))
+
+    def add_log_to_job(self, job_uuid: str, log: str, append: bool = True) -> bool:
+        """AddLogToJob: append, or replace the log (append=False)."""
+        return bool(self.call("log", job=job_uuid, text=log, replace=not append))
+
+    def copy_render_task_from(self, job_uuid: str) -> list[dict[str, Any]]:
+        """CopyRenderTaskFrom: frame, state, render time, machines per task."""
+        result: list[dict[str, Any]] = self.call("tasks", job=job_uuid)
+        return result
+
+    def get_user_pool(self) -> list[dict[str, Any]]:
+        """GetUserPool: users known to the farm."""
+        result: list[dict[str, Any]] = self.call("users")
+        return result
+
+    def message(self, text: str, to: str = "") -> dict[str, Any]:
+        """Message: to everyone, or private to one user."""
+        result: dict[str, Any] = self.call("message", text=text, to=to or None)
+        return result
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Messages visible to this user."""
+        result: list[dict[str, Any]] = self.call("messages")
+        return result

@@ -47,6 +47,7 @@ class Preferences:
     reconnect_max: float = 1.0  #: cap of the reconnect backoff, seconds
     cipher: str = "chachapoly"  #: chachapoly or aesgcm (sessions this node opens)
     replicas: int = 2  #: peers a submit waits for
+    election_grace: float = 2.0  #: seconds after start before this node may claim the server role
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
     log_level: str = "info"
 

@@ -1,8 +1,8 @@
 """``serve()``: start the node's services in dependency order and stop them on
 SIGTERM/SIGINT (mDNS goodbye, Goodbye to every peer, database flushed).
 
-    database -> machine table -> peers (listener, dialers) -> control socket
-    -> discovery
+    database -> machine table, job book -> replication -> peers (listener,
+    dialers) -> election -> control socket -> discovery
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ from .config import Preferences
 from .control import ControlServer, Method
 from .db import Database
 from .discovery import Discovery
+from .election import Election
 from .identity import Identity, load_or_create
+from .jobbook import JobBook
+from .jobs import Jobs
+from .jobs_api import JobsApi
 from .machines import MachineTable
 from .peers import Peers
+from .replication import Replication
 
 log = logging.getLogger("rendernode.daemon")
 
@@ -41,6 +46,11 @@ class Node:
     table: MachineTable
     peers: Peers
     api: MembershipApi
+    book: JobBook
+    jobs: Jobs
+    replication: Replication
+    election: Election
+    jobs_api: JobsApi
     methods: dict[str, Method] = field(default_factory=dict)
 
 
@@ -53,8 +63,14 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     table = MachineTable(db)
     peers = Peers(prefs, ident, table, derive_psk(token, prefs.farm),
                   build_id(capabilities.version(), env), capabilities.arch(), capabilities.detect())
-    api = MembershipApi(prefs, ident, peers)
-    return Node(prefs, ident, db, table, peers, api, api.methods())
+    book = JobBook(db, ident.uuid)
+    jobs = Jobs(book, ident.uuid, prefs.admins)
+    replication = Replication(book, peers)
+    election = Election(peers, prefs.state_dir, prefs.server_priority, prefs.election_grace)
+    api = MembershipApi(prefs, ident, peers, election.status)
+    jobs_api = JobsApi(jobs, replication, peers, prefs.replicas)
+    return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
+                {**api.methods(), **jobs_api.methods()})
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -63,7 +79,10 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.table.run)
+            await nursery.start(node.book.run)
+            await nursery.start(node.replication.run)
             await nursery.start(node.peers.run)
+            await nursery.start(node.election.run)
             await nursery.start(ControlServer(prefs.socket, node.methods).run)
             if prefs.mdns:
                 addresses: list[tuple[str, int]] = []

@@ -106,6 +106,7 @@ class Peers:
         self.heartbeat_info: Callable[[], dict[str, Any]] = lambda: {}
         self.hello_extra: Callable[[], dict[str, Any]] = lambda: {}
         self.on_change: list[Callable[[], None]] = []
+        self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
         self._cipher = Cipher.AESGCM if prefs.cipher == "aesgcm" else Cipher.CHACHAPOLY
@@ -402,6 +403,8 @@ class Peers:
         self.table.log(uuid, f"online, verified ({s.remote_ip})")
         for callback in self.on_change:
             callback()
+        for session_callback in self.on_session:
+            session_callback(s)
         return True
 
     def _keep_existing(self, existing: Session, new: Session) -> bool:
@@ -492,7 +495,7 @@ class Peers:
             if not isinstance(event, MessageReceived):
                 continue
             msg, req_id = event.message, event.req_id
-            if isinstance(msg, Heartbeat) or s.resolve(msg, req_id):
+            if s.resolve(msg, req_id):
                 continue
             if isinstance(msg, DialBack):
                 nursery.start_soon(self._guard, s, self._answer_dialback(s, msg, req_id))

@@ -125,3 +125,36 @@ class Event(Message):
     TYPE = "event"
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@register
+@dataclass(frozen=True)
+class JobDelta(Message):
+    """Job documents or deltas (``protocol.crdt.job_to_wire``) to merge.  With a
+    request id, the receiver replies once they are durable on its disk."""
+
+    TYPE = "job_delta"
+    jobs: list[dict[str, Any]]
+
+
+@register
+@dataclass(frozen=True)
+class JobDigest(Message):
+    """Anti-entropy: the sender's digest of every job it holds."""
+
+    TYPE = "job_digest"
+    digests: dict[str, bytes]
+
+
+@register
+@dataclass(frozen=True)
+class Chat(Message):
+    """A user's message to the farm (Message): to everyone, or private to ``to``."""
+
+    TYPE = "chat"
+    mid: str
+    sender: str
+    text: str
+    time: float
+    to: str = ""
+    node: str = ""

@@ -1,0 +1,223 @@
+"""``rendernode`` job commands: submit, jobs, job, start, stop, delete, move,
+scene, log, tasks, users, message, messages."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import click
+
+from .cli import client, emit, json_option, main
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in columns:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(_cell(r.get(c)) for c in columns))
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
+@main.command()
+@click.argument("scene")
+@click.option("--frames", default="1", show_default=True, help="e.g. 1-250, 1,5,10-20, 1-100x5")
+@click.option("--renderer", type=click.Choice(["auto", "builtin", "blender", "povray", "command"]),
+              default="auto", show_default=True)
+@click.option("--output", default="", help="output pattern, e.g. renders/shot_####.png")
+@click.option("--chunk", type=int, default=1, show_default=True, help="frames per task")
+@click.option("--priority", type=int, default=50, show_default=True)
+@click.option("--flag", "flags", multiple=True, help="NETRENDERFLAGS name (repeatable)")
+@click.option("--name", help="job name (default: the scene's file name)")
+@click.option("--paused", is_flag=True, help="create the job without starting it")
+@json_option
+@click.pass_context
+def submit(ctx: click.Context, scene: str, frames: str, renderer: str, output: str, chunk: int,
+           priority: int, flags: tuple[str, ...], name: str | None, paused: bool, as_json: bool) -> None:
+    """Submit a job (CreateRenderJob); prints its UUID."""
+    if renderer == "auto":
+        renderer = {".blend": "blender", ".pov": "povray"}.get(os.path.splitext(scene)[1].lower(), "builtin")
+    result = client(ctx).create_render_job(
+        os.path.abspath(scene), frames=frames, renderer=renderer,
+        output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
+        flags=list(flags), name=name, start=not paused,
+    )
+    emit(result, as_json, lambda d: click.echo(d["uuid"]))
+
+
+@main.command()
+@click.option("--user", help="only this user's jobs")
+@click.option("--job", help="the selected job")
+@click.option("--details", default="", help="details of the selected job: rdata,assets,results,log")
+@json_option
+@click.pass_context
+def jobs(ctx: click.Context, user: str | None, job: str | None, details: str, as_json: bool) -> None:
+    """List jobs in queue order (GetJobsList)."""
+    wanted = {d.strip() for d in details.split(",") if d.strip()}
+    unknown = wanted - {"rdata", "assets", "results", "log"}
+    if unknown:
+        raise click.BadParameter(f"unknown detail {', '.join(sorted(unknown))}", param_hint="--details")
+    def sel(name: str) -> int:
+        return 1 if name in wanted else 0
+
+    rows = client(ctx).get_jobs_list(rdata=sel("rdata"), assets=sel("assets"), results=sel("results"),
+                                     log=sel("log"), selected_job=job, user=user)
+    emit(rows, as_json, lambda r: _table(r, ["uuid", "name", "user", "state", "frames_done",
+                                             "frames_total", "renderer", "priority"]))
+
+
+@main.command()
+@click.argument("job")
+@json_option
+@click.pass_context
+def job(ctx: click.Context, job: str, as_json: bool) -> None:
+    """One job with its settings and log."""
+    data = client(ctx).get_job(job)
+
+    def render(d: dict[str, Any]) -> None:
+        for key in ("uuid", "name", "scene", "default_scene", "user", "state", "result", "renderer",
+                    "frames", "chunk", "priority", "flags", "output", "machines", "frames_done",
+                    "frames_total"):
+            click.echo(f"{key:14} {_cell(d.get(key))}")
+        for entry in d.get("log", []):
+            ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
+            click.echo(f"  {ts} {entry['line']}")
+
+    emit(data, as_json, render)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--machines", help="comma-separated machine UUIDs or names allowed to render it")
+@click.option("--flag", "flags", multiple=True, help="NETRENDERFLAGS name (repeatable)")
+@click.option("--restart", is_flag=True, help="render every frame again")
+@json_option
+@click.pass_context
+def start(ctx: click.Context, job: str, machines: str | None, flags: tuple[str, ...], restart: bool,
+          as_json: bool) -> None:
+    """Start a job (InitRendering / StartRendering)."""
+    ok = client(ctx).init_and_start_rendering_full_async(
+        job, flags=list(flags) if flags else None,
+        machines=[m for m in machines.split(",") if m] if machines is not None else None, restart=restart)
+    emit({"started": ok}, as_json, lambda d: click.echo("started"))
+
+
+@main.command()
+@click.argument("job")
+@json_option
+@click.pass_context
+def stop(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Stop a job (StopRendering, RENDERRESULT_USERBREAK)."""
+    result = client(ctx).stop_rendering(job)
+    emit({"result": result}, as_json, lambda d: click.echo(f"stopped ({result})"))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--keep-clients", is_flag=True, help="do not wait for the other nodes (informClients off)")
+@json_option
+@click.pass_context
+def delete(ctx: click.Context, job: str, keep_clients: bool, as_json: bool) -> None:
+    """Delete a job (DeleteRenderJob)."""
+    client(ctx).delete_render_job(job, inform_clients=not keep_clients)
+    emit({"deleted": job}, as_json, lambda d: click.echo(f"deleted {job}"))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--before", help="put JOB before this job")
+@click.option("--after", help="put JOB after this job")
+@json_option
+@click.pass_context
+def move(ctx: click.Context, job: str, before: str | None, after: str | None, as_json: bool) -> None:
+    """Move a job in the queue (InsertJobBefore / InsertJobAfter)."""
+    if bool(before) == bool(after):
+        raise click.UsageError("give exactly one of --before or --after")
+    c = client(ctx)
+    if before:
+        c.insert_job_before(job, before)
+    else:
+        c.insert_job_after(job, after or "")
+    emit({"moved": job}, as_json, lambda d: click.echo("moved"))
+
+
+@main.command()
+@click.argument("job")
+@click.argument("name")
+@json_option
+@click.pass_context
+def scene(ctx: click.Context, job: str, name: str, as_json: bool) -> None:
+    """Set a job's default scene name (SetDefaultSceneName)."""
+    client(ctx).set_default_scene_name(job, name)
+    emit({"default_scene": name}, as_json, lambda d: None)
+
+
+@main.command("log")
+@click.argument("job")
+@click.argument("text")
+@click.option("--replace", is_flag=True, help="replace the job's log with TEXT")
+@json_option
+@click.pass_context
+def log_cmd(ctx: click.Context, job: str, text: str, replace: bool, as_json: bool) -> None:
+    """Add a line to a job's log (AddLogToJob)."""
+    client(ctx).add_log_to_job(job, text, append=not replace)
+    emit({"logged": True}, as_json, lambda d: None)
+
+
+@main.command()
+@click.argument("job")
+@json_option
+@click.pass_context
+def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
+    """A job's tasks: frame, state, render time, machines (CopyRenderTaskFrom)."""
+    rows = client(ctx).copy_render_task_from(job)
+    emit(rows, as_json, lambda r: _table(r, ["task", "frames", "state", "render_time", "machines",
+                                             "attempt", "error"]))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def users(ctx: click.Context, as_json: bool) -> None:
+    """Users known to the farm (GetUserPool)."""
+    rows = client(ctx).get_user_pool()
+    emit(rows, as_json, lambda r: _table(r, ["name", "admin", "jobs", "you"]))
+
+
+@main.command()
+@click.argument("text")
+@click.option("--to", default="", help="send privately to this user")
+@json_option
+@click.pass_context
+def message(ctx: click.Context, text: str, to: str, as_json: bool) -> None:
+    """Send a message to the farm's users (Message)."""
+    result = client(ctx).message(text, to)
+    emit(result, as_json, lambda d: None)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def messages(ctx: click.Context, as_json: bool) -> None:
+    """Messages to you or to everyone."""
+    rows = client(ctx).messages()
+
+    def render(r: list[dict[str, Any]]) -> None:
+        for m in r:
+            ts = datetime.datetime.fromtimestamp(m["time"]).strftime("%Y-%m-%d %H:%M")
+            click.echo(f"{ts} {m['sender']}{' (private)' if m['private'] else ''}: {m['text']}")
+
+    emit(rows, as_json, render)

@@ -1,0 +1,164 @@
+"""Server election without a quorum, fenced by terms.
+
+Rules (each node applies them to what it sees; all see the same once
+heartbeats have gone round):
+
+- A *claim* is a live node saying it is the server of term T (its heartbeat
+  names itself as server).  Claims are ordered by (term, priority, uuid).
+- A node obeys the greatest claim it sees among live nodes (itself included).
+  A server that sees a greater claim steps down at once.
+- With no live claim, the live, verified, server-eligible node with the
+  greatest (server_priority, uuid) claims the role with term = max seen + 1,
+  persisted before it is announced.  A live server keeps the role even when a
+  node with a higher priority joins.
+- A node waits ``grace`` seconds after start before claiming, so a restarted
+  node finds the farm's server before it would take the role itself.
+
+During a partition each side has a server; on heal the lower claim steps
+down.  Terms only grow; every server command carries its term and a worker
+ignores commands of a term lower than the highest it knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from protocol.messages import Heartbeat
+
+from .peers import Peers
+from .session import Session
+
+log = logging.getLogger("rendernode.election")
+TERM_FILE = "term"
+
+
+class Election:
+    """Tracks claims, decides the role, persists the highest term seen."""
+
+    def __init__(self, peers: Peers, state_dir: str, priority: int, grace: float) -> None:
+        self.peers = peers
+        self.me = peers.ident.uuid
+        self.priority = priority
+        self.grace = grace
+        self._path = Path(state_dir) / TERM_FILE
+        self.max_term = self._load_term()
+        self.term = 0  #: term of the server we obey (0: none)
+        self.server: str | None = None
+        self.claims: dict[str, tuple[int, str]] = {}  #: uuid -> (term, server it obeys)
+        self._changed = trio.Event()
+        self._started_at = 0.0
+        self.on_role: list[Callable[[], None]] = []
+        peers.heartbeat_info = self.heartbeat_info
+        peers.hello_extra = lambda: {"term": self.term}
+        peers.on_change.append(self.poke)
+        peers.handlers[Heartbeat] = self._on_heartbeat
+
+    @property
+    def role(self) -> str:
+        """"server" or "worker"."""
+        return "server" if self.server == self.me else "worker"
+
+    def status(self) -> dict[str, Any]:
+        """role, term, server for ``rendernode status``."""
+        return {"role": self.role, "term": self.term, "server": self.server}
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        """What our heartbeats say: the term and server we obey."""
+        return {"term": self.term, "server": self.server or ""}
+
+    def poke(self) -> None:
+        """Re-evaluate soon (membership changed)."""
+        self._changed.set()
+
+    def _load_term(self) -> int:
+        try:
+            return int(self._path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError):
+            log.warning("unreadable term file %s; starting from term 0", self._path)
+            return 0
+
+    def _save_term(self, term: int) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(term))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+
+    async def _on_heartbeat(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, Heartbeat)
+        old = self.claims.get(session.uuid)
+        new = (msg.term, msg.server)
+        if old != new:
+            self.claims[session.uuid] = new
+            self.poke()
+
+    def _priority_of(self, uuid: str) -> int:
+        if uuid == self.me:
+            return self.priority
+        session = self.peers.sessions.get(uuid)
+        if session is not None and session.hello is not None:
+            return session.hello.server_priority
+        return 0
+
+    def evaluate(self) -> bool:
+        """Apply the rules once; True if the role, term or server changed."""
+        live = set(self.peers.sessions) | {self.me}
+        for uuid in list(self.claims):
+            if uuid not in live:
+                del self.claims[uuid]
+        seen = max([self.max_term, *(t for t, _ in self.claims.values())])
+        best: tuple[int, int, str] | None = None
+        for uuid, (term, server) in self.claims.items():
+            if server == uuid and term > 0:
+                claim = (term, self._priority_of(uuid), uuid)
+                best = claim if best is None or claim > best else best
+        if self.server == self.me and self.term > 0:
+            mine = (self.term, self.priority, self.me)
+            best = mine if best is None or mine > best else best
+        before = (self.term, self.server)
+        if best is not None:
+            self.term, self.server = best[0], best[2]
+        else:
+            self.term, self.server = 0, None
+            eligible = [(self._priority_of(u), u) for u in live if self._priority_of(u) > 0]
+            waited = trio.current_time() - self._started_at >= self.grace
+            if eligible and max(eligible)[1] == self.me and waited:
+                self.term, self.server = seen + 1, self.me
+        if self.term > self.max_term:
+            self.max_term = self.term
+            self._save_term(self.term)
+        elif seen > self.max_term:
+            self.max_term = seen
+            self._save_term(seen)
+        if (self.term, self.server) != before:
+            log.info("role %s, term %d, server %s", self.role, self.term, self.server)
+            for callback in self.on_role:
+                callback()
+            return True
+        return False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Re-evaluate on every change, and once the start-up grace has passed."""
+        self._started_at = trio.current_time()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._after_grace)
+            while True:
+                await self._changed.wait()
+                self._changed = trio.Event()
+                if self.evaluate():
+                    info = self.heartbeat_info()
+                    await self.peers.broadcast(Heartbeat(seq=0, term=info["term"], server=info["server"]))
+
+    async def _after_grace(self) -> None:
+        await trio.sleep(self.grace)
+        self.poke()

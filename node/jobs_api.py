@@ -1,0 +1,247 @@
+"""Control-socket methods for jobs, users and messages.
+
+Permission rule: only a job's owner or an admin (preference ``admins``) may
+start, stop, delete, move or rename it.  The caller is the OS user the control
+socket's SO_PEERCRED names.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections import deque
+from typing import Any
+
+from protocol.crdt import JobDoc
+from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
+from protocol.messages import Chat
+
+from .control import Caller, Method
+from .errors import BadRequest
+from .jobs import CREATE_OK, Jobs, JobSpec
+from .peers import Peers
+from .replication import Replication
+from .session import Session
+
+INBOX_SIZE = 500
+DETAILS = ("rdata", "assets", "results", "log")
+
+
+def _str(args: dict[str, Any], name: str, required: bool = True) -> str:
+    value = args.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise BadRequest(f"argument {name!r} must be a non-empty string")
+    return value
+
+
+def _flags(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (str, list)):
+        try:
+            return parse_flag_names(value, NetRenderFlags, "NETRENDERFLAGS_")
+        except ValueError as exc:
+            raise BadRequest(f"bad flags: {exc}") from None
+    raise BadRequest("flags must be names like SAVERESULTSINREPOSITORY or an integer")
+
+
+class JobsApi:
+    """submit, jobs, job, start, stop, delete, move, scene, log, tasks, users, message(s)."""
+
+    def __init__(self, jobs: Jobs, replication: Replication, peers: Peers, replicas: int) -> None:
+        self.jobs = jobs
+        self.replication = replication
+        self.peers = peers
+        self.replicas = replicas
+        self.inbox: deque[dict[str, Any]] = deque(maxlen=INBOX_SIZE)
+        self.callers: set[str] = set()
+        peers.handlers[Chat] = self._on_chat
+
+    def methods(self) -> dict[str, Method]:
+        """Name -> coroutine function, for the control server."""
+        return {
+            "submit": self.submit, "jobs": self.list_jobs, "job": self.job, "start": self.start,
+            "stop": self.stop, "delete": self.delete, "move": self.move, "scene": self.scene,
+            "log": self.log, "tasks": self.tasks, "users": self.users, "message": self.message,
+            "messages": self.messages,
+        }
+
+    def _seen(self, caller: Caller) -> None:
+        self.callers.add(caller.user)
+
+    async def _durable_and_replicated(self, deltas: list[JobDoc]) -> dict[str, Any]:
+        await self.jobs.book.durable()
+        want = min(self.replicas, len(self.peers.sessions))
+        acked = await self.replication.replicate(deltas, want)
+        return {"replicas": acked, "wanted": want}
+
+    async def submit(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """CreateRenderJob: acknowledged once durable here and on ``replicas`` peers."""
+        self._seen(caller)
+        spec = JobSpec.from_args({**args, "flags": _flags(args.get("flags")) or 0})
+        job_uuid = args.get("uuid")
+        if job_uuid is not None:
+            try:
+                job_uuid = str(uuidlib.UUID(str(job_uuid)))
+            except ValueError:
+                raise BadRequest(f"job uuid {job_uuid!r} is not a UUID") from None
+        delta = self.jobs.create(spec, caller.user, job_uuid)
+        try:
+            copies = await self._durable_and_replicated([delta])
+        except OSError:
+            return {"uuid": delta.uuid, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
+                    "result_name": "SAVINGFAILED"}
+        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies}
+
+    async def list_jobs(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """GetJobsList(rdata, assets, results, log, selectedJob, selectedJobOnly, user)."""
+        user = _str(args, "user", required=False)
+        selected = _str(args, "job", required=False)
+        selected_uuid = self.jobs.find(selected).uuid if selected else ""
+        only = bool(args.get("selected_only", bool(selected)))
+        selectors = {}
+        for name in DETAILS:
+            raw = args.get(name, 0)
+            try:
+                selectors[name] = DetailSelector(raw)
+            except ValueError:
+                raise BadRequest(f"{name} must be a DETAILSELECTOR value (0, 1 or 2)") from None
+        out = []
+        for doc in self.jobs.queue():
+            if user and doc.value("user") != user:
+                continue
+            is_selected = doc.uuid == selected_uuid
+            if only and selected_uuid and not is_selected:
+                continue
+            item = self.jobs.summary(doc)
+            for name, sel in selectors.items():
+                want = (sel == DetailSelector.DETAILSELECTOR_SELECTED and is_selected) or (
+                    sel == DetailSelector.DETAILSELECTOR_NONSELECTED and not is_selected)
+                if want:
+                    item[name] = self._detail(doc, name)
+            out.append(item)
+        return out
+
+    def _detail(self, doc: JobDoc, name: str) -> Any:
+        if name == "rdata":
+            return doc.value("rdata", {})
+        if name == "log":
+            return [{"time": s[0] / 1000, "node": s[2], "line": line} for s, line in doc.visible_log()]
+        if name == "results":
+            return [t for t in self.jobs.tasks(doc) if t["state"] == "done"]
+        return doc.value("assets", [])
+
+    async def job(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """One job with every detail."""
+        doc = self.jobs.find(_str(args, "job"))
+        item = self.jobs.summary(doc)
+        for name in DETAILS:
+            item[name] = self._detail(doc, name)
+        return item
+
+    async def start(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """InitRendering + StartRendering (InitAndStartRenderingFullAsync)."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        machines = args.get("machines")
+        if machines is not None and (not isinstance(machines, list)
+                                     or not all(isinstance(m, str) for m in machines)):
+            raise BadRequest("machines must be a list of machine UUIDs or names")
+        delta = self.jobs.start(doc, caller.user, _flags(args.get("flags")), machines,
+                                bool(args.get("restart", False)))
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "started": True, "generation": self.jobs.find(doc.uuid).gen,
+                "delta_gen": delta.gen}
+
+    async def stop(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """StopRendering: RENDERRESULT_USERBREAK."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        self.jobs.stop(doc, caller.user)
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "result": "USERBREAK"}
+
+    async def delete(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """DeleteRenderJob(informClients)."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        delta = self.jobs.delete(doc)
+        inform = bool(args.get("inform_clients", True))
+        copies = await self._durable_and_replicated([delta]) if inform else {}
+        if not inform:
+            await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "deleted": True, **copies}
+
+    async def move(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """InsertJobBefore / InsertJobAfter."""
+        doc = self.jobs.find(_str(args, "job"))
+        before, after = _str(args, "before", False), _str(args, "after", False)
+        if bool(before) == bool(after):
+            raise BadRequest("move needs exactly one of before or after")
+        other = self.jobs.find(before or after)
+        self.jobs.check_owner(doc, caller.user)
+        self.jobs.move(doc, other, before=bool(before))
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "queue": [d.uuid for d in self.jobs.queue()]}
+
+    async def scene(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """SetDefaultSceneName."""
+        doc = self.jobs.find(_str(args, "job"))
+        name = _str(args, "name")
+        self.jobs.check_owner(doc, caller.user)
+        self.jobs.set_fields(doc, f"default scene set to {name!r} by {caller.user}", default_scene=name)
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "default_scene": name}
+
+    async def log(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """AddLogToJob(log, append)."""
+        doc = self.jobs.find(_str(args, "job"))
+        text = _str(args, "text")
+        self.jobs.add_log(doc, f"[{caller.user}] {text}", replace=bool(args.get("replace", False)))
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid}
+
+    async def tasks(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """CopyRenderTaskFrom."""
+        return self.jobs.tasks(self.jobs.find(_str(args, "job")))
+
+    async def users(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """GetUserPool: users known to the farm."""
+        self._seen(caller)
+        counts: dict[str, int] = {}
+        for doc in self.jobs.book.live():
+            user = str(doc.value("user", ""))
+            counts[user] = counts.get(user, 0) + 1
+        names = set(counts) | self.callers | self.jobs.admins
+        return [{"name": n, "admin": n in self.jobs.admins, "jobs": counts.get(n, 0),
+                 "you": n == caller.user} for n in sorted(names) if n]
+
+    async def message(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """Message(userUuid, op, isPrivate, msg): to everyone, or private to one user."""
+        text = _str(args, "text")
+        to = _str(args, "to", required=False)
+        chat = Chat(mid=str(uuidlib.uuid4()), sender=caller.user, text=text[:4000], time=time.time(),
+                    to=to, node=self.peers.ident.uuid)
+        self._store(chat)
+        await self.peers.broadcast(chat)
+        return {"id": chat.mid, "private": bool(to)}
+
+    async def messages(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Messages visible to the caller: public ones and private ones to or from them."""
+        return [m for m in self.inbox
+                if not m["to"] or caller.user in (m["to"], m["sender"])]
+
+    def _store(self, chat: Chat) -> None:
+        if any(m["id"] == chat.mid for m in self.inbox):
+            return
+        self.inbox.append({"id": chat.mid, "sender": chat.sender, "text": chat.text,
+                           "time": chat.time, "to": chat.to, "private": bool(chat.to),
+                           "node": chat.node})
+
+    async def _on_chat(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, Chat)
+        self._store(msg)

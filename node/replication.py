@@ -1,0 +1,179 @@
+"""Replication of the job book between verified peers.
+
+- Deltas made on this node are pushed to every live session as they happen
+  (batched per wake-up, merged per job).
+- Anti-entropy: on every new session both sides send the digest of every job
+  they hold; each then sends its document of every job whose digest differs or
+  that the other lacks.  Merging is a join, so both end equal.
+- ``replicate`` sends deltas as requests and counts the peers that answer once
+  the deltas are on their disk (submit waits for ``replicas`` of them).
+
+Documents larger than one control message are split into parts (head and log
+first, then tasks in slices); each part is itself a valid delta.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+import trio
+
+from protocol import ProtocolError
+from protocol.crdt import JobDoc, absorb, job_to_wire
+from protocol.messages import JobDelta, JobDigest, Reply
+
+from .jobbook import JobBook
+from .peers import Peers
+from .session import Session, SessionLost
+
+log = logging.getLogger("rendernode.replication")
+TASKS_PER_PART = 2000
+LOG_PER_PART = 500
+BATCH_BYTES = 512 * 1024
+MAX_PENDING_JOBS = 10_000
+REPLICATE_TIMEOUT = 10.0
+
+
+def split(doc: JobDoc) -> list[JobDoc]:
+    """``doc`` as deltas small enough for one message each."""
+    if len(doc.tasks) <= TASKS_PER_PART and len(doc.log) <= LOG_PER_PART:
+        return [doc]
+    logs = list(doc.log.items())
+    parts = [JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, {}, dict(logs[:LOG_PER_PART]), doc.log_base)]
+    for i in range(LOG_PER_PART, len(logs), LOG_PER_PART):
+        parts.append(JobDoc(doc.uuid, log=dict(logs[i : i + LOG_PER_PART])))
+    tasks = list(doc.tasks.items())
+    for i in range(0, len(tasks), TASKS_PER_PART):
+        parts.append(JobDoc(doc.uuid, tasks=dict(tasks[i : i + TASKS_PER_PART])))
+    return parts
+
+
+def batches(parts: list[JobDoc]) -> list[list[dict[str, Any]]]:
+    """Wire forms of ``parts`` grouped into messages of about BATCH_BYTES or less."""
+    out: list[list[dict[str, Any]]] = []
+    size = BATCH_BYTES
+    for part in parts:
+        wire = job_to_wire(part)
+        n = len(msgpack.packb(wire, use_bin_type=True))
+        if size + n > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(wire)
+        size += n
+    return out
+
+
+class Replication:
+    """Pushes local changes, answers peers' deltas and digests."""
+
+    def __init__(self, book: JobBook, peers: Peers) -> None:
+        self.book = book
+        self.peers = peers
+        self._pending: dict[str, JobDoc] = {}
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._receiving = False
+        book.listeners.append(self._on_change)
+        peers.handlers[JobDelta] = self._on_delta
+        peers.handlers[JobDigest] = self._on_digest
+        peers.on_session.append(self._on_session)
+
+    def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
+        if self._receiving:
+            return  # a peer's change: its author pushes it to everyone
+        self._pending[delta.uuid] = absorb(self._pending.get(delta.uuid), delta)[0]
+        self._wake.set()
+
+    def _on_session(self, session: Session) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._send_digest, session)
+
+    async def _send_digest(self, session: Session) -> None:
+        try:
+            await session.send(JobDigest(self.book.digests()))
+        except (SessionLost, ProtocolError):
+            pass
+
+    async def _on_delta(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, JobDelta)
+        self._receiving = True
+        try:
+            self.book.apply_wire(msg.jobs)
+        finally:
+            self._receiving = False
+        if req_id and self._nursery is not None:
+            self._nursery.start_soon(self._ack_when_durable, session, req_id)
+
+    async def _ack_when_durable(self, session: Session, req_id: int) -> None:
+        await self.book.durable()
+        try:
+            await session.send(Reply(True), req_id)
+        except (SessionLost, ProtocolError):
+            pass
+
+    async def _on_digest(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, JobDigest)
+        ours = self.book.digests()
+        differ = [u for u, d in ours.items() if msg.digests.get(u) != d]
+        if differ and self._nursery is not None:
+            self._nursery.start_soon(self._send_docs, session, differ)
+
+    async def _send_docs(self, session: Session, uuids: list[str]) -> None:
+        try:
+            for uuid in uuids:
+                doc = self.book.docs.get(uuid)
+                if doc is None:
+                    continue
+                for wire in batches(split(doc)):
+                    await session.send(JobDelta(wire))
+        except (SessionLost, ProtocolError) as exc:
+            log.debug("anti-entropy with %s stopped: %s", session.uuid, exc)
+
+    async def replicate(self, deltas: list[JobDoc], want: int) -> int:
+        """Send ``deltas`` to every live peer; return once ``want`` of them have them
+        on disk (or every peer answered, or the timeout passed): the count."""
+        sessions = list(self.peers.sessions.values())
+        if want <= 0 or not sessions:
+            return 0
+        messages = batches([p for d in deltas for p in split(d)])
+        acked = 0
+        enough = trio.Event()
+        answered = 0
+
+        async def one(session: Session) -> None:
+            nonlocal acked, answered
+            try:
+                for wire in messages:
+                    reply = await session.request(JobDelta(wire))
+                    if not isinstance(reply, Reply):
+                        raise SessionLost("unexpected answer")
+                acked += 1
+            except (SessionLost, ProtocolError) as exc:
+                log.info("replica %s did not take the job: %s", session.uuid, exc)
+            answered += 1
+            if acked >= want or answered == len(sessions):
+                enough.set()
+
+        async with trio.open_nursery() as nursery:
+            for session in sessions:
+                nursery.start_soon(one, session)
+            with trio.move_on_after(REPLICATE_TIMEOUT):
+                await enough.wait()
+            nursery.cancel_scope.cancel()
+        return acked
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Push local deltas as they happen."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                pending, self._pending = self._pending, {}
+                if not pending:
+                    continue
+                for wire in batches([p for d in pending.values() for p in split(d)]):
+                    await self.peers.broadcast(JobDelta(wire))

@@ -1,0 +1,324 @@
+"""The job book's merge rules: pure functions, so any two replicas that saw
+the same updates are equal whatever order (and however often) they saw them.
+
+A job is a small document::
+
+    fields   name -> Register(stamp, value)   last writer wins by stamp
+    gen      int                              max wins (restart/clear bumps it)
+    deleted  Stamp | None                     once set, stays set (tombstone)
+    tasks    tid -> TaskState                 the greatest state wins
+    log      stamp -> line                    grow-only set; "replace" moves
+    log_base Stamp | None                     ... the base, hiding older lines
+
+Stamps are hybrid logical clocks ``(millis, counter, node uuid)``: ordered by
+time, then counter, then node, so no two writers ever tie.
+
+A task's state only moves forward on ``(generation, done, attempt, phase)``;
+the writer's stamp breaks ties so the order is total.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from .errors import RemoteProtocolError
+
+Stamp = tuple[int, int, str]  #: (wall millis, counter, node uuid)
+ZERO: Stamp = (0, 0, "")
+
+
+def hlc_tick(last: Stamp, wall_ms: int, node: str) -> Stamp:
+    """A new local stamp after ``last`` (send/local event rule)."""
+    if wall_ms > last[0]:
+        return (wall_ms, 0, node)
+    return (last[0], last[1] + 1, node)
+
+
+def hlc_observe(last: Stamp, seen: Stamp, wall_ms: int, node: str) -> Stamp:
+    """The clock after receiving ``seen`` (receive rule): never behind anything seen."""
+    top = max(last[0], seen[0], wall_ms)
+    if top == last[0] == seen[0]:
+        counter = max(last[1], seen[1]) + 1
+    elif top == last[0]:
+        counter = last[1] + 1
+    elif top == seen[0]:
+        counter = seen[1] + 1
+    else:
+        counter = 0
+    return (top, counter, node)
+
+
+class Phase(IntEnum):
+    """A task's phase within (generation, done, attempt)."""
+
+    QUEUED = 0
+    ASSIGNED = 1
+    RENDERING = 2
+    DELIVERING = 3
+    FAILED = 4  #: with done=1: gave up after the retries
+    SUCCEEDED = 5  #: with done=1: every frame of the task is delivered
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One task's replicated state; ``key`` orders states."""
+
+    gen: int = 0
+    done: int = 0
+    attempt: int = 0
+    phase: int = Phase.QUEUED
+    stamp: Stamp = ZERO
+    worker: str = ""  #: machine working on it now, if any
+    machines: tuple[str, ...] = ()  #: every machine that worked on it
+    render_time: float = 0.0
+    error: str = ""
+    lease_until: float = 0.0  #: server clock (wall seconds) when the lease lapses
+    term: int = 0  #: the server term that assigned it
+
+    @property
+    def key(self) -> tuple[int, int, int, int, Stamp]:
+        """The order in which task states supersede each other."""
+        return (self.gen, self.done, self.attempt, self.phase, self.stamp)
+
+
+def merge_task(a: TaskState | None, b: TaskState | None) -> TaskState | None:
+    """The greater of two task states."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.key >= b.key else b
+
+
+@dataclass(frozen=True)
+class Register:
+    """A last-writer-wins value."""
+
+    stamp: Stamp
+    value: Any
+
+
+def merge_register(a: Register | None, b: Register | None) -> Register | None:
+    """The register with the greater stamp."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.stamp >= b.stamp else b
+
+
+@dataclass(frozen=True)
+class JobDoc:
+    """One job's replicated document (or a delta of it: a partial document)."""
+
+    uuid: str
+    fields: dict[str, Register] = field(default_factory=dict)
+    gen: int = 0
+    deleted: Stamp | None = None
+    tasks: dict[int, TaskState] = field(default_factory=dict)
+    log: dict[Stamp, str] = field(default_factory=dict)
+    log_base: Stamp | None = None
+
+    def value(self, name: str, default: Any = None) -> Any:
+        """A field's current value."""
+        reg = self.fields.get(name)
+        return default if reg is None else reg.value
+
+    def visible_log(self) -> list[tuple[Stamp, str]]:
+        """Log lines after the last replace, oldest first."""
+        base = self.log_base or ZERO
+        return sorted((s, line) for s, line in self.log.items() if s >= base)
+
+
+def _max_opt(a: Stamp | None, b: Stamp | None) -> Stamp | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def merge_job(a: JobDoc | None, b: JobDoc) -> JobDoc:
+    """Join two documents (or a document and a delta) of the same job; pure."""
+    if a is not None:
+        a = JobDoc(a.uuid, dict(a.fields), a.gen, a.deleted, dict(a.tasks), dict(a.log), a.log_base)
+    return absorb(a, b)[0]
+
+
+@dataclass
+class Changes:
+    """What ``absorb`` changed: the job's head (fields, gen, deletion, log base),
+    which tasks, which log lines."""
+
+    head: bool = False
+    tasks: list[int] = field(default_factory=list)
+    logs: list[Stamp] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.head or bool(self.tasks) or bool(self.logs)
+
+
+def absorb(doc: JobDoc | None, delta: JobDoc) -> tuple[JobDoc, Changes]:
+    """``merge_job`` for a replica that owns ``doc``: its dicts are updated in
+    place (cost proportional to the delta, not the job) and what changed is
+    reported.  The returned document may be a new object sharing the dicts."""
+    changes = Changes()
+    if doc is None:
+        doc = JobDoc(delta.uuid)
+        changes.head = True
+    elif doc.uuid != delta.uuid:
+        raise ValueError("merging documents of different jobs")
+    if doc.deleted is not None:
+        if delta.deleted is not None and delta.deleted > doc.deleted:
+            return JobDoc(doc.uuid, deleted=delta.deleted), Changes(head=True)
+        return doc, changes
+    if delta.deleted is not None:
+        return JobDoc(doc.uuid, deleted=delta.deleted), Changes(head=True)
+    for name, reg in delta.fields.items():
+        cur = doc.fields.get(name)
+        if cur is None or reg.stamp > cur.stamp:
+            doc.fields[name] = reg
+            changes.head = True
+    for tid, state in delta.tasks.items():
+        cur_t = doc.tasks.get(tid)
+        if cur_t is None or state.key > cur_t.key:
+            doc.tasks[tid] = state
+            changes.tasks.append(tid)
+    for stamp, line in delta.log.items():
+        if stamp not in doc.log:
+            doc.log[stamp] = line
+            changes.logs.append(stamp)
+    gen = max(doc.gen, delta.gen)
+    base = _max_opt(doc.log_base, delta.log_base)
+    if gen != doc.gen or base != doc.log_base:
+        doc = JobDoc(doc.uuid, doc.fields, gen, None, doc.tasks, doc.log, base)
+        changes.head = True
+    return doc, changes
+
+
+def tombstone(doc: JobDoc) -> JobDoc:
+    """A deleted job keeps only its uuid and delete stamp: delete beats every other
+    change, so the content can go at once on every replica, while the small
+    marker stops a machine that slept through the delete from resurrecting it."""
+    return JobDoc(doc.uuid, deleted=doc.deleted) if doc.deleted is not None else doc
+
+
+def task_current(doc: JobDoc, tid: int) -> TaskState:
+    """A task's state, reset to QUEUED of the job's generation if it is older."""
+    state = doc.tasks.get(tid)
+    if state is None or state.gen < doc.gen:
+        return TaskState(gen=doc.gen)
+    return state
+
+
+# -- position keys ------------------------------------------------------------
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def key_between(lo: str | None, hi: str | None) -> str:
+    """A key strictly between ``lo`` and ``hi`` (None = open end), in base 36,
+    so moving a job never renumbers the others."""
+    if lo is not None and hi is not None and not lo < hi:
+        raise ValueError(f"key_between needs lo < hi, got {lo!r}, {hi!r}")
+    lo = lo or ""
+    out = []
+    i = 0
+    while True:
+        a = _DIGITS.index(lo[i]) if i < len(lo) else 0
+        b = _DIGITS.index(hi[i]) if hi is not None and i < len(hi) else len(_DIGITS)
+        if b - a > 1:
+            out.append(_DIGITS[(a + b) // 2])
+            return "".join(out)
+        out.append(_DIGITS[a])
+        if b - a == 1:
+            hi = None  # every following digit of lo may grow freely
+        i += 1
+
+
+# -- wire / disk form ---------------------------------------------------------
+
+def _stamp(v: Any) -> Stamp:
+    if (not isinstance(v, (list, tuple)) or len(v) != 3 or not isinstance(v[0], int)
+            or not isinstance(v[1], int) or not isinstance(v[2], str)):
+        raise RemoteProtocolError(f"bad stamp {v!r}")
+    return (v[0], v[1], v[2])
+
+
+def task_to_wire(t: TaskState) -> list[Any]:
+    """A task state as a msgpack-friendly list."""
+    return [t.gen, t.done, t.attempt, t.phase, list(t.stamp), t.worker, list(t.machines),
+            t.render_time, t.error, t.lease_until, t.term]
+
+
+def task_from_wire(v: Any) -> TaskState:
+    """Inverse of ``task_to_wire``; RemoteProtocolError if malformed."""
+    try:
+        gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v
+        state = TaskState(int(gen), int(done), int(attempt), int(phase), _stamp(stamp), str(worker),
+                          tuple(str(m) for m in machines), float(rt), str(err), float(lease), int(term))
+    except (TypeError, ValueError) as exc:
+        raise RemoteProtocolError(f"bad task state: {exc}") from None
+    return state
+
+
+def job_to_wire(doc: JobDoc) -> dict[str, Any]:
+    """A job document (or delta) as a msgpack-friendly map."""
+    out: dict[str, Any] = {"uuid": doc.uuid}
+    if doc.fields:
+        out["f"] = {k: [list(r.stamp), r.value] for k, r in doc.fields.items()}
+    if doc.gen:
+        out["g"] = doc.gen
+    if doc.deleted is not None:
+        out["x"] = list(doc.deleted)
+    if doc.tasks:
+        out["t"] = [[tid, task_to_wire(t)] for tid, t in doc.tasks.items()]
+    if doc.log:
+        out["l"] = [[list(s), line] for s, line in doc.log.items()]
+    if doc.log_base is not None:
+        out["lb"] = list(doc.log_base)
+    return out
+
+
+def job_from_wire(v: Any) -> JobDoc:
+    """Inverse of ``job_to_wire``; RemoteProtocolError if malformed."""
+    if not isinstance(v, dict) or not isinstance(v.get("uuid"), str):
+        raise RemoteProtocolError("job document without a uuid")
+    try:
+        fields = {str(k): Register(_stamp(r[0]), r[1]) for k, r in v.get("f", {}).items()}
+        tasks = {int(tid): task_from_wire(t) for tid, t in v.get("t", [])}
+        log = {_stamp(s): str(line) for s, line in v.get("l", [])}
+        gen = int(v.get("g", 0))
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise RemoteProtocolError(f"bad job document: {exc}") from None
+    deleted = _stamp(v["x"]) if v.get("x") is not None else None
+    base = _stamp(v["lb"]) if v.get("lb") is not None else None
+    return JobDoc(v["uuid"], fields, gen, deleted, tasks, log, base)
+
+
+def digest(doc: JobDoc) -> bytes:
+    """A hash of a document's canonical form: equal documents, equal digests."""
+    canon = job_to_wire(doc)
+    if "f" in canon:
+        canon["f"] = sorted(canon["f"].items())
+    for key in ("t", "l"):
+        if key in canon:
+            canon[key] = sorted(canon[key])
+    return hashlib.sha256(msgpack.packb(canon, use_bin_type=True)).digest()[:16]
+
+
+def with_task(doc: JobDoc, tid: int, state: TaskState) -> JobDoc:
+    """A delta holding one task state of ``doc``'s job."""
+    return JobDoc(doc.uuid, tasks={tid: state})
+
+
+__all__ = [
+    "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp", "TaskState", "digest", "hlc_observe",
+    "hlc_tick", "job_from_wire", "job_to_wire", "key_between", "merge_job", "merge_register",
+    "merge_task", "replace", "task_current", "tombstone", "with_task",
+]
