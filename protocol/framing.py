@@ -44,9 +44,15 @@ class RecordDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes; raises if a header announces an oversize record."""
-        self._buf += data
-        self._check_header()
+        """Append received bytes; raises if a header announces an oversize record.
+        The header is completed and checked before any of its body is buffered."""
+        view = memoryview(data)
+        if self._need < 0:
+            take = max(0, HEADER_SIZE - len(self._buf))
+            self._buf += view[:take]
+            view = view[take:]
+            self._check_header()
+        self._buf += view
 
     def _check_header(self) -> None:
         if self._need < 0 and len(self._buf) >= HEADER_SIZE:
@@ -58,7 +64,11 @@ class RecordDecoder:
             self._need = n
 
     def next_record(self) -> bytes | None:
-        """Return the next complete record body, or None if more data is needed."""
+        """Return the next complete record body, or None if more data is needed.
+        A record's header is checked when that record is asked for, so every
+        whole record before an oversize one comes out, and ``max_record`` may
+        change between records (handshake -> transport)."""
+        self._check_header()
         need = self._need
         if need < 0:
             return None
@@ -68,5 +78,4 @@ class RecordDecoder:
         body = bytes(self._buf[HEADER_SIZE:end])
         del self._buf[:end]
         self._need = -1
-        self._check_header()
         return body
