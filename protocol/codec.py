@@ -147,7 +147,7 @@ def decode(data: bytes) -> tuple[Message, int]:
     if not isinstance(env, dict):
         raise RemoteProtocolError("message envelope is not a map")
     v, t, req_id = env.get("v"), env.get("t"), env.get("id", 0)
-    if v != PROTO_MAJOR:
+    if type(v) is not int or v != PROTO_MAJOR:  # True == 1 and 1.0 == 1 are not majors
         raise RemoteProtocolError(f"message of protocol major {v!r}; this node speaks {PROTO_MAJOR}")
     if not isinstance(t, str):
         raise RemoteProtocolError("message envelope has no type")
