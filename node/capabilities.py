@@ -1,18 +1,9 @@
-"""Renderers this machine offers, detected at start: name -> version."""
+"""What this machine is: architecture and installed rendernode version."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
-
-
-def detect() -> dict[str, str]:
-    """The built-in renderer is always there; other backends add themselves here."""
-    try:
-        numpy_version = metadata.version("numpy")
-    except metadata.PackageNotFoundError:
-        return {}
-    return {"builtin": f"numpy-{numpy_version}"}
 
 
 def arch() -> str:

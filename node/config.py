@@ -48,6 +48,10 @@ class Preferences:
     cipher: str = "chachapoly"  #: chachapoly or aesgcm (sessions this node opens)
     replicas: int = 2  #: peers a submit waits for
     election_grace: float = 2.0  #: seconds after start before this node may claim the server role
+    retries: int = 3  #: attempts of a task before it fails
+    exclude_after: int = 2  #: failures of one job on one worker before EXCLUDECLIENTONRENDERINGERROR excludes it
+    lease: float = 5.0  #: seconds an assignment lives without a progress report
+    watch: list[str] = field(default_factory=list)  #: folders whose new scene files become jobs
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
     log_level: str = "info"
 
@@ -138,6 +142,8 @@ def _check(prefs: Preferences) -> None:
         raise ConfigError("server_priority must be 0 (never) or more")
     if prefs.cipher not in ("chachapoly", "aesgcm"):
         raise ConfigError(f"cipher must be chachapoly or aesgcm, not {prefs.cipher!r}")
+    if prefs.retries < 1 or prefs.exclude_after < 1:
+        raise ConfigError("retries and exclude_after must be at least 1")
     if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0:
         raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas at least 0")
     if not prefs.farm or len(prefs.farm) > 64:
@@ -161,9 +167,13 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         host, port_s = text.split(":")
     if not host:
         raise ConfigError(f"bad address {text!r}: no host")
+    try:
+        host.encode("idna")  # what the resolver will do; an overlong or empty label fails here
+    except UnicodeError:
+        raise ConfigError(f"bad address {text!r}: {host!r} is not a valid host name") from None
     if not port_s:
         return host, default_port
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+    if not (port_s.isascii() and port_s.isdigit()) or not 0 <= int(port_s) <= 65535:
         raise ConfigError(f"bad address {text!r}: port must be 0-65535")
     return host, int(port_s)
 

@@ -18,7 +18,7 @@ import trio
 from protocol.connection import derive_psk
 from protocol.version import build_id
 
-from . import capabilities
+from . import capabilities, renderers
 from .api import MembershipApi
 from .config import Preferences
 from .control import ControlServer, Method
@@ -32,6 +32,10 @@ from .jobs_api import JobsApi
 from .machines import MachineTable
 from .peers import Peers
 from .replication import Replication
+from .results import Results
+from .scheduler import Scheduler
+from .transfer import Transfers
+from .worker import Worker
 
 log = logging.getLogger("rendernode.daemon")
 
@@ -51,6 +55,9 @@ class Node:
     replication: Replication
     election: Election
     jobs_api: JobsApi
+    results: Results
+    worker: Worker
+    scheduler: Scheduler
     methods: dict[str, Method] = field(default_factory=dict)
 
 
@@ -61,16 +68,22 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     ident = load_or_create(prefs.state_dir)
     db = Database(prefs.state_dir)
     table = MachineTable(db)
+    backends, versions = renderers.load()
     peers = Peers(prefs, ident, table, derive_psk(token, prefs.farm),
-                  build_id(capabilities.version(), env), capabilities.arch(), capabilities.detect())
+                  build_id(capabilities.version(), env), capabilities.arch(), versions)
     book = JobBook(db, ident.uuid)
     jobs = Jobs(book, ident.uuid, prefs.admins)
     replication = Replication(book, peers)
     election = Election(peers, prefs.state_dir, prefs.server_priority, prefs.election_grace)
     api = MembershipApi(prefs, ident, peers, election.status)
-    jobs_api = JobsApi(jobs, replication, peers, prefs.replicas)
+    results = Results(db, jobs, peers, election, Transfers(peers), prefs.state_dir)
+    worker = Worker(peers, election, jobs, backends, results, prefs.state_dir)
+    scheduler = Scheduler(jobs, peers, election, worker, versions, prefs.share, prefs.retries,
+                          prefs.exclude_after, prefs.lease)
+    worker.report_local = scheduler.on_update
+    jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results)
     return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
-                {**api.methods(), **jobs_api.methods()})
+                results, worker, scheduler, {**api.methods(), **jobs_api.methods()})
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,6 +96,9 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.replication.run)
             await nursery.start(node.peers.run)
             await nursery.start(node.election.run)
+            await nursery.start(node.results.run)
+            await nursery.start(node.worker.run)
+            await nursery.start(node.scheduler.run)
             await nursery.start(ControlServer(prefs.socket, node.methods).run)
             if prefs.mdns:
                 addresses: list[tuple[str, int]] = []

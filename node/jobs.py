@@ -71,6 +71,13 @@ class JobSpec:
         rdata = args.get("rdata") or {}
         if not isinstance(rdata, dict):
             raise BadRequest("rdata must be a map of renderer settings")
+        if renderer == "command":
+            from .renderers.command import check_template
+
+            try:
+                check_template(str(rdata.get("command", "")))
+            except ValueError as exc:
+                raise BadRequest(f"{exc} (give it as rdata.command)") from None
         name = args.get("name") or scene.rsplit("/", 1)[-1]
         output = args.get("output") or ""
         if not isinstance(name, str) or not isinstance(output, str):
@@ -159,6 +166,7 @@ class Jobs:
             "user": user, "origin": self.node, "created": time.time(),
             "position": key_between(last, None), "state": "queued" if spec.start else "created",
             "watch_folder": spec.watch_folder, "result": int(RenderResult.RENDERRESULT_OK),
+            "outputs": spec.renderer != "command" or "{output}" in str((spec.rdata or {}).get("command", "")),
         }
         stamp = self.book.stamp()
         delta = JobDoc(uuid, fields={k: Register(stamp, v) for k, v in fields.items()},

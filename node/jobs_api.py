@@ -21,6 +21,7 @@ from .errors import BadRequest
 from .jobs import CREATE_OK, Jobs, JobSpec
 from .peers import Peers
 from .replication import Replication
+from .results import Results
 from .session import Session
 
 INBOX_SIZE = 500
@@ -41,7 +42,7 @@ def _flags(value: Any) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, (str, list)):
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         try:
             return parse_flag_names(value, NetRenderFlags, "NETRENDERFLAGS_")
         except ValueError as exc:
@@ -52,8 +53,10 @@ def _flags(value: Any) -> int | None:
 class JobsApi:
     """submit, jobs, job, start, stop, delete, move, scene, log, tasks, users, message(s)."""
 
-    def __init__(self, jobs: Jobs, replication: Replication, peers: Peers, replicas: int) -> None:
+    def __init__(self, jobs: Jobs, replication: Replication, peers: Peers, replicas: int,
+                 results: Results) -> None:
         self.jobs = jobs
+        self.results = results
         self.replication = replication
         self.peers = peers
         self.replicas = replicas
@@ -67,7 +70,9 @@ class JobsApi:
             "submit": self.submit, "jobs": self.list_jobs, "job": self.job, "start": self.start,
             "stop": self.stop, "delete": self.delete, "move": self.move, "scene": self.scene,
             "log": self.log, "tasks": self.tasks, "users": self.users, "message": self.message,
-            "messages": self.messages,
+            "messages": self.messages, "results": self.list_results,
+            "results_clear": self.clear_results, "results_rm": self.remove_result,
+            "repo": self.repository,
         }
 
     def _seen(self, caller: Caller) -> None:
@@ -132,7 +137,7 @@ class JobsApi:
         if name == "log":
             return [{"time": s[0] / 1000, "node": s[2], "line": line} for s, line in doc.visible_log()]
         if name == "results":
-            return [t for t in self.jobs.tasks(doc) if t["state"] == "done"]
+            return self.results.of_job(doc.uuid)
         return doc.value("assets", [])
 
     async def job(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -245,3 +250,28 @@ class JobsApi:
     async def _on_chat(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Chat)
         self._store(msg)
+
+    async def list_results(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The job's result files held on this node."""
+        return self.results.of_job(self.jobs.find(_str(args, "job")).uuid)
+
+    async def clear_results(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """ClearResults: delete this node's result files of the job; a new generation."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        removed = await self.results.clear(doc.uuid)
+        self.jobs.start(doc, caller.user, restart=True)
+        self.jobs.set_fields(doc, f"results cleared by {caller.user}", state="created")
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "removed": removed}
+
+    async def remove_result(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """RemoveResult(jobUuid, relResultPath)."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        await self.results.remove(doc.uuid, _str(args, "path"))
+        return {"uuid": doc.uuid, "removed": args["path"]}
+
+    async def repository(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """GetRepository: results kept in this node's repository."""
+        return self.results.repository()

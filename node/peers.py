@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from protocol import (
+    BulkReceived,
     ConnectionClosed,
     HandshakeComplete,
     HandshakeFailed,
@@ -52,6 +53,7 @@ from protocol.verification import (
 from protocol.verification import Verdict as VerifyResult
 
 from .config import Preferences, parse_hostport
+from .errors import ConfigError
 from .identity import Identity
 from .machines import MachineTable
 from .session import Session, SessionLost
@@ -107,6 +109,7 @@ class Peers:
         self.hello_extra: Callable[[], dict[str, Any]] = lambda: {}
         self.on_change: list[Callable[[], None]] = []
         self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
+        self.bulk_handler: Callable[[Session, int, bytes], Awaitable[None]] | None = None
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
         self._cipher = Cipher.AESGCM if prefs.cipher == "aesgcm" else Cipher.CHACHAPOLY
@@ -335,6 +338,8 @@ class Peers:
         self.facts[hello.uuid] = facts
         if not ours.verified or not theirs.ok:
             reason = ours.reason if not ours.verified else f"it refused us: {theirs.reason}"
+            # no session follows this one: ONLINE only if another, verified one is up
+            self.facts[hello.uuid] = dataclasses.replace(facts, online=hello.uuid in self.sessions)
             self._set_bits(hello.uuid, reason=reason)
             self.table.log(hello.uuid, f"verification failed: {reason}")
             await self._goodbye(s, "verification failed")
@@ -492,6 +497,10 @@ class Peers:
             scope.deadline = trio.current_time() + window
             if isinstance(event, ConnectionClosed):
                 return event.reason
+            if isinstance(event, BulkReceived):
+                if self.bulk_handler is not None:
+                    await self.bulk_handler(s, event.stream, event.data)
+                continue
             if not isinstance(event, MessageReceived):
                 continue
             msg, req_id = event.message, event.req_id
@@ -520,7 +529,7 @@ class Peers:
         for text in msg.addresses[:8]:
             try:
                 host, port = parse_hostport(text)
-            except ValueError:
+            except ConfigError:
                 continue
             if host in ("0.0.0.0", "::"):
                 host = s.remote_ip

@@ -158,3 +158,96 @@ class Chat(Message):
     time: float
     to: str = ""
     node: str = ""
+
+
+@register
+@dataclass(frozen=True)
+class Assign(Message):
+    """Server -> worker: render this task under this lease.  Carries the server's
+    term; a worker refuses an assignment of a term lower than the highest it knows."""
+
+    TYPE = "assign"
+    job: str
+    task: int
+    frames: list[int]
+    gen: int
+    attempt: int
+    term: int
+    renderer: str
+    scene: str
+    origin: str
+    scene_sha256: str = ""
+    rdata: dict[str, Any] = field(default_factory=dict)
+    flags: int = 0
+    outputs: bool = True  #: False for jobs whose frames leave no file (no-op, command)
+
+
+@register
+@dataclass(frozen=True)
+class TaskUpdate(Message):
+    """Worker -> server: progress (renews the lease) or the end of a task."""
+
+    TYPE = "task_update"
+    job: str
+    task: int
+    gen: int
+    attempt: int
+    progress: float = 0.0
+    finished: bool = False
+    result: int = 0  #: RENDERRESULT_* when finished
+    error: str = ""
+    render_time: float = 0.0
+    log_tail: list[str] = field(default_factory=list)
+    warnings: int = 0
+
+
+@register
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Server -> worker: stop this job's task (or every task of the job if task < 0)."""
+
+    TYPE = "cancel"
+    job: str
+    task: int = -1
+    term: int = 0
+    reason: str = ""
+
+
+@register
+@dataclass(frozen=True)
+class FileOffer(Message):
+    """Offer a file (a finished frame, a scene) that follows as bulk records on ``stream``."""
+
+    TYPE = "file_offer"
+    kind: str  #: "result" or "scene"
+    job: str
+    task: int
+    frame: int
+    size: int
+    sha256: str
+    stream: int
+    name: str = ""
+    render_time: float = 0.0
+    machine: str = ""
+    repository: bool = False  #: store in the repository (SAVERESULTSINREPOSITORY)
+    gen: int = 0  #: the job generation the frame was rendered for
+
+
+@register
+@dataclass(frozen=True)
+class FileCommit(Message):
+    """The bulk data of ``stream`` is complete: verify it and store it."""
+
+    TYPE = "file_commit"
+    stream: int
+
+
+@register
+@dataclass(frozen=True)
+class FileRequest(Message):
+    """Ask a peer to send a file it holds (a job's scene); answered by a FileOffer."""
+
+    TYPE = "file_request"
+    kind: str
+    job: str
+    sha256: str = ""

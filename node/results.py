@@ -1,0 +1,307 @@
+"""Finished frames: the worker's outbox, the submitter's output files and the
+server's repository.
+
+A worker puts every rendered frame in its outbox (state dir, survives a
+restart) and delivers it to the job's submitting node and, with
+SAVERESULTSINREPOSITORY, to the server.  It deletes a frame only once every
+target holds it.  The submitting node writes the frame to the job's output
+pattern (``renders/shot_####.png``), records it, and marks the task SUCCEEDED
+once every frame of the task is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from protocol import ProtocolError
+from protocol.crdt import JobDoc, Phase, TaskState, task_current
+from protocol.enums import NetRenderFlags
+from protocol.messages import FileOffer
+
+from .db import Database
+from .election import Election
+from .errors import BadRequest, NotFound
+from .jobs import Jobs, task_frames
+from .peers import Peers
+from .session import RequestFailed, Session, SessionLost
+from .transfer import Transfers, sha256_file, write_atomic
+
+log = logging.getLogger("rendernode.results")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    job TEXT NOT NULL, gen INTEGER NOT NULL, frame INTEGER NOT NULL, kind TEXT NOT NULL,
+    task INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    machine TEXT NOT NULL, render_time REAL NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (job, gen, frame, kind)
+);
+"""
+RETRY = 2.0
+_HASHES = re.compile(r"#+")
+
+
+def output_path(doc: JobDoc, frame: int, ext: str) -> str:
+    """Where the submitting node writes ``frame`` of ``doc``."""
+    pattern = str(doc.value("output") or "")
+    if not pattern:
+        scene = str(doc.value("scene"))
+        stem = os.path.splitext(os.path.basename(scene))[0] or "frame"
+        pattern = os.path.join(os.path.dirname(scene) or ".", "renders", f"{stem}_####.{ext}")
+    if not _HASHES.search(pattern):
+        root, dot_ext = os.path.splitext(pattern)
+        pattern = f"{root}_####{dot_ext or '.' + ext}"
+    match = list(_HASHES.finditer(pattern))[-1]
+    return pattern[: match.start()] + f"{frame:0{len(match.group())}d}" + pattern[match.end():]
+
+
+@dataclass
+class OutboxItem:
+    """A rendered frame waiting for its targets."""
+
+    path: str
+    job: str
+    gen: int
+    task: int
+    frame: int
+    origin: str
+    targets: list[str]  #: "origin" and/or "repository"
+    render_time: float
+    machine: str
+
+    @property
+    def meta_path(self) -> str:
+        """The item's description beside the frame."""
+        return self.path + ".json"
+
+
+class Results:
+    """Outbox delivery (worker side) and result storage (submitter and server side)."""
+
+    def __init__(self, db: Database, jobs: Jobs, peers: Peers, election: Election,
+                 transfers: Transfers, state_dir: str) -> None:
+        self.db = db
+        db.migrate(SCHEMA)
+        self.jobs = jobs
+        self.peers = peers
+        self.election = election
+        self.transfers = transfers
+        self.me = peers.ident.uuid
+        self.outbox_dir = os.path.join(state_dir, "outbox")
+        self.repo_dir = os.path.join(state_dir, "repository")
+        os.makedirs(self.outbox_dir, exist_ok=True)
+        self._wake = trio.Event()
+        transfers.stores["result"] = self._store_remote
+        transfers.wants["result"] = self._want
+        peers.on_session.append(lambda s: self.wake())
+        election.on_role.append(self.wake)
+
+    def wake(self) -> None:
+        """Try deliveries now."""
+        self._wake.set()
+
+    # -- worker side --------------------------------------------------------------
+
+    def put(self, src: str, job: JobDoc, gen: int, task: int, frame: int, render_time: float) -> None:
+        """Move a rendered frame into the outbox (blocking file work: call in a thread)."""
+        ext = os.path.splitext(src)[1] or ".png"
+        path = os.path.join(self.outbox_dir, f"{job.uuid}_{gen}_{task}_{frame}{ext}")
+        shutil.move(src, path)
+        targets = ["origin"]
+        if int(job.value("flags", 0)) & NetRenderFlags.NETRENDERFLAGS_SAVERESULTSINREPOSITORY:
+            targets.append("repository")
+        item = OutboxItem(path, job.uuid, gen, task, frame, str(job.value("origin")), targets,
+                          render_time, self.me)
+        write_atomic(item.meta_path, json.dumps(item.__dict__).encode())
+
+    def pending(self) -> list[OutboxItem]:
+        """Every frame still in the outbox."""
+        items = []
+        for name in sorted(os.listdir(self.outbox_dir)):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.outbox_dir, name)) as f:
+                    items.append(OutboxItem(**json.load(f)))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("unreadable outbox entry %s: %s", name, exc)
+        return items
+
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Try every remaining target once; True when none remains."""
+        doc = self.jobs.book.get(item.job)
+        if doc is None:  # deleted: nobody wants it
+            self._drop(item)
+            return True
+        for target in list(item.targets):
+            node = item.origin if target == "origin" else self.election.server
+            if not node:
+                continue
+            offer = FileOffer(kind="result", job=item.job, task=item.task, frame=item.frame,
+                              size=0, sha256="", stream=0, name=os.path.basename(item.path),
+                              render_time=item.render_time, machine=item.machine,
+                              repository=target == "repository", gen=item.gen)
+            try:
+                if node == self.me:
+                    data = await trio.to_thread.run_sync(_read, item.path)
+                    await self.store(offer, data)
+                else:
+                    session = self.peers.sessions.get(node)
+                    if session is None:
+                        continue
+                    digest, size = await trio.to_thread.run_sync(sha256_file, item.path)
+                    offer = FileOffer(**{**offer.__dict__, "size": size, "sha256": digest})
+                    await self.transfers.send_file(session, item.path, offer)
+            except (SessionLost, ProtocolError, RequestFailed, OSError, BadRequest) as exc:
+                log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
+                continue
+            item.targets.remove(target)
+            if item.targets:
+                write_atomic(item.meta_path, json.dumps(item.__dict__).encode())
+        if not item.targets:
+            self._drop(item)
+            return True
+        return False
+
+    def _drop(self, item: OutboxItem) -> None:
+        for path in (item.path, item.meta_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver the outbox whenever something changes, retrying what failed."""
+        task_status.started()
+        while True:
+            self._wake = trio.Event()
+            items = await trio.to_thread.run_sync(self.pending)
+            waiting = False
+            for item in items:
+                if not await self._deliver(item):
+                    waiting = True
+            with trio.move_on_after(RETRY if waiting else 3600):
+                await self._wake.wait()
+
+    # -- receiving side ------------------------------------------------------------
+
+    def _want(self, session: Session, offer: FileOffer) -> bool:
+        doc = self.jobs.book.get(offer.job)
+        if doc is None or offer.gen != doc.gen:
+            return False
+        kind = "repository" if offer.repository else "output"
+        row = self.db.conn.execute(
+            "SELECT 1 FROM results WHERE job=? AND gen=? AND frame=? AND kind=?",
+            (offer.job, offer.gen, offer.frame, kind)).fetchone()
+        return row is None
+
+    async def _store_remote(self, session: Session, offer: FileOffer, data: bytes) -> dict[str, Any]:
+        return await self.store(offer, data)
+
+    async def store(self, offer: FileOffer, data: bytes) -> dict[str, Any]:
+        """Keep a delivered frame: in the output pattern (submitter) or the repository."""
+        doc = self.jobs.book.get(offer.job)
+        if doc is None:
+            raise BadRequest(f"job {offer.job} no longer exists")
+        if offer.gen != doc.gen:
+            return {"stored": False, "stale": True}
+        ext = os.path.splitext(offer.name)[1].lstrip(".") or "png"
+        if offer.repository:
+            kind = "repository"
+            path = os.path.join(self.repo_dir, offer.job, f"frame_{offer.frame:06d}.{ext}")
+        else:
+            kind = "output"
+            if str(doc.value("origin")) != self.me:
+                raise BadRequest("this node did not submit the job")
+            path = output_path(doc, offer.frame, ext)
+        digest = offer.sha256 or hashlib.sha256(data).hexdigest()
+        await trio.to_thread.run_sync(write_atomic, path, data)
+        row = (offer.job, offer.gen, offer.frame, kind, offer.task, path, digest, len(data),
+               offer.machine, offer.render_time, time.time())
+        await self.db.run(lambda c: c.execute(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)", row))
+        if kind == "output":
+            self._maybe_done(doc, offer)
+        return {"stored": True, "path": path}
+
+    def _maybe_done(self, doc: JobDoc, offer: FileOffer) -> None:
+        frames = task_frames(doc)[offer.task]
+        have = {r[0] for r in self.db.conn.execute(
+            "SELECT frame FROM results WHERE job=? AND gen=? AND kind='output' AND task=?",
+            (doc.uuid, doc.gen, offer.task))}
+        if not set(frames) <= have:
+            return
+        cur = task_current(doc, offer.task)
+        if cur.done:
+            return
+        total = sum(r[0] for r in self.db.conn.execute(
+            "SELECT render_time FROM results WHERE job=? AND gen=? AND kind='output' AND task=?",
+            (doc.uuid, doc.gen, offer.task)))
+        machines = tuple(dict.fromkeys((*cur.machines, offer.machine))) if offer.machine else cur.machines
+        self.jobs.set_task(doc, offer.task, TaskState(
+            gen=doc.gen, done=1, attempt=cur.attempt, phase=Phase.SUCCEEDED,
+            stamp=self.jobs.book.stamp(), machines=machines,
+            render_time=max(total, cur.render_time), term=cur.term))
+
+    # -- listing and clearing -----------------------------------------------------------
+
+    def of_job(self, job: str) -> list[dict[str, Any]]:
+        """Results of a job held on this node (current generation)."""
+        doc = self.jobs.book.get(job)
+        if doc is None:
+            raise NotFound(f"no job {job!r}")
+        rows = self.db.conn.execute(
+            "SELECT frame, kind, path, sha256, size, machine, render_time, time FROM results "
+            "WHERE job=? AND gen=? ORDER BY frame, kind", (job, doc.gen)).fetchall()
+        keys = ("frame", "kind", "path", "sha256", "size", "machine", "render_time", "time")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def repository(self) -> list[dict[str, Any]]:
+        """GetRepository: every job's results in this node's repository."""
+        rows = self.db.conn.execute(
+            "SELECT job, COUNT(*), SUM(size) FROM results WHERE kind='repository' GROUP BY job").fetchall()
+        out = []
+        for j, n, b in rows:
+            doc = self.jobs.book.get(j)
+            out.append({"job": j, "frames": n, "bytes": b, "name": doc.value("name") if doc else None})
+        return out
+
+    async def clear(self, job: str) -> int:
+        """ClearResults: delete this node's result files of the job; returns how many."""
+        rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
+        for (path,) in rows:
+            await trio.to_thread.run_sync(_unlink, path)
+        await self.db.run(lambda c: c.execute("DELETE FROM results WHERE job=?", (job,)))
+        return len(rows)
+
+    async def remove(self, job: str, path: str) -> bool:
+        """RemoveResult: delete one result file of the job (by path or file name)."""
+        rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
+        match = [p for (p,) in rows if p == path or os.path.basename(p) == path]
+        if not match:
+            raise NotFound(f"job {job} has no result {path!r}; `rendernode results {job}` lists them")
+        for p in match:
+            await trio.to_thread.run_sync(_unlink, p)
+        await self.db.run(lambda c: c.executemany(
+            "DELETE FROM results WHERE job=? AND path=?", [(job, p) for p in match]))
+        return True
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

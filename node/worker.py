@@ -1,0 +1,253 @@
+"""The worker: renders the tasks the server assigns to this node.
+
+One task at a time (one slot).  Each task runs as a subprocess of its
+backend (the built-in renderer too) in a fresh work folder; its output is
+read line by line (``\\n`` or ``\\r``) for progress and a bounded log tail.
+Progress goes to the server at most every ``REPORT_INTERVAL`` (newest value
+only) and renews the lease.  Stop: SIGTERM to the process group, SIGKILL
+after ``KILL_AFTER`` seconds.
+
+Finished frames go to the outbox (``node.results``); the task becomes
+DELIVERING until the submitter holds them, or SUCCEEDED at once for a job
+whose frames leave no file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from protocol import ProtocolError
+from protocol.crdt import Phase, TaskState, task_current
+from protocol.enums import NetRenderFlags, RenderResult
+from protocol.messages import Assign, Cancel, TaskUpdate
+
+from .election import Election
+from .jobs import Jobs
+from .peers import Peers
+from .renderers.base import Outcome, Renderer, TaskSpec
+from .results import Results
+from .session import Session, SessionLost
+
+log = logging.getLogger("rendernode.worker")
+REPORT_INTERVAL = 0.5
+KILL_AFTER = 5.0
+LOG_TAIL = 40
+_SPLIT = re.compile(rb"[\r\n]+")
+ReportLocal = Callable[[str, TaskUpdate], None]
+
+
+@dataclass
+class Running:
+    """The task this worker is rendering."""
+
+    msg: Assign
+    server: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    progress: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
+    stop_reason: str = ""
+
+
+class Worker:
+    """Takes assignments, runs renderers, reports, hands frames to the outbox."""
+
+    def __init__(self, peers: Peers, election: Election, jobs: Jobs, backends: dict[str, Renderer],
+                 results: Results, state_dir: str) -> None:
+        self.peers = peers
+        self.election = election
+        self.jobs = jobs
+        self.backends = backends
+        self.results = results
+        self.me = peers.ident.uuid
+        self.work_dir = os.path.join(state_dir, "work")
+        self.current: Running | None = None
+        self.report_local: ReportLocal | None = None
+        self.rendered = 0
+        self._nursery: trio.Nursery | None = None
+        peers.handlers[Assign] = self._on_assign
+        peers.handlers[Cancel] = self._on_cancel
+
+    @property
+    def busy(self) -> bool:
+        """True while a task runs."""
+        return self.current is not None
+
+    async def _on_assign(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, Assign)
+        await self.assign(msg, session.uuid)
+
+    async def _on_cancel(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, Cancel)
+        await self.cancel(msg)
+
+    async def assign(self, msg: Assign, server: str) -> None:
+        """Start ``msg``'s task, or refuse it (stale term, busy, no such renderer)."""
+        if msg.term < self.election.term:
+            log.info("ignoring an assignment of term %d; the current term is %d", msg.term, self.election.term)
+            return
+        refuse = ""
+        if self.current is not None:
+            refuse = "worker is busy"
+        elif msg.renderer not in self.backends:
+            refuse = f"renderer {msg.renderer} is not available here"
+        if refuse:
+            await self._report(server, TaskUpdate(job=msg.job, task=msg.task, gen=msg.gen,
+                                                  attempt=msg.attempt, finished=True,
+                                                  result=int(RenderResult.RENDERRESULT_NOMACHINE),
+                                                  error=refuse))
+            return
+        running = Running(msg, server)
+        self.current = running
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, running)
+
+    async def cancel(self, msg: Cancel) -> None:
+        """Stop the running task if it is the one named."""
+        running = self.current
+        if running is not None and running.msg.job == msg.job and msg.task in (-1, running.msg.task):
+            running.stop_reason = msg.reason or "stopped"
+            running.scope.cancel()
+
+    async def _report(self, server: str, update: TaskUpdate) -> None:
+        target = self.election.server or server
+        if target == self.me:
+            if self.report_local is not None:
+                self.report_local(self.me, update)
+            return
+        session = self.peers.sessions.get(target)
+        if session is None:
+            return
+        try:
+            await session.send(update)
+        except (SessionLost, ProtocolError) as exc:
+            log.debug("progress report to %s failed: %s", target, exc)
+
+    async def _run(self, running: Running) -> None:
+        msg = running.msg
+        workdir = os.path.join(self.work_dir, f"{msg.job}-{msg.task}-{msg.gen}-{msg.attempt}")
+        outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, "stopped")
+        elapsed = 0.0
+        try:
+            await trio.to_thread.run_sync(_fresh_dir, workdir)
+            backend = self.backends[msg.renderer]
+            spec = TaskSpec(job=msg.job, task=msg.task, frames=list(msg.frames), scene=msg.scene,
+                            workdir=workdir, rdata=dict(msg.rdata))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._progress_reports, running)
+                with running.scope:
+                    start = time.monotonic()
+                    outcome = await self._render(backend, spec, running)
+                    elapsed = time.monotonic() - start
+                nursery.cancel_scope.cancel()
+            if running.scope.cancelled_caught:
+                outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, running.stop_reason or "stopped")
+            if outcome.result == RenderResult.RENDERRESULT_OK and outcome.warnings and (
+                    msg.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR):
+                outcome = Outcome(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT,
+                                  "warning treated as error: " + outcome.warnings[0])
+            if outcome.result == RenderResult.RENDERRESULT_OK:
+                await self._finish(msg, spec, elapsed)
+        finally:
+            self.current = None
+            with trio.CancelScope(shield=True):
+                await self._report(running.server, TaskUpdate(
+                    job=msg.job, task=msg.task, gen=msg.gen, attempt=msg.attempt, progress=1.0,
+                    finished=True, result=int(outcome.result), error=outcome.message,
+                    render_time=elapsed, log_tail=list(running.log_tail)[-10:],
+                    warnings=len(outcome.warnings)))
+                await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+
+    async def _render(self, backend: Renderer, spec: TaskSpec, running: Running) -> Outcome:
+        argv, cwd = backend.command(spec)
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            return Outcome(RenderResult.RENDERRESULT_PROJECTNOTFOUND, f"cannot start {argv[0]}: {exc}")
+        try:
+            assert proc.stdout is not None
+            pending = b""
+            async for chunk in proc.stdout:
+                pending += chunk
+                parts = _SPLIT.split(pending)
+                pending = parts.pop()
+                for raw in parts:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line:
+                        continue
+                    running.log_tail.append(line[:500])
+                    fraction = backend.progress(line, spec)
+                    if fraction is not None:
+                        running.progress = fraction
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                with trio.CancelScope(shield=True):
+                    await _stop(proc)
+        return backend.outcome(code, list(running.log_tail), spec)
+
+    async def _progress_reports(self, running: Running) -> None:
+        msg = running.msg
+        while True:  # every interval, changed or not: the report renews the lease
+            await self._report(running.server, TaskUpdate(
+                job=msg.job, task=msg.task, gen=msg.gen, attempt=msg.attempt, progress=running.progress))
+            await trio.sleep(REPORT_INTERVAL)
+
+    async def _finish(self, msg: Assign, spec: TaskSpec, elapsed: float) -> None:
+        doc = self.jobs.book.get(msg.job)
+        if doc is None:
+            return
+        per_frame = elapsed / max(1, len(spec.frames))
+        if msg.outputs:
+            for frame in spec.frames:
+                await trio.to_thread.run_sync(self.results.put, spec.frame_path(frame), doc, msg.gen,
+                                              msg.task, frame, per_frame)
+        cur = task_current(doc, msg.task)
+        if cur.done or cur.gen != msg.gen:
+            return
+        phase = Phase.DELIVERING if msg.outputs else Phase.SUCCEEDED
+        self.jobs.set_task(doc, msg.task, TaskState(
+            gen=msg.gen, done=0 if msg.outputs else 1, attempt=msg.attempt, phase=phase,
+            stamp=self.jobs.book.stamp(), worker=self.me,
+            machines=tuple(dict.fromkeys((*cur.machines, self.me))), render_time=elapsed, term=msg.term))
+        self.rendered += 1
+        if msg.outputs:
+            self.results.wake()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery tasks run in."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+
+def _fresh_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+
+
+async def _stop(proc: trio.Process) -> None:
+    """SIGTERM the process group, SIGKILL it after KILL_AFTER seconds."""
+    for sig, wait in ((signal.SIGTERM, KILL_AFTER), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        with trio.move_on_after(wait):
+            await proc.wait()
+            return
