@@ -167,6 +167,9 @@ class ControlServer:
         except (KeyError, TypeError, ValueError) as exc:
             err = BadRequest(f"bad arguments to {msg.method}: {exc}")
             return Error(err.code, err.reason), req_id
+        except Exception as exc:  # a bug in one method must not take the daemon down
+            log.exception("control method %s failed", msg.method)
+            return Error("internal", f"{msg.method} failed: {type(exc).__name__}: {exc}"), req_id
         return Reply(result), req_id
 
     async def _reply(self, stream: trio.SocketStream, reply: Reply | Error, req_id: int) -> bool:
