@@ -95,10 +95,17 @@ def daemon(ctx: click.Context, config_path: str | None, state_dir: str | None, l
     logs.setup(prefs.log_level)
     try:
         trio.run(serve, prefs, token, logs.sd_notify)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:
         pass
-    except OSError as exc:
-        fail(f"cannot start: {exc}")
+    except* (NodeError, OSError) as group:  # a service could not start; trio wraps it in groups
+        fail(f"cannot start: {_first_leaf(group)}")
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 @main.command()
