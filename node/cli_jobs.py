@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from .cli import client, emit, json_option, main
+from .client import Client
+from .errors import NodeError
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -34,7 +36,7 @@ def _cell(value: Any) -> str:
 
 @main.command()
 @click.argument("scene")
-@click.option("--frames", default="1", show_default=True, help="e.g. 1-250, 1,5,10-20, 1-100x5")
+@click.option("--frames", help="e.g. 1-250, 1,5,10-20, 1-100x5 (default: the scene's own range, else 1)")
 @click.option("--renderer", type=click.Choice(["auto", "builtin", "blender", "povray", "command"]),
               default="auto", show_default=True)
 @click.option("--output", default="", help="output pattern, e.g. renders/shot_####.png")
@@ -43,19 +45,70 @@ def _cell(value: Any) -> str:
 @click.option("--flag", "flags", multiple=True, help="NETRENDERFLAGS name (repeatable)")
 @click.option("--name", help="job name (default: the scene's file name)")
 @click.option("--paused", is_flag=True, help="create the job without starting it")
+@click.option("--command", "template", help="command template for --renderer command: {scene} {frame} {start} {end} {output}")
+@click.option("--wait", is_flag=True, help="show progress until the job ends; non-zero exit if it fails")
 @json_option
 @click.pass_context
-def submit(ctx: click.Context, scene: str, frames: str, renderer: str, output: str, chunk: int,
-           priority: int, flags: tuple[str, ...], name: str | None, paused: bool, as_json: bool) -> None:
+def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
+           priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
+           wait: bool, as_json: bool) -> None:
     """Submit a job (CreateRenderJob); prints its UUID."""
+    from .watch import SCENE_TYPES, default_frames
+
     if renderer == "auto":
-        renderer = {".blend": "blender", ".pov": "povray"}.get(os.path.splitext(scene)[1].lower(), "builtin")
-    result = client(ctx).create_render_job(
-        os.path.abspath(scene), frames=frames, renderer=renderer,
+        renderer = "command" if template else SCENE_TYPES.get(os.path.splitext(scene)[1].lower(), "builtin")
+    if not os.path.exists(scene):
+        raise click.BadParameter(f"{scene} does not exist", param_hint="SCENE")
+    c = client(ctx)
+    result = c.create_render_job(
+        os.path.abspath(scene), frames=frames or default_frames(scene, renderer), renderer=renderer,
         output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
         flags=list(flags), name=name, start=not paused,
+        rdata={"command": template} if template else None,
     )
-    emit(result, as_json, lambda d: click.echo(d["uuid"]))
+    if not wait:
+        emit(result, as_json, lambda d: click.echo(d["uuid"]))
+        return
+    if not as_json:
+        click.echo(result["uuid"])
+    final = wait_for(c, result["uuid"], quiet=as_json)
+    if as_json:
+        emit({**result, "state": final["state"], "frames_done": final["frames_done"]}, True)
+    if final["state"] != "done":
+        raise SystemExit(1)
+
+
+def wait_for(c: Client, job_uuid: str, quiet: bool = False, poll: float = 0.25) -> dict[str, Any]:
+    """Show a progress bar (frames, rate, ETA, machines busy) until the job ends."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.2f} frames/s"), TimeRemainingColumn(),
+               TextColumn("{task.fields[busy]} busy  {task.fields[state]}")]
+    started = time.monotonic()
+    with Progress(*columns, disable=quiet, transient=False) as bar:
+        task = None
+        while True:
+            rows = c.get_jobs_list(selected_job=job_uuid, selected_job_only=True)
+            if not rows:
+                raise NodeError(f"job {job_uuid} was deleted")
+            job = rows[0]
+            rate = job["frames_done"] / max(1e-6, time.monotonic() - started)
+            if task is None:
+                task = bar.add_task(job["name"], total=job["frames_total"], rate=0.0, busy=0, state="")
+            bar.update(task, completed=job["frames_done"], rate=rate, busy=job["machines_busy"],
+                       state=job["state"])
+            if job["state"] in ("done", "failed", "stopped"):
+                return job
+            time.sleep(poll)
 
 
 @main.command()
@@ -221,3 +274,17 @@ def messages(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"{ts} {m['sender']}{' (private)' if m['private'] else ''}: {m['text']}")
 
     emit(rows, as_json, render)
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True)
+@click.option("--frames", type=click.IntRange(1, 1000), default=24, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="rendernode-demo", show_default=True)
+@click.option("--keep", is_flag=True, help="keep the farm's temporary state dirs")
+def demo(nodes: int, frames: int, out: str, keep: bool) -> None:
+    """Start a farm on loopback, render an example animation, stop the farm."""
+    from pathlib import Path
+
+    from .demo import run_demo
+
+    run_demo(nodes, frames, Path(out), keep)

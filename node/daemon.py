@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,7 @@ from protocol.version import build_id
 from . import capabilities, renderers
 from .api import MembershipApi
 from .config import Preferences
-from .control import ControlServer, Method
+from .control import Caller, ControlServer, Method
 from .db import Database
 from .discovery import Discovery
 from .election import Election
@@ -35,6 +37,7 @@ from .replication import Replication
 from .results import Results
 from .scheduler import Scheduler
 from .transfer import Transfers
+from .watch import Watcher
 from .worker import Worker
 
 log = logging.getLogger("rendernode.daemon")
@@ -99,6 +102,7 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.results.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)
+            await nursery.start(Watcher(prefs.watch, node.db, _watch_submit(node)).run)
             await nursery.start(ControlServer(prefs.socket, node.methods).run)
             if prefs.mdns:
                 addresses: list[tuple[str, int]] = []
@@ -115,6 +119,18 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             task_status.started(node)
     finally:
         node.db.close()
+
+
+def _watch_submit(node: Node) -> Callable[[dict[str, Any]], Awaitable[str]]:
+    async def submit(args: dict[str, Any]) -> str:
+        try:
+            owner = pwd.getpwuid(os.stat(args["scene"]).st_uid).pw_name
+        except (KeyError, OSError):
+            owner = "watch"
+        result = await node.jobs_api.submit(Caller(0, -1, -1, owner), args)
+        return str(result["uuid"])
+
+    return submit
 
 
 def _txt(node: Node) -> dict[str, str]:

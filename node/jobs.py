@@ -240,6 +240,8 @@ class Jobs:
         tasks = task_frames(doc)
         states = [task_current(doc, tid) for tid in range(len(tasks))]
         done_frames = sum(len(tasks[i]) for i, s in enumerate(states) if s.done and s.phase == Phase.SUCCEEDED)
+        busy = {s.worker for s in states if not s.done and s.phase in (Phase.ASSIGNED, Phase.RENDERING) and s.worker}
+        failed = sum(1 for s in states if s.done and s.phase == Phase.FAILED)
         return {
             "uuid": doc.uuid, "name": doc.value("name"), "scene": doc.value("scene"),
             "default_scene": doc.value("default_scene"), "user": doc.value("user"),
@@ -252,7 +254,7 @@ class Jobs:
             "origin": doc.value("origin"), "created": doc.value("created"),
             "position": doc.value("position"), "generation": doc.gen,
             "frames_total": sum(len(t) for t in tasks), "frames_done": done_frames,
-            "tasks_total": len(tasks),
+            "tasks_total": len(tasks), "tasks_failed": failed, "machines_busy": len(busy),
         }
 
     def tasks(self, doc: JobDoc) -> list[dict[str, Any]]:
