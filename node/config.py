@@ -74,7 +74,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"preference {name!r} must be true or false, not {value!r}")
     if kind is int:
         try:
-            if isinstance(value, bool):
+            if isinstance(value, (bool, float)):  # int(1.5) would silently make it 1
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
