@@ -157,8 +157,7 @@ class Peers:
                 target.wake.set()
                 del self.targets[key]
                 found = True
-                if target.uuid:
-                    uuid_or_address = target.uuid
+                uuid_or_address = target.row_id  # static:HOST:PORT until the peer answered
         session = self.sessions.get(uuid_or_address)
         if session is not None and self._nursery is not None:
             self._nursery.start_soon(self._goodbye, session, "removed from the machine table")
