@@ -269,18 +269,19 @@ class PeerConnection:
             raise
 
     def _next_event(self) -> ConnEvent | _NeedData:
-        while True:
-            body = self._decoder.next_record()
+        decoder = self._decoder
+        while self.state is ConnectionState.HANDSHAKE:
+            body = decoder.next_record()
             if body is None:
-                if self._eof:
-                    return self._on_eof()
-                return NEED_DATA
-            if self.state is ConnectionState.HANDSHAKE:
-                event = self._handshake_record(body)
-                if event is not None:
-                    return event
-                continue
-            return self._transport_record(body)
+                return self._on_eof() if self._eof else NEED_DATA
+            event = self._handshake_record(body)
+            if event is not None:
+                return event
+        record = decoder.next_record_view()  # decrypted from the decoder's buffer, not copied
+        if record is None:
+            return self._on_eof() if self._eof else NEED_DATA
+        with record:
+            return self._transport_record(record)
 
     def _on_eof(self) -> ConnEvent:
         if self.state is ConnectionState.HANDSHAKE:
@@ -368,7 +369,7 @@ class PeerConnection:
         self._hs = None
         return done
 
-    def _transport_record(self, body: bytes) -> ConnEvent:
+    def _transport_record(self, body: bytes | memoryview) -> ConnEvent:
         rx = self._rx
         assert rx is not None
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from enum import IntEnum
 
 from cryptography.exceptions import InvalidTag
@@ -34,6 +35,10 @@ MAX_NONCE = (1 << 64) - 1
 REKEY_INTERVAL = 1 << 20
 #: A Noise message is at most 65535 bytes (spec section 3).
 MAX_NOISE_MESSAGE = 65535
+#: Nonces: 32 zero bits, then the 64-bit counter, little-endian for ChaChaPoly and
+#: big-endian for AESGCM (spec section 12).
+_NONCE_LE = struct.Struct("<4xQ")
+_NONCE_BE = struct.Struct(">4xQ")
 
 
 class Cipher(IntEnum):
@@ -74,12 +79,11 @@ def hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:
 class CipherState:
     """A key and a 64-bit counter nonce (Noise section 5.1)."""
 
-    __slots__ = ("_aead", "_cipher", "_k", "_prefix", "_order", "n")
+    __slots__ = ("_aead", "_cipher", "_k", "_nonce", "n")
 
     def __init__(self, cipher: Cipher, key: bytes | None = None) -> None:
         self._cipher = cipher
-        self._order: str = "little" if cipher is Cipher.CHACHAPOLY else "big"
-        self._prefix = b"\x00\x00\x00\x00"
+        self._nonce = (_NONCE_LE if cipher is Cipher.CHACHAPOLY else _NONCE_BE).pack
         self._k: bytes | None = None
         self._aead: ChaCha20Poly1305 | AESGCM | None = None
         self.n = 0
@@ -97,9 +101,6 @@ class CipherState:
         """True once a key is set."""
         return self._k is not None
 
-    def _nonce(self, n: int) -> bytes:
-        return self._prefix + n.to_bytes(8, self._order)  # type: ignore[arg-type]
-
     def encrypt_with_ad(self, ad: bytes | None, plaintext: bytes) -> bytes:
         """Encrypt and advance the nonce; plaintext passes through when no key is set."""
         if self._aead is None:
@@ -110,10 +111,10 @@ class CipherState:
         self.n += 1
         return out
 
-    def decrypt_with_ad(self, ad: bytes | None, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad: bytes | None, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt and advance; raises ``InvalidTag`` (nonce unchanged) on failure."""
         if self._aead is None:
-            return ciphertext
+            return ciphertext if isinstance(ciphertext, bytes) else bytes(ciphertext)
         if self.n >= MAX_NONCE:
             raise LocalProtocolError("nonce space exhausted; the session must end")
         out = self._aead.decrypt(self._nonce(self.n), ciphertext, ad)
