@@ -1,0 +1,291 @@
+"""Bad input on both ports: the peer port and the control socket.  Whatever
+arrives, the sender gets a closed connection or an Error reply, and the
+daemon goes on serving everyone else."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from node_harness import call, client_do, new_token, node_prefs, start_node, unique, wait_until
+
+from node.client import RemoteError
+from node.control import ControlServer, bind_unix
+from node.errors import ConfigError
+from protocol import codec
+from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
+from protocol.messages import Error, Reply
+
+CLOSE = 3.0  #: the daemon must drop a bad peer connection well before handshake_timeout (5 s)
+
+
+async def read_until_closed(stream: trio.abc.Stream, limit: float = CLOSE) -> bytes:
+    """Everything the daemon sends until it closes the connection."""
+    data = bytearray()
+    with trio.fail_after(limit):
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:  # reset: closed with our bytes unread
+                break
+            if not chunk:
+                break
+            data += chunk
+    return bytes(data)
+
+
+async def peer_connect(port: int) -> trio.SocketStream:
+    return await trio.open_tcp_stream("127.0.0.1", port)
+
+
+# -- the peer port --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("junk", [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\x00\x00\x00\x10" + b"H" + b"XX" + b"\x01\x01" + os.urandom(11),  # a handshake record, wrong magic
+    b"\x00\x00\x00\x05Zjunk",  # a record of an unknown kind
+])
+async def test_garbage_on_the_peer_port_costs_one_log_line_and_the_connection(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, junk: bytes) -> None:
+    token = new_token()
+    caplog.set_level(logging.DEBUG, logger="rendernode")
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("junk"), mdns=False), token)
+        caplog.clear()
+        stream = await peer_connect(a.port)
+        await stream.send_all(junk)
+        await read_until_closed(stream)
+        await stream.aclose()
+        await wait_until(lambda: any(r.name == "rendernode.peers" for r in caplog.records), 2,
+                         "the refused connection is logged")
+        await trio.sleep(0.2)  # room for any further line it might wrongly log
+        # (other services, e.g. the election, may log on their own meanwhile)
+        lines = [r for r in caplog.records if r.name in ("rendernode.peers", "rendernode.session")]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert "127.0.0.1" in lines[0].getMessage()
+        assert [m for m in a.node.table.all() if not m.local] == [], "junk must not create machine rows"
+
+        # ... and the daemon still verifies a real peer.
+        b = await start_node(nursery, node_prefs(tmp_path, unique("after"), mdns=False), token)
+        b.node.peers.add_static(f"127.0.0.1:{a.port}")
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), 10, "a real peer still verifies")
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_oversize_length_header_on_the_peer_port_is_refused_at_once(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("big"), mdns=False), new_token())
+        stream = await peer_connect(a.port)
+        await stream.send_all(HEADER.pack(0xFFFFFFF0) + b"H" * 1000)
+        start = trio.current_time()
+        await read_until_closed(stream)
+        assert trio.current_time() - start < 1.0, "refused from the header alone, not by a timeout"
+        await stream.aclose()
+        assert (await call(a.node.prefs.socket, "status"))["uuid"] == a.uuid
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_peer_connection_is_dropped_after_the_handshake_timeout(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("slow"), mdns=False,
+                                                 handshake_timeout=0.3), new_token())
+        stream = await peer_connect(a.port)
+        await stream.send_all(HEADER.pack(100))  # a header, then nothing
+        await read_until_closed(stream, limit=2.0)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+# -- the control socket -------------------------------------------------------------
+
+
+class Raw:
+    """A control connection that sends whatever a test gives it."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = RecordDecoder(MAX_CONTROL)
+
+    @classmethod
+    async def open(cls, path: str) -> Raw:
+        return cls(await trio.open_unix_socket(path))
+
+    async def send_record(self, body: bytes) -> None:
+        await self.stream.send_all(HEADER.pack(len(body)) + body)
+
+    async def call(self, method: Any, args: Any, req_id: int = 7) -> Any:
+        """Send a Call whose fields may be of any type (bypassing the codec's checks)."""
+        import msgpack
+
+        env = {"v": 1, "t": "call", "id": req_id, "method": method, "args": args}
+        await self.send_record(msgpack.packb(env, use_bin_type=True))
+        return await self.reply()
+
+    async def reply(self) -> tuple[Any, int] | None:
+        with trio.fail_after(5):
+            while True:
+                body = self.decoder.next_record()
+                if body is not None:
+                    return codec.decode(body)
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return None
+                self.decoder.feed(data)
+
+
+@pytest.fixture
+async def control_node(tmp_path: Path, short_dir: Path) -> Any:
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, node_prefs(
+            tmp_path, unique("ctl"), mdns=False, socket=str(short_dir / "c.sock")), new_token())
+        yield node
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_garbage_control_frame_gets_an_error_and_others_are_served(control_node: Any) -> None:
+    path = control_node.node.prefs.socket
+    raw = await Raw.open(path)
+    for body in (b"\xc1\xc1\xc1", b"not msgpack at all", codec.encode(Reply(1), 3)[:-1] + b"\x92"):
+        await raw.send_record(body)
+        reply = await raw.reply()
+        assert reply is not None
+        msg, _ = reply
+        assert isinstance(msg, Error) and msg.code == "bad_request", msg
+    # A reply is no request either.
+    await raw.send_record(codec.encode(Reply("hi"), 4))
+    msg, req_id = await raw.reply()  # type: ignore[misc]
+    assert isinstance(msg, Error) and req_id == 4
+    # The same connection still serves a good call; so does a new client.
+    msg, req_id = await raw.call("status", {}, req_id=9)
+    assert isinstance(msg, Reply) and req_id == 9 and msg.result["uuid"] == control_node.uuid
+    assert (await call(path, "status"))["uuid"] == control_node.uuid
+    await raw.stream.aclose()
+
+
+async def test_an_unknown_method_gets_an_error_naming_it(control_node: Any) -> None:
+    with pytest.raises(RemoteError) as info:
+        await call(control_node.node.prefs.socket, "no_such_method")
+    assert info.value.code == "bad_request" and "no_such_method" in info.value.reason
+
+
+@pytest.mark.parametrize("method,args,word", [
+    ("machines", {"log": "ten"}, "log"),
+    ("machines", {"list": True}, "list"),
+    ("machines", {"uuid": 5}, "uuid"),
+    ("machine_add", {"address": ["127.0.0.1"]}, "address"),
+    ("machine_add", {"address": "127.0.0.1:99999"}, "port"),
+    ("machine_remove", {}, "machine"),
+    ("add_log_to_machine", {"line": 3}, "line"),
+    ("console", {"flags": "loud"}, "flags"),
+])
+async def test_wrong_argument_types_get_an_error_saying_which(
+        control_node: Any, method: str, args: dict[str, Any], word: str) -> None:
+    with pytest.raises(RemoteError) as info:
+        await call(control_node.node.prefs.socket, method, **args)
+    assert info.value.code in ("bad_request", "config"), info.value.code
+    assert word in info.value.reason, info.value.reason
+    assert (await call(control_node.node.prefs.socket, "status"))["uuid"] == control_node.uuid
+
+
+WRONG_VALUES: list[Any] = [None, True, -1, 2**63 - 1, 1.5, "", "x" * 300, b"\x00", [], [1, "a"], {},
+                           {"k": {"k": 1}}]
+ARG_NAMES = ["uuid", "job", "name", "machine", "address", "replace", "list", "bits", "log", "line",
+             "text", "flags", "before", "after", "scene", "machines", "count", "to", "user", "frames",
+             "renderer", "priority", "state", "limit"]
+
+
+async def test_every_method_answers_wrongly_typed_arguments_and_the_daemon_survives(
+        control_node: Any) -> None:
+    path = control_node.node.prefs.socket
+    raw = await Raw.open(path)
+    methods = sorted(control_node.node.methods)
+    assert {"status", "machines", "machine_add", "config"} <= set(methods)
+    for method in methods:
+        for value in WRONG_VALUES:
+            reply = await raw.call(method, {name: value for name in ARG_NAMES})
+            assert reply is not None, f"{method} with {value!r} closed the connection"
+            msg = reply[0]
+            assert isinstance(msg, (Reply, Error)), reply
+            assert not (isinstance(msg, Error) and msg.code == "internal"), (method, value, msg)
+    for bad in (5, None, ["status"], b"status"):
+        msg, _ = await raw.call(bad, {})
+        assert isinstance(msg, Error)
+    msg, _ = await raw.call("status", ["not", "a", "map"])
+    assert isinstance(msg, Error)
+    await raw.stream.aclose()
+    assert (await call(path, "status"))["uuid"] == control_node.uuid
+
+
+async def test_an_oversize_control_header_is_refused_and_the_connection_closed(control_node: Any) -> None:
+    path = control_node.node.prefs.socket
+    raw = await Raw.open(path)
+    await raw.stream.send_all(HEADER.pack(MAX_CONTROL + 1))
+    msg, _ = await raw.reply()  # type: ignore[misc]
+    assert isinstance(msg, Error) and msg.code == "bad_request" and "limit" in msg.reason
+    assert await raw.reply() is None, "the connection is closed after the refusal"
+    await raw.stream.aclose()
+    assert (await call(path, "status"))["uuid"] == control_node.uuid
+
+
+async def test_a_client_stuck_mid_frame_does_not_block_others(control_node: Any) -> None:
+    path = control_node.node.prefs.socket
+    stuck = await Raw.open(path)
+    await stuck.stream.send_all(HEADER.pack(1000) + b"\x80")  # promises 1000 bytes, sends one
+    for _ in range(3):
+        assert (await call(path, "status"))["uuid"] == control_node.uuid
+    await stuck.stream.aclose()
+
+
+async def test_the_config_method_never_returns_the_token(tmp_path: Path, short_dir: Path) -> None:
+    token_file = tmp_path / "token"
+    token = new_token()
+    token_file.write_bytes(token)
+    token_file.chmod(0o600)
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("cfg"), mdns=False,
+                                                 token_file=str(token_file)), token)
+        prefs = await client_do(a.node.prefs.socket, lambda c: c.get_net_preferences())
+        assert prefs["name"] == a.node.prefs.name and prefs["token_file"] == str(token_file)
+        assert token.decode() not in repr(prefs)
+        assert "token" not in prefs
+        nursery.cancel_scope.cancel()
+
+
+# -- the control socket file ------------------------------------------------------------
+
+
+def test_a_regular_file_at_the_socket_path_is_refused_not_replaced(short_dir: Path) -> None:
+    path = short_dir / "c.sock"
+    path.write_text("precious")
+    with pytest.raises(ConfigError, match="not a socket"):
+        bind_unix(str(path))
+    assert path.read_text() == "precious"
+
+
+def test_a_stale_socket_file_is_replaced(short_dir: Path) -> None:
+    path = str(short_dir / "c.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # the file stays; nothing listens
+    sock = bind_unix(path)
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)
+        probe.close()
+        assert os.stat(path).st_mode & 0o777 == 0o660
+    finally:
+        sock.close()
+
+
+async def test_a_live_daemons_socket_is_not_stolen(control_node: Any) -> None:
+    path = control_node.node.prefs.socket
+    with pytest.raises(ConfigError, match="already serving"):
+        await ControlServer(path, {}).run()
+    assert (await call(path, "status"))["uuid"] == control_node.uuid
