@@ -198,7 +198,8 @@ async def test_daemon_processes_find_and_verify_each_other_and_the_cli_reports_i
     for b in daemons[1:]:
         row = rows[b.uuid]
         assert row["name"] == b.name and row["address"] == f"127.0.0.1:{b.port}"
-        assert row["via"] == ["mdns"] and row["online"] is True and row["local"] is False
+        # via is [] while only its dial reached us, before our own browse saw it
+        assert set(row["via"]) <= {"mdns"} and row["online"] is True and row["local"] is False
         assert {"ONLINE", "VERIFIED", "VERIFIEDME"} <= set(row["bits"])
         assert not any(bit.startswith("VERIFICATIONBIT_") for bit in row["bits"])
         assert row["build_id"] == rows[a.uuid]["build_id"] and row["arch"] == rows[a.uuid]["arch"]
