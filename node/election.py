@@ -4,7 +4,12 @@ Rules (each node applies them to what it sees; all see the same once
 heartbeats have gone round):
 
 - A *claim* is a live node saying it is the server of term T (its heartbeat
-  names itself as server).  Claims are ordered by (term, priority, uuid).
+  names itself as server).  Claims are ordered by (followed, term, priority,
+  uuid), where *followed* means some other live node obeys it.  A machine
+  that was cut off alone claimed the role for itself with a higher term; when
+  it returns, the server the rest of the farm kept following still wins, so
+  one machine's blip does not move the role (a departure from a pure "higher
+  term wins", which would hand the farm to whichever machine blinked last).
 - A node obeys the greatest claim it sees among live nodes (itself included).
   A server that sees a greater claim steps down at once.
 - With no live claim, the live, verified, server-eligible node with the
@@ -116,17 +121,20 @@ class Election:
             if uuid not in live:
                 del self.claims[uuid]
         seen = max([self.max_term, *(t for t, _ in self.claims.values())])
-        best: tuple[int, int, str] | None = None
+        followed: set[str] = {server for uuid, (_, server) in self.claims.items() if server != uuid}
+        if self.server and self.server != self.me:
+            followed.add(self.server)
+        best: tuple[bool, int, int, str] | None = None
         for uuid, (term, server) in self.claims.items():
             if server == uuid and term > 0:
-                claim = (term, self._priority_of(uuid), uuid)
+                claim = (uuid in followed, term, self._priority_of(uuid), uuid)
                 best = claim if best is None or claim > best else best
         if self.server == self.me and self.term > 0:
-            mine = (self.term, self.priority, self.me)
+            mine = (self.me in followed, self.term, self.priority, self.me)
             best = mine if best is None or mine > best else best
         before = (self.term, self.server)
         if best is not None:
-            self.term, self.server = best[0], best[2]
+            self.term, self.server = best[1], best[3]
         else:
             self.term, self.server = 0, None
             eligible = [(self._priority_of(u), u) for u in live if self._priority_of(u) > 0]
