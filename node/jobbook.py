@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS job_log (
 );
 """
 Listener = Callable[[JobDoc, JobDoc], None]
+#: a job's creation writes this field and nothing else does: a document without it
+#: holds only changes that overtook the creation on their way here (a stop, a task
+#: state, a log line), so it is not a job yet
+CREATED = "created"
+
+
+def is_live(doc: JobDoc) -> bool:
+    """True once the job's creation has arrived, until it is deleted."""
+    return doc.deleted is None and CREATED in doc.fields
 
 
 def _pack(value: Any) -> bytes:
@@ -108,13 +117,13 @@ class JobBook:
     # -- reads ------------------------------------------------------------------
 
     def get(self, uuid: str) -> JobDoc | None:
-        """A live (not deleted) job's document."""
+        """A live job's document: its creation has arrived and it is not deleted."""
         doc = self.docs.get(uuid)
-        return None if doc is None or doc.deleted is not None else doc
+        return doc if doc is not None and is_live(doc) else None
 
     def live(self) -> list[JobDoc]:
-        """Every job not deleted."""
-        return [d for d in self.docs.values() if d.deleted is None]
+        """Every live job."""
+        return [d for d in self.docs.values() if is_live(d)]
 
     def digests(self) -> dict[str, bytes]:
         """uuid -> digest, for anti-entropy."""
@@ -190,7 +199,15 @@ class JobBook:
             )
 
         if rows_jobs or rows_tasks or rows_logs or purge:
-            await self._db.run(write)
+            try:
+                await self._db.run(write)
+            except BaseException:
+                # not written (a cancel before the thread ran, or a disk error): the batch
+                # stays pending for the next flush, the writer's shielded last one included
+                self._dirty_jobs |= jobs
+                self._dirty_tasks |= tasks
+                self._new_logs[:0] = logs
+                raise
         self._written = max(self._written, upto)
         self._written_event.set()
         self._written_event = trio.Event()

@@ -208,17 +208,29 @@ class Jobs:
         return delta
 
     def move(self, doc: JobDoc, other: JobDoc, before: bool) -> JobDoc:
-        """InsertJobBefore / InsertJobAfter: a new position key between neighbours."""
+        """InsertJobBefore / InsertJobAfter: a new position key between neighbours.
+
+        Jobs created (or moved) at once on different nodes can share a key, and no
+        key lies between two equal ones: the jobs that share the key of the one
+        before the gap and come after the gap take new keys after the moved job,
+        in their order, so nothing else changes place."""
         if doc.uuid == other.uuid:
             raise BadRequest("a job cannot move relative to itself")
         queue = [d for d in self.queue() if d.uuid != doc.uuid]
+        keys = [str(d.value("position", "")) for d in queue]
         i = next(i for i, d in enumerate(queue) if d.uuid == other.uuid)
         j = i if before else i + 1
-        lo = str(queue[j - 1].value("position")) if j > 0 else None
-        hi = str(queue[j].value("position")) if j < len(queue) else None
-        if lo is not None and hi is not None and lo == hi:
-            hi = None if j + 1 >= len(queue) else str(queue[j + 1].value("position"))
-        return self.set_fields(doc, None, position=key_between(lo, hi))
+        lo = (keys[j - 1] or None) if j > 0 else None
+        k = j
+        while lo is not None and k < len(queue) and keys[k] == lo:
+            k += 1
+        hi = (keys[k] or None) if k < len(queue) else None
+        key = key_between(lo, hi)
+        delta = self.set_fields(doc, None, position=key)
+        for same in queue[j:k]:
+            key = key_between(key, hi)
+            self.set_fields(same, None, position=key)
+        return delta
 
     def add_log(self, doc: JobDoc, line: str, replace: bool = False) -> JobDoc:
         """AddLogToJob: append a line, or replace the log with it."""
