@@ -260,7 +260,10 @@ def task_from_wire(v: Any) -> TaskState:
     """Inverse of ``task_to_wire``; RemoteProtocolError if malformed."""
     try:
         gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v
-        state = TaskState(int(gen), int(done), int(attempt), int(phase), _stamp(stamp), str(worker),
+        if int(done) not in (0, 1):
+            raise ValueError(f"done must be 0 or 1, not {done!r}")
+        # a phase outside the enum would outrank every real state of its attempt
+        state = TaskState(int(gen), int(done), int(attempt), int(Phase(int(phase))), _stamp(stamp), str(worker),
                           tuple(str(m) for m in machines), float(rt), str(err), float(lease), int(term))
     except (TypeError, ValueError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None
