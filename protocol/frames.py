@@ -18,7 +18,7 @@ def parse_frames(spec: str) -> list[int]:
         step = 1
         if "x" in part:
             part, _, step_s = part.partition("x")
-            if not step_s.isdigit() or int(step_s) < 1:
+            if not step_s.isdecimal() or int(step_s) < 1:
                 raise ValueError(f"bad frame step in {spec!r}: {step_s!r}")
             step = int(step_s)
         lo_s, sep, hi_s = part.partition("-") if not part.startswith("-") else ("", "", "")
