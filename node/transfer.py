@@ -29,7 +29,15 @@ from .session import RequestFailed, Session
 
 log = logging.getLogger("rendernode.transfer")
 MAX_FILE = 1 << 30
+MAX_SINK = 8 << 20
 _streams = itertools.count(1)
+_requested_streams = itertools.count(1)
+
+
+def requested_stream() -> int:
+    """A stream id for data we ask a peer to send us (high bit set, so it never
+    meets the ids a peer picks for files it offers)."""
+    return 0x80000000 | (next(_requested_streams) & 0x7FFFFFFF)
 Store = Callable[[Session, FileOffer, bytes], Awaitable[dict[str, Any]]]
 Want = Callable[[Session, FileOffer], bool]
 
@@ -61,6 +69,7 @@ class Transfers:
         self.stores: dict[str, Store] = {}
         self.wants: dict[str, Want] = {}
         self._incoming: dict[tuple[int, int], Incoming] = {}
+        self._sinks: dict[tuple[int, int], bytearray] = {}
         peers.handlers[FileOffer] = self._on_offer
         peers.handlers[FileCommit] = self._on_commit
         peers.bulk_handler = self._on_bulk
@@ -96,7 +105,22 @@ class Transfers:
             self._incoming[self._key(session, msg.stream)] = Incoming(msg)
         await session.send(Reply({"want": want}), req_id)
 
+    def expect(self, session: Session, stream: int) -> bytearray:
+        """Collect the bulk records ``session`` sends on ``stream`` (see ``forget``)."""
+        sink = bytearray()
+        self._sinks[self._key(session, stream)] = sink
+        return sink
+
+    def forget(self, session: Session, stream: int) -> None:
+        """Stop collecting ``stream``."""
+        self._sinks.pop(self._key(session, stream), None)
+
     async def _on_bulk(self, session: Session, stream: int, data: bytes) -> None:
+        sink = self._sinks.get(self._key(session, stream))
+        if sink is not None:
+            if len(sink) + len(data) <= MAX_SINK:
+                sink += data
+            return
         incoming = self._incoming.get(self._key(session, stream))
         if incoming is None:
             return

@@ -251,3 +251,32 @@ class FileRequest(Message):
     kind: str
     job: str
     sha256: str = ""
+
+
+@register
+@dataclass(frozen=True)
+class Have(Message):
+    """Which chunks of a manifest the sender holds: bit i = the manifest's i-th chunk."""
+
+    TYPE = "have"
+    manifest: str
+    bits: bytes
+
+
+@register
+@dataclass(frozen=True)
+class ManifestRequest(Message):
+    """Send me this manifest's encoding (answered by Reply({"data": bytes}))."""
+
+    TYPE = "manifest_request"
+    manifest: str
+
+
+@register
+@dataclass(frozen=True)
+class ChunkRequest(Message):
+    """Send me this chunk as bulk records on ``stream``; the Reply follows the data."""
+
+    TYPE = "chunk_request"
+    chunk: str
+    stream: int

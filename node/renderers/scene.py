@@ -404,6 +404,25 @@ def _parse(path: str) -> dict[str, Any]:
     return doc
 
 
+PATH_MAP_ENV = "RENDERNODE_PATH_MAP"
+
+
+def map_path(path: str) -> str:
+    """Rewrite an absolute path the submitting machine used to where the worker
+    materialised it: ``RENDERNODE_PATH_MAP`` holds ``{"/their/root": "/our/root"}``."""
+    raw = os.environ.get(PATH_MAP_ENV)
+    if not raw:
+        return path
+    try:
+        mapping = json.loads(raw)
+    except ValueError:
+        return path
+    for src, dst in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+        if isinstance(src, str) and isinstance(dst, str) and (path == src or path.startswith(src.rstrip("/") + "/")):
+            return dst.rstrip("/") + path[len(src.rstrip("/")):]
+    return path
+
+
 def load_scene(path: str) -> SceneFile:
     """Read and validate a scene file.
 
@@ -459,7 +478,7 @@ def load_scene(path: str) -> SceneFile:
         if fields["texture"] and fields["checker"]:
             raise r.fail(f"{key}.texture", "an object can have a texture or a checker, not both")
         if fields["texture"]:
-            fields["texture"] = os.path.normpath(os.path.join(os.path.dirname(path), fields["texture"]))
+            fields["texture"] = map_path(os.path.normpath(os.path.join(os.path.dirname(path), fields["texture"])))
         objects.append((kind, name, r.animated(table, schema, key, fields)))
 
     lights = []
