@@ -288,3 +288,75 @@ def demo(nodes: int, frames: int, out: str, keep: bool) -> None:
     from .demo import run_demo
 
     run_demo(nodes, frames, Path(out), keep)
+
+
+class _ResultsGroup(click.Group):
+    """``results JOB`` lists; ``results clear|rm`` change."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ResultsGroup)
+def results() -> None:
+    """A job's results: list, clear (ClearResults), rm (RemoveResult)."""
+
+
+@results.command("list")
+@click.argument("job")
+@json_option
+@click.pass_context
+def results_list(ctx: click.Context, job: str, as_json: bool) -> None:
+    """The job's result files held on this node."""
+    rows = client(ctx).results(job)
+    emit(rows, as_json, lambda r: _table(r, ["frame", "kind", "path", "size", "machine", "render_time"]))
+
+
+@results.command("clear")
+@click.argument("job")
+@json_option
+@click.pass_context
+def results_clear(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Delete the job's results here (ClearResults); start it again to re-render."""
+    client(ctx).clear_results(job)
+    emit({"cleared": job}, as_json, lambda d: click.echo(f"cleared the results of {job}"))
+
+
+@results.command("rm")
+@click.argument("job")
+@click.argument("path")
+@json_option
+@click.pass_context
+def results_rm(ctx: click.Context, job: str, path: str, as_json: bool) -> None:
+    """Delete one result file of the job (RemoveResult)."""
+    client(ctx).remove_result(job, path)
+    emit({"removed": path}, as_json, lambda d: click.echo(f"removed {path}"))
+
+
+@main.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def repo(ctx: click.Context, as_json: bool) -> None:
+    """Asset manifests and repository results on this node (GetRepository)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    data = client(ctx).get_repository()
+
+    def render(d: dict[str, Any]) -> None:
+        click.echo(f"chunk store: {d['store_bytes'] / 1e6:.1f} MB")
+        _table(d["assets"], ["manifest", "files", "bytes", "chunks", "chunks_here", "jobs"])
+        if d["results"]:
+            _table(d["results"], ["job", "name", "frames", "bytes"])
+
+    emit(data, as_json, render)
+
+
+@repo.command("gc")
+@json_option
+@click.pass_context
+def repo_gc(ctx: click.Context, as_json: bool) -> None:
+    """Drop manifests and chunks no live job uses."""
+    data = client(ctx).repository_gc()
+    emit(data, as_json, lambda d: click.echo(f"dropped {d['manifests']} manifests, {d['bytes'] / 1e6:.1f} MB"))

@@ -247,3 +247,28 @@ class Client:
         """Messages visible to this user."""
         result: list[dict[str, Any]] = self.call("messages")
         return result
+
+    # -- results and repository --------------------------------------------------
+
+    def results(self, job_uuid: str) -> list[dict[str, Any]]:
+        """The job's result files held on this node."""
+        result: list[dict[str, Any]] = self.call("results", job=job_uuid)
+        return result
+
+    def clear_results(self, job_uuid: str) -> bool:
+        """ClearResults: delete the job's results here; it must be started again to re-render."""
+        return bool(self.call("results_clear", job=job_uuid))
+
+    def remove_result(self, job_uuid: str, rel_result_path: str) -> bool:
+        """RemoveResult: delete one result file of the job."""
+        return bool(self.call("results_rm", job=job_uuid, path=rel_result_path))
+
+    def get_repository(self) -> dict[str, Any]:
+        """GetRepository: asset manifests and repository results on this node."""
+        result: dict[str, Any] = self.call("repo")
+        return result
+
+    def repository_gc(self) -> dict[str, Any]:
+        """Drop manifests and chunks no live job uses."""
+        result: dict[str, Any] = self.call("repo_gc")
+        return result

@@ -52,7 +52,11 @@ class Preferences:
     exclude_after: int = 2  #: failures of one job on one worker before EXCLUDECLIENTONRENDERINGERROR excludes it
     lease: float = 5.0  #: seconds an assignment lives without a progress report
     watch: list[str] = field(default_factory=list)  #: folders whose new scene files become jobs
+    asset_cache_mb: int = 0  #: cap of the chunk store; 0 = no cap (queued jobs' assets are never evicted)
+    serve_slots_rendering: int = 2  #: chunk uploads at once while this node renders (16 when idle)
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
+    wake_on_lan: bool = True  #: send Wake-on-LAN to offline machines while queued tasks wait
+    output_dirs: list[str] = field(default_factory=list)  #: folders render output goes to (the systemd unit may write only there)
     log_level: str = "info"
 
     def public(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from protocol.version import build_id
 
 from . import capabilities, renderers
 from .api import MembershipApi
+from .assets import Assets
+from .chunkstore import ChunkStore
 from .config import Preferences
 from .control import Caller, ControlServer, Method
 from .db import Database
@@ -36,6 +38,7 @@ from .peers import Peers
 from .replication import Replication
 from .results import Results
 from .scheduler import Scheduler
+from .swarm import Swarm
 from .transfer import Transfers
 from .watch import Watcher
 from .worker import Worker
@@ -61,6 +64,8 @@ class Node:
     results: Results
     worker: Worker
     scheduler: Scheduler
+    swarm: Swarm
+    assets: Assets
     methods: dict[str, Method] = field(default_factory=dict)
 
 
@@ -79,14 +84,18 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     replication = Replication(book, peers)
     election = Election(peers, prefs.state_dir, prefs.server_priority, prefs.election_grace)
     api = MembershipApi(prefs, ident, peers, election.status)
-    results = Results(db, jobs, peers, election, Transfers(peers), prefs.state_dir)
+    transfers = Transfers(peers)
+    store = ChunkStore(os.path.join(prefs.state_dir, "chunks"), prefs.asset_cache_mb << 20)
+    swarm = Swarm(store, peers, transfers)
+    assets = Assets(store, swarm, book, peers, election, prefs.state_dir, set(versions), prefs.share)
+    results = Results(db, jobs, peers, election, transfers, prefs.state_dir)
     worker = Worker(peers, election, jobs, backends, results, prefs.state_dir)
     scheduler = Scheduler(jobs, peers, election, worker, versions, prefs.share, prefs.retries,
                           prefs.exclude_after, prefs.lease)
     worker.report_local = scheduler.on_update
-    jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results)
+    jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results, assets)
     return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
-                results, worker, scheduler, {**api.methods(), **jobs_api.methods()})
+                results, worker, scheduler, swarm, assets, {**api.methods(), **jobs_api.methods()})
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -99,6 +108,8 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.replication.run)
             await nursery.start(node.peers.run)
             await nursery.start(node.election.run)
+            await nursery.start(node.swarm.run)
+            await nursery.start(node.assets.run)
             await nursery.start(node.results.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)

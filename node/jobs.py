@@ -150,8 +150,10 @@ class Jobs:
 
     # -- operations -----------------------------------------------------------------
 
-    def create(self, spec: JobSpec, user: str, job_uuid: str | None = None) -> JobDoc:
-        """CreateRenderJob: the job and its queued tasks, appended to the queue."""
+    def create(self, spec: JobSpec, user: str, job_uuid: str | None = None,
+               extra: dict[str, Any] | None = None) -> JobDoc:
+        """CreateRenderJob: the job and its queued tasks, appended to the queue;
+        ``extra`` adds fields (the job's assets)."""
         uuid = job_uuid or str(uuidlib.uuid4())
         if self.book.docs.get(uuid) is not None:
             raise BadRequest(f"job {uuid} exists already")
@@ -167,6 +169,7 @@ class Jobs:
             "position": key_between(last, None), "state": "queued" if spec.start else "created",
             "watch_folder": spec.watch_folder, "result": int(RenderResult.RENDERRESULT_OK),
             "outputs": spec.renderer != "command" or "{output}" in str((spec.rdata or {}).get("command", "")),
+            **(extra or {}),
         }
         stamp = self.book.stamp()
         delta = JobDoc(uuid, fields={k: Register(stamp, v) for k, v in fields.items()},

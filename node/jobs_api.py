@@ -12,10 +12,13 @@ import uuid as uuidlib
 from collections import deque
 from typing import Any
 
+import trio
+
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
 from protocol.messages import Chat
 
+from .assets import Assets, collect
 from .control import Caller, Method
 from .errors import BadRequest
 from .jobs import CREATE_OK, Jobs, JobSpec
@@ -54,8 +57,9 @@ class JobsApi:
     """submit, jobs, job, start, stop, delete, move, scene, log, tasks, users, message(s)."""
 
     def __init__(self, jobs: Jobs, replication: Replication, peers: Peers, replicas: int,
-                 results: Results) -> None:
+                 results: Results, assets: Assets | None = None) -> None:
         self.jobs = jobs
+        self.assets = assets
         self.results = results
         self.replication = replication
         self.peers = peers
@@ -72,7 +76,7 @@ class JobsApi:
             "log": self.log, "tasks": self.tasks, "users": self.users, "message": self.message,
             "messages": self.messages, "results": self.list_results,
             "results_clear": self.clear_results, "results_rm": self.remove_result,
-            "repo": self.repository,
+            "repo": self.repository, "repo_gc": self.repository_gc,
         }
 
     def _seen(self, caller: Caller) -> None:
@@ -94,7 +98,28 @@ class JobsApi:
                 job_uuid = str(uuidlib.UUID(str(job_uuid)))
             except ValueError:
                 raise BadRequest(f"job uuid {job_uuid!r} is not a UUID") from None
-        delta = self.jobs.create(spec, caller.user, job_uuid)
+        extra: dict[str, Any] = {}
+        if self.assets is not None:
+            wanted = (spec.rdata or {}).get("assets", [])
+            if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
+                raise BadRequest("rdata.assets must be a list of file paths")
+            try:
+                got = await trio.to_thread.run_sync(collect, self.assets.store, spec.scene, spec.renderer, wanted)
+            except (OSError, ValueError) as exc:
+                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                        "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+            fatal = spec.scene in got.missing or bool(
+                got.missing and spec.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR)
+            if fatal:
+                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                        "result_name": "ASSETMISSING", "missing": list(got.missing),
+                        "reason": "missing: " + ", ".join(got.missing)}
+            extra = {"assets": got.manifest, "asset_root": got.root, "scene_rel": got.scene_rel,
+                     "asset_size": got.size}
+            self.assets.swarm.announce(got.manifest)
+        delta = self.jobs.create(spec, caller.user, job_uuid, extra)
+        if extra and got.missing:
+            self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(got.missing))
         try:
             copies = await self._durable_and_replicated([delta])
         except OSError:
@@ -134,11 +159,14 @@ class JobsApi:
     def _detail(self, doc: JobDoc, name: str) -> Any:
         if name == "rdata":
             return doc.value("rdata", {})
+        if name == "assets":
+            return {"manifest": doc.value("assets"), "root": doc.value("asset_root"),
+                    "scene": doc.value("scene_rel"), "size": doc.value("asset_size")}
         if name == "log":
             return [{"time": s[0] / 1000, "node": s[2], "line": line} for s, line in doc.visible_log()]
         if name == "results":
             return self.results.of_job(doc.uuid)
-        return doc.value("assets", [])
+        return None
 
     async def job(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """One job with every detail."""
@@ -272,6 +300,32 @@ class JobsApi:
         await self.results.remove(doc.uuid, _str(args, "path"))
         return {"uuid": doc.uuid, "removed": args["path"]}
 
-    async def repository(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
-        """GetRepository: results kept in this node's repository."""
-        return self.results.repository()
+    async def repository(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """GetRepository: asset manifests in this node's store (sizes, which jobs use
+        them, how much is here) and the results kept in its repository."""
+        users: dict[str, list[str]] = {}
+        for doc in self.jobs.book.live():
+            mid = str(doc.value("assets") or "")
+            if mid:
+                users.setdefault(mid, []).append(doc.uuid)
+        manifests = []
+        if self.assets is not None:
+            store = self.assets.store
+            for mid in await trio.to_thread.run_sync(store.manifests):
+                m = await trio.to_thread.run_sync(store.manifest, mid)
+                if m is None:
+                    continue
+                chunks = m.chunk_ids()
+                manifests.append({"manifest": mid, "files": len(m.files), "bytes": m.size,
+                                  "chunks": len(chunks), "chunks_here": len(store.held(chunks)),
+                                  "jobs": users.get(mid, [])})
+        used = self.assets.store.used if self.assets is not None else 0
+        return {"assets": manifests, "store_bytes": used, "results": self.results.repository()}
+
+    async def repository_gc(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """Drop manifests and chunks no live job uses."""
+        if self.assets is None:
+            return {"manifests": 0, "bytes": 0}
+        live = {str(d.value("assets")) for d in self.jobs.book.live() if d.value("assets")}
+        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live)
+        return {"manifests": manifests, "bytes": freed}
