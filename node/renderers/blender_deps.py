@@ -1,0 +1,127 @@
+"""The files a .blend needs, asked of Blender itself.
+
+Blender loads the scene with every linked library, and the libraries those
+link in turn (it follows them recursively and resolves each relative ``//``
+path against the file that holds it); ``bpy.utils.blend_paths(absolute=True)``
+then names every external file: images, libraries, sounds, fonts, caches.
+Packed files are inside the .blend and are not listed.  Image sequences, UDIM
+tiles and volume or cache sequences name one file in Blender; they are
+expanded here to the files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+DEPS_TIMEOUT = 300.0  #: seconds Blender may take to load a scene and list its files
+_MARK = "RENDERNODE-DEPS "  #: starts the line of LIST_SCRIPT's answer
+
+LIST_SCRIPT = '''\
+import json
+import bpy
+
+paths = bpy.utils.blend_paths(absolute=True, packed=False, local=False)
+sequences = []
+tiled = []
+for img in bpy.data.images:
+    path = bpy.path.abspath(img.filepath, library=img.library)
+    if img.packed_file:
+        continue
+    if img.source == "SEQUENCE":
+        sequences.append(path)
+    elif img.source == "TILED":
+        tiled.append(path)
+for group in (bpy.data.volumes, bpy.data.cache_files):
+    for item in group:
+        if getattr(item, "is_sequence", False):
+            sequences.append(bpy.path.abspath(item.filepath, library=item.library))
+for clip in bpy.data.movieclips:
+    if clip.source == "SEQUENCE":
+        sequences.append(bpy.path.abspath(clip.filepath, library=clip.library))
+print("RENDERNODE-DEPS " + json.dumps({"paths": paths, "sequences": sequences, "tiled": tiled}), flush=True)
+'''
+
+
+class BlendDepsError(Exception):
+    """Blender could not list a scene's files; the message says why."""
+
+
+def expand_sequence(path: str) -> list[str]:
+    """Every file on disk in the numbered sequence ``path`` belongs to (``path`` if none).
+
+    Blender numbers a sequence by the last run of digits in the file name and
+    pads frames to at least that many digits.
+    """
+    folder, name = os.path.split(path)
+    runs = list(re.finditer(r"\d+", name))
+    if not runs:
+        return [path]
+    run = runs[-1]
+    head, tail = name[:run.start()], name[run.end():]
+    pattern = re.compile(re.escape(head) + rf"\d{{{len(run.group())},}}" + re.escape(tail) + "$")
+    return _matching(folder, pattern) or [path]
+
+
+def expand_tiles(path: str) -> list[str]:
+    """The files of a UDIM image: ``<UDIM>`` is four digits, ``<UVTILE>`` is uN_vM."""
+    folder, name = os.path.split(path)
+    if "<UDIM>" not in name and "<UVTILE>" not in name:
+        return [path]
+    pattern = re.escape(name).replace(re.escape("<UDIM>"), r"\d{4}")
+    pattern = pattern.replace(re.escape("<UVTILE>"), r"u\d+_v\d+")
+    return _matching(folder, re.compile(pattern + "$")) or [path]
+
+
+def _matching(folder: str, pattern: re.Pattern[str]) -> list[str]:
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in sorted(names) if pattern.match(n)]
+
+
+def blend_dependencies(path: str, executable: str = "blender") -> list[str]:
+    """Absolute paths of every external file ``path`` needs, sorted; missing ones too.
+
+    Runs Blender; BlendDepsError if it is absent, cannot read the file or
+    does not answer within DEPS_TIMEOUT.
+    """
+    blender = shutil.which(executable)
+    if blender is None:
+        raise BlendDepsError(f"{executable} is not installed")
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise BlendDepsError(f"{path} does not exist")
+    argv = [blender, "-noaudio", "-b", path, "--python-exit-code", "1",
+            "--python-expr", LIST_SCRIPT]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", timeout=DEPS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise BlendDepsError(f"blender took over {DEPS_TIMEOUT:.0f} s to list {path}") from None
+    except OSError as exc:
+        raise BlendDepsError(f"cannot run {blender}: {exc}") from None
+    found = [ln for ln in done.stdout.splitlines() if ln.startswith(_MARK)]
+    if done.returncode != 0 or not found:
+        lines = [ln for ln in (done.stdout + done.stderr).splitlines() if re.search(r"\b[Ee]rror\b", ln)]
+        raise BlendDepsError(f"blender could not list the files of {path}: "
+                             f"{lines[-1] if lines else f'status {done.returncode}'}")
+    listing = json.loads(found[-1][len(_MARK):])
+    sequences = {os.path.normpath(p) for p in listing["sequences"]}
+    tiled = {os.path.normpath(p) for p in listing["tiled"]}
+    out: set[str] = set()
+    for raw in listing["paths"]:
+        if raw.startswith("<"):  # <builtin> fonts
+            continue
+        dep = os.path.normpath(os.path.join(os.path.dirname(path), raw))
+        if dep in tiled:
+            out.update(expand_tiles(dep))
+        elif dep in sequences:
+            out.update(expand_sequence(dep))
+        else:
+            out.add(dep)
+    return sorted(out)
