@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import trio
 from protocol.connection import derive_psk
 from protocol.version import build_id
 
-from . import capabilities, renderers
+from . import capabilities, power, renderers
 from .api import MembershipApi
 from .assets import Assets
 from .chunkstore import ChunkStore
@@ -29,6 +30,7 @@ from .control import Caller, ControlServer, Method
 from .db import Database
 from .discovery import Discovery
 from .election import Election
+from .farmtoken import reload_token
 from .identity import Identity, load_or_create
 from .jobbook import JobBook
 from .jobs import Jobs
@@ -76,9 +78,10 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     ident = load_or_create(prefs.state_dir)
     db = Database(prefs.state_dir)
     table = MachineTable(db)
-    backends, versions = renderers.load()
+    backends, versions = renderers.load(os.path.join(prefs.state_dir, "renderers.json"))
     peers = Peers(prefs, ident, table, derive_psk(token, prefs.farm),
                   build_id(capabilities.version(), env), capabilities.arch(), versions)
+    peers.local_mac = power.local_mac(prefs.listen)
     book = JobBook(db, ident.uuid)
     jobs = Jobs(book, ident.uuid, prefs.admins)
     replication = Replication(book, peers)
@@ -113,6 +116,7 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.results.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)
+            await nursery.start(power.Power.of(node).run)
             await nursery.start(Watcher(prefs.watch, node.db, _watch_submit(node)).run)
             await nursery.start(ControlServer(prefs.socket, node.methods).run)
             if prefs.mdns:
@@ -152,16 +156,29 @@ def _txt(node: Node) -> dict[str, str]:
 
 
 async def serve(prefs: Preferences, token: bytes, notify: Any = None) -> None:
-    """The daemon: run the node until SIGTERM or SIGINT."""
+    """The daemon: run the node until SIGTERM or SIGINT; SIGHUP reloads the token."""
     node = build(prefs, token)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_node, node)
             if notify is not None:
                 notify("READY=1", f"STATUS=serving as {node.ident.uuid}")
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload(node, notify)
+                    continue
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 if notify is not None:
                     notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _reload(node: Node, notify: Any) -> None:
+    log.info("received SIGHUP; reloading the farm token")
+    if notify is not None:
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    ok = reload_token(node.prefs, node.peers)
+    if notify is not None:
+        notify("READY=1", f"STATUS=serving as {node.ident.uuid}"
+                          + ("" if ok else "; token reload failed, see the log"))

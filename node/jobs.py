@@ -71,6 +71,9 @@ class JobSpec:
         rdata = args.get("rdata") or {}
         if not isinstance(rdata, dict):
             raise BadRequest("rdata must be a map of renderer settings")
+        if renderer == "povray":  # POV-Ray's clock spans the whole job, not one task
+            all_frames = parse_frames(frames)
+            rdata = {"initial_frame": all_frames[0], "final_frame": all_frames[-1], **rdata}
         if renderer == "command":
             from .renderers.command import check_template
 
