@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobs_harness import FAST_TMP
 
 from node import config
 
@@ -22,8 +23,9 @@ def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
-    """A short directory (Unix socket paths hold 108 bytes at most)."""
-    path = Path(tempfile.mkdtemp(prefix="rnj-"))
+    """A short directory (Unix socket paths hold 108 bytes at most), in memory
+    where possible: every node's SQLite commits there with synchronous=FULL."""
+    path = Path(tempfile.mkdtemp(prefix="rnj-", dir=FAST_TMP))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import pwd
+import shutil
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ GRACE = 0.5
 #: memory-backed temp space where there is one: SQLite's fsyncs on a real disk
 #: cost tens of milliseconds each, and these tests make many databases
 FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+#: a real scene for the built-in renderer: submit collects the scene's files
+EXAMPLE_SCENE = Path(__file__).resolve().parents[2] / "examples" / "spheres.json"
 
 
 def me() -> str:
@@ -89,6 +92,7 @@ class Member:
     node: Node
     scope: trio.CancelScope
     stopped: trio.Event
+    scene: str  #: a scene file submits can use
 
     @property
     def uuid(self) -> str:
@@ -142,6 +146,20 @@ class Member:
 
         return await trio.to_thread.run_sync(work)
 
+    async def submit(self, scene: str = "", **args: Any) -> dict[str, Any]:
+        """CreateRenderJob through the control socket (this farm's scene unless given)."""
+        result: dict[str, Any] = await self.call(
+            lambda c: c.create_render_job(scene or self.scene, **args))
+        return result
+
+    async def link(self, other: Member) -> None:
+        """AddMachine: dial ``other`` as a static peer."""
+        await self.call(lambda c: c.add_machine(other.address))
+
+    async def forget(self, other: Member) -> None:
+        """Remove ``other`` from the machine table (no more dialing, session closed)."""
+        await self.call(lambda c: c.remove_machine(other.uuid))
+
 
 @dataclass
 class Farm:
@@ -152,6 +170,11 @@ class Farm:
     token: bytes
     members: list[Member] = field(default_factory=list)
     _names: itertools.count[int] = field(default_factory=itertools.count)
+    scene: str = ""  #: ``root/shot.json``, a copy of an example scene
+
+    def __post_init__(self) -> None:
+        self.scene = str(self.root / "shot.json")
+        shutil.copyfile(EXAMPLE_SCENE, self.scene)
 
     def prefs(self, name: str, **overrides: Any) -> config.Preferences:
         """A test node's preferences: loopback, no mDNS, not rendering, state under root."""
@@ -188,7 +211,7 @@ class Farm:
                 stopped.set()
 
         scope = await self.nursery.start(run)
-        member = Member(node, scope, stopped)
+        member = Member(node, scope, stopped, self.scene)
         self.members.append(member)
         return member
 

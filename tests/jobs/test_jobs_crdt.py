@@ -194,7 +194,7 @@ def three_documents(draw: st.DrawFn) -> tuple[JobDoc, JobDoc, JobDoc]:
     return a, b, c
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(three_documents())
 def test_merge_is_idempotent_commutative_and_associative(docs: tuple[JobDoc, JobDoc, JobDoc]) -> None:
     a, b, c = docs
@@ -206,7 +206,7 @@ def test_merge_is_idempotent_commutative_and_associative(docs: tuple[JobDoc, Job
     assert (a, b, c) == before  # merge_job is pure
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_any_delivery_order_with_duplicates_gives_the_same_document(data: st.DataObject) -> None:
     universe = data.draw(events())
@@ -219,7 +219,7 @@ def _same_head(a: JobDoc, b: JobDoc) -> bool:
     return (a.fields, a.gen, a.deleted, a.log_base) == (b.fields, b.gen, b.deleted, b.log_base)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.data())
 def test_absorb_equals_merge_job_and_reports_exactly_what_changed(data: st.DataObject) -> None:
     universe = data.draw(events())
@@ -346,7 +346,7 @@ def test_hlc_tick_follows_the_wall_clock_and_counts_when_it_stalls() -> None:
 # -- wire form ------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_job_wire_form_round_trips_through_msgpack(data: st.DataObject) -> None:
     doc = data.draw(documents(data.draw(events())))
@@ -397,7 +397,7 @@ def test_a_valid_minimal_document_parses() -> None:
 # -- digests --------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_digest_is_equal_exactly_when_documents_are_equal(data: st.DataObject) -> None:
     universe = data.draw(events())
@@ -407,7 +407,7 @@ def test_digest_is_equal_exactly_when_documents_are_equal(data: st.DataObject) -
     assert (digest(a) == digest(b)) == (a == b)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_digest_does_not_depend_on_the_order_changes_arrived_in(data: st.DataObject) -> None:
     universe = data.draw(events())

@@ -1,0 +1,94 @@
+"""Server election (node.election) among in-process nodes on loopback that
+know each other by static address: one server, failover with a higher term,
+a live server keeping the role, and a lone claim yielding to the followed
+server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from jobs_harness import GRACE, Farm, Member, agreed_server, connected, wait_until
+
+from node.election import TERM_FILE
+
+
+async def test_exactly_one_server_is_elected_and_every_node_agrees(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    members = await farm.mesh("a", "b", "c")
+    with trio.fail_after(5):
+        server = await agreed_server(members)
+    assert server.term >= 1
+    statuses = [await m.call(lambda c: c.status()) for m in members]
+    assert [s["uuid"] for s in statuses] == [m.uuid for m in members]
+    assert {(s["server"], s["term"]) for s in statuses} == {(server.uuid, server.term)}
+    assert sorted(s["role"] for s in statuses) == ["server", "worker", "worker"]
+    assert all(s["online_peers"] == 2 for s in statuses)
+    # the term is on disk before the role is announced
+    assert int((Path(server.node.prefs.state_dir) / TERM_FILE).read_text()) == server.term
+
+
+async def test_when_the_server_dies_another_takes_the_role_with_a_higher_term(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    members = await farm.mesh("a", "b", "c")
+    with trio.fail_after(5):
+        old = await agreed_server(members)
+    rest = [m for m in members if m is not old]
+    await old.stop()
+    started = trio.current_time()
+    with trio.fail_after(2.5):
+        new = await agreed_server(rest)
+    assert new is not old and new.term > old.term
+    assert trio.current_time() - started < 2.5
+    # the survivors hold the highest term they saw
+    assert all(m.node.election.max_term == new.term for m in rest)
+
+
+async def test_a_live_server_keeps_the_role_when_a_higher_priority_node_joins(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    low, mid = await farm.mesh("low", "mid", server_priority=10)
+    with trio.fail_after(5):
+        server = await agreed_server([low, mid])
+    changes: list[tuple[str, int, str | None]] = []
+
+    def record(m: Member) -> None:
+        m.node.election.on_role.append(lambda: changes.append((m.name, m.term, m.server)))
+
+    for m in (low, mid):
+        record(m)
+    term = server.term
+    high = await farm.start("high", peers=[low, mid], server_priority=90)
+    with trio.fail_after(5):
+        await connected([low, mid, high])
+        await wait_until(lambda: high.server == server.uuid, "the newcomer obeys the live server")
+    # past the newcomer's start-up grace and a few heartbeats, nothing has moved
+    settle = high.node.election._started_at + GRACE + 2 * high.node.prefs.heartbeat_interval
+    with trio.fail_after(5):
+        await wait_until(lambda: trio.current_time() >= settle, "the newcomer's grace to pass")
+    assert await agreed_server([low, mid, high]) is server
+    assert server.term == term and high.role == "worker"
+    assert changes == []
+
+
+async def test_a_server_claimed_alone_with_a_higher_term_yields_to_the_server_the_farm_follows(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    members = await farm.mesh("a", "b")
+    with trio.fail_after(5):
+        server = await agreed_server(members)
+    (short_dir / "lone").mkdir()
+    (short_dir / "lone" / TERM_FILE).write_text("7")  # it once saw term 7
+    lone = await farm.start("lone", server_priority=99)
+    with trio.fail_after(5):
+        await wait_until(lambda: lone.role == "server", "the lone node claims the role")
+    assert lone.term == 8 > server.term
+    await lone.link(members[0])
+    await lone.link(members[1])
+    everyone: list[Member] = [*members, lone]
+    with trio.fail_after(5):
+        await connected(everyone)
+        assert await agreed_server(everyone) is server
+    assert lone.role == "worker" and lone.term == server.term

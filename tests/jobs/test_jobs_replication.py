@@ -1,0 +1,197 @@
+"""Replication between running nodes (node.replication): anti-entropy brings a
+node that was down up to date, and the two sides of a partition, each with its
+own server and its own submits, end with identical job books and one server
+once the links come back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from jobs_harness import Farm, Member, agreed_server, book_digests, connected, me, wait_until
+
+from node.election import TERM_FILE
+from node.replication import LOG_PER_PART, TASKS_PER_PART
+
+
+def _converged(members: list[Member]) -> bool:
+    first = book_digests(members[0])
+    return all(book_digests(m) == first for m in members[1:])
+
+
+def _digest_detail(members: list[Member]) -> object:
+    return {m.name: len(book_digests(m)) for m in members}
+
+
+async def test_a_node_that_was_down_gets_what_it_missed_on_reconnect(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    a, b, c = await farm.mesh("a", "b", "c")
+    before = (await a.submit())["uuid"]
+    with trio.fail_after(5):
+        await wait_until(lambda: _converged([a, b, c]), "the first job everywhere")
+    await c.stop()
+    made = []
+    for _ in range(3):
+        result = await a.submit(frames="1-30")
+        assert result["replicas"] == 1  # only b is online
+        made.append(result["uuid"])
+    await b.call(lambda cl: cl.stop_rendering(made[0]))
+    await a.call(lambda cl: cl.add_log_to_job(made[1], "while c slept"))
+    await a.call(lambda cl: cl.delete_render_job(before))
+    # a job too big for one message: its tasks and log go in parts
+    big = await a.submit(frames=f"1-{TASKS_PER_PART * 2 + 10}")
+    assert big["replicas"] == 1
+    made.append(big["uuid"])
+    for i in range(LOG_PER_PART + 20):
+        a.node.jobs.add_log(a.node.jobs.find(big["uuid"]), f"line {i}")
+    assert c.node.book.get(made[0]) is None
+
+    c = await farm.restart(c)
+    assert c.node.book.get(before) is not None  # what it had, from its own disk
+    with trio.fail_after(5):
+        await connected([a, b, c])
+        await wait_until(lambda: _converged([a, b, c]), "c to catch up", lambda: _digest_detail([a, b, c]))
+    book = c.node.book
+    assert book.get(before) is None and book.docs[before].deleted is not None
+    assert [d.uuid for d in c.node.jobs.queue()] == made
+    assert book.docs[made[0]].value("state") == "stopped"
+    assert book.docs[made[1]].visible_log()[-1][1].endswith("while c slept")
+    assert len(book.docs[made[2]].tasks) == 30
+    assert len(book.docs[made[3]].tasks) == TASKS_PER_PART * 2 + 10
+    assert len(book.docs[made[3]].visible_log()) == LOG_PER_PART + 21
+
+
+@pytest.mark.parametrize("right_saw", [0, 5], ids=["same-term", "right-term-higher"])
+async def test_both_sides_of_a_partition_keep_working_and_converge_on_heal(
+        short_dir: Path, token: bytes, nursery: trio.Nursery, right_saw: int) -> None:
+    farm = Farm(nursery, short_dir, token)
+    # with right_saw=5 the second pair once saw term 5, so its server claims term 6
+    for name in ("c", "d"):
+        (short_dir / name).mkdir()
+        (short_dir / name / TERM_FILE).write_text(str(right_saw))
+    a, b = await farm.mesh("a", "b")
+    c, d = await farm.mesh("c", "d")
+    left, right = [a, b], [c, d]
+    with trio.fail_after(5):
+        left_server = await agreed_server(left)
+        right_server = await agreed_server(right)
+    assert left_server.term == 1 and right_server.term == right_saw + 1
+    # both servers are followed; the greater (term, priority, uuid) keeps the role
+    winner, loser = sorted([left_server, right_server], key=lambda m: (m.term, m.uuid))[::-1]
+    # both sides accept submits and changes
+    left_jobs, right_jobs = [], []
+    for i in range(2):
+        result = await a.submit(frames=f"1-{i + 2}")
+        assert result["replicas"] == 1
+        left_jobs.append(result["uuid"])
+        result = await d.submit(frames=f"1-{i + 5}")
+        assert result["replicas"] == 1
+        right_jobs.append(result["uuid"])
+    await b.call(lambda cl: cl.stop_rendering(left_jobs[0]))
+    await c.call(lambda cl: cl.add_log_to_job(right_jobs[1], "right side was here"))
+    await c.call(lambda cl: cl.delete_render_job(right_jobs[0]))
+    assert not set(book_digests(a)) & set(book_digests(c))
+
+    # heal: the first pair dials the second
+    for member in left:
+        for other in right:
+            await member.link(other)
+    everyone = [a, b, c, d]
+    with trio.fail_after(5):
+        await connected(everyone)
+        await wait_until(lambda: _converged(everyone), "identical job books",
+                         lambda: _digest_detail(everyone))
+        server = await agreed_server(everyone)
+    assert server is winner and server.term == right_saw + 1
+    assert loser.role == "worker"  # it saw the greater claim and stepped down
+    assert all(m.node.election.max_term == server.term for m in everyone)
+    # every side's work survived, in one queue order everywhere
+    queue = [j.uuid for j in a.node.jobs.queue()]
+    assert sorted(queue) == sorted([*left_jobs, right_jobs[1]])
+    assert all([j.uuid for j in m.node.jobs.queue()] == queue for m in everyone)
+    assert c.node.book.docs[left_jobs[0]].value("state") == "stopped"
+    assert a.node.book.docs[right_jobs[0]].deleted is not None
+    listed = await b.call(lambda cl: cl.get_jobs_list())
+    assert [j["uuid"] for j in listed] == queue
+
+
+async def _cut(left: list[Member], right: list[Member]) -> None:
+    """Partition: each side forgets the other (the dialing side first, so nobody redials)."""
+    for y in right:
+        for x in left:
+            await y.forget(x)
+    for x in left:
+        for y in right:
+            await x.forget(y)
+    await wait_until(lambda: not any(x.sees(y) or y.sees(x) for x in left for y in right),
+                     "the two sides to lose each other")
+
+
+async def test_concurrent_changes_to_one_job_on_both_sides_merge_into_one_document(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    a, b, c, d = everyone = await farm.mesh("a", "b", "c", "d")
+    left, right = [a, b], [c, d]
+    with trio.fail_after(5):
+        first_term = (await agreed_server(everyone)).term
+    shared = (await a.submit(frames="1-6"))["uuid"]
+    doomed = (await a.submit())["uuid"]
+    with trio.fail_after(5):
+        await wait_until(lambda: _converged(everyone), "both jobs everywhere")
+        await _cut(left, right)
+        # the side without the old server elects its own, with the next term
+        left_server = await agreed_server(left)
+        right_server = await agreed_server(right)
+    assert {left_server.term, right_server.term} == {first_term, first_term + 1}
+
+    await a.call(lambda cl: cl.stop_rendering(shared))
+    await a.call(lambda cl: cl.set_default_scene_name(shared, "left.scn"))
+    await a.call(lambda cl: cl.add_log_to_job(shared, "left"))
+    await b.call(lambda cl: cl.delete_render_job(doomed))
+    await c.call(lambda cl: cl.call("start", job=shared, restart=True))
+    await c.call(lambda cl: cl.set_default_scene_name(shared, "right.scn"))
+    await d.call(lambda cl: cl.add_log_to_job(shared, "right"))
+    await d.call(lambda cl: cl.stop_rendering(doomed))
+    left_only = (await b.submit())["uuid"]
+    right_only = (await d.submit())["uuid"]
+    ldoc, rdoc = a.node.book.docs[shared], c.node.book.docs[shared]
+    scene = max(ldoc.fields["default_scene"], rdoc.fields["default_scene"], key=lambda r: r.stamp)
+    state = max(ldoc.fields["state"], rdoc.fields["state"], key=lambda r: r.stamp)
+
+    for x in left:
+        for y in right:
+            await x.link(y)
+    with trio.fail_after(5):
+        await connected(everyone)
+        await wait_until(lambda: _converged(everyone), "identical job books",
+                         lambda: _digest_detail(everyone))
+        server = await agreed_server(everyone)
+    assert server.term == first_term + 1  # the lower term stepped down
+    for m in everyone:
+        doc = m.node.book.docs[shared]
+        assert doc.gen == 1  # the restart made on the right
+        assert doc.value("default_scene") == scene.value and doc.value("state") == state.value
+        lines = [line for _, line in doc.visible_log()]
+        assert f"[{me()}] left" in lines and f"[{me()}] right" in lines
+        assert m.node.book.get(doomed) is None  # the delete beats the stop made meanwhile
+        assert [j.uuid for j in m.node.jobs.queue()] == [shared, left_only, right_only] or \
+            [j.uuid for j in m.node.jobs.queue()] == [shared, right_only, left_only]
+    assert len({tuple(j.uuid for j in m.node.jobs.queue()) for m in everyone}) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="replication and election assume a full mesh: a node "
+                   "that reaches the farm through one peer only gets that peer's own changes "
+                   "(received ones are not forwarded) and may claim the role itself")
+async def test_a_node_linked_to_one_peer_only_still_gets_every_job(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    farm = Farm(nursery, short_dir, token)
+    a = await farm.start("a")
+    b = await farm.start("b", peers=[a])
+    c = await farm.start("c", peers=[b])  # c knows b only (another subnet, say)
+    with trio.fail_after(5):
+        await wait_until(lambda: b.sees(a, c), "the chain a - b - c")
+    uuid = (await a.submit())["uuid"]
+    with trio.fail_after(1):
+        await wait_until(lambda: c.node.book.get(uuid) is not None, "the job to reach c")
