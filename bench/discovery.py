@@ -5,8 +5,10 @@ processes on loopback (mDNS on 127.0.0.1, peers on 127.0.0.1:0, one fresh farm
 token, temporary state directories), then measures:
 
 * startup: from the first process start until every control socket answers
-  ``status`` (this is mostly interpreter + import cost, and on a small machine N
-  interpreters starting at once compete for the CPU);
+  ``status`` (interpreter + imports + the node's build; on a small machine N
+  interpreters starting at once compete for the CPU).  Fresh state dirs mean a
+  node's first start, which asks external renderers (blender, povray) their
+  versions; ``--warm-renderers`` seeds their cache, as on a restart;
 * mesh: from the moment the *last* control socket answered until every node
   lists every other node ONLINE and VERIFIED (``get_machines_list``);
 * idle cost: a few seconds after the mesh is complete, each daemon's VmRSS
@@ -210,13 +212,37 @@ def daemon_argv(socket: str, state_dir: str, name: str, log_level: str,
     ]
 
 
-def start_loopback(n: int, base: Path, env: dict[str, str], log_level: str) -> list[Daemon]:
+#: Where the daemon caches the versions of external renderers (node/daemon.py).
+RENDERER_CACHE = "renderers.json"
+WARM_RENDERERS = "import sys; from node import renderers; renderers.load(sys.argv[1])"
+
+
+def warm_renderers(env: dict[str, str], base: Path) -> Path | None:
+    """Ask the external renderers (blender, povray) their versions once, as a node's
+    first start does, and return the cache file to give every daemon (None if the
+    daemon has no such cache)."""
+    cache = base / RENDERER_CACHE
+    done = subprocess.run([sys.executable, "-c", WARM_RENDERERS, str(cache)], env=env, cwd=ROOT,
+                          capture_output=True)
+    return cache if done.returncode == 0 and cache.exists() else None
+
+
+def seed_state(state_dir: Path, renderer_cache: Path | None) -> None:
+    """Give a daemon's (new) state dir the warmed renderer version cache."""
+    if renderer_cache is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(renderer_cache, state_dir / RENDERER_CACHE)
+
+
+def start_loopback(n: int, base: Path, env: dict[str, str], log_level: str,
+                   renderer_cache: Path | None = None) -> list[Daemon]:
     """Start ``n`` daemons on loopback, as fast as possible one after the other."""
     daemons = []
     for i in range(n):
         name = f"bench{i:02d}"
         d = base / name
         d.mkdir()
+        seed_state(d / "state", renderer_cache)
         sock = str(d / "control.sock")
         log_path = d / "daemon.log"
         with open(log_path, "wb") as log:
@@ -273,7 +299,8 @@ def pin_neighbours(bed: Any) -> None:
     bed.run_in(None, ["sh", "-e"], input="".join(script), timeout=120)  # too long for an argv
 
 
-def start_netns(bed: Any, env: dict[str, str], log_level: str) -> list[Daemon]:
+def start_netns(bed: Any, env: dict[str, str], log_level: str,
+                renderer_cache: Path | None = None) -> list[Daemon]:
     """Start one daemon in each host of the bed."""
     daemons = []
     extra = {k: v for k, v in env.items() if k.startswith("PYTHONPYCACHE")}
@@ -282,6 +309,7 @@ def start_netns(bed: Any, env: dict[str, str], log_level: str) -> list[Daemon]:
     for key in [k for k in os.environ if k.startswith("RENDERNODE_")]:
         del os.environ[key]
     for host in bed.hosts:
+        seed_state(Path(host.state_dir), renderer_cache)
         proc = host.start_daemon(env["RENDERNODE_TOKEN"], extra_args=["--log-level", log_level],
                                  env=extra)
         daemons.append(Daemon(host.name, str(host.socket_path), Path(proc.log_path), proc,
@@ -421,6 +449,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.cold_bytecode:
             took = warm_bytecode(env)
             print(f"bytecode cache warmed (not timed): {took:.1f} s", flush=True)
+        renderer_cache = None
+        if args.warm_renderers:
+            t_warm = time.monotonic()
+            renderer_cache = warm_renderers(env, base)
+            print(f"renderer version cache warmed (not timed): {time.monotonic() - t_warm:.1f} s"
+                  if renderer_cache else "renderer version cache: this daemon has none", flush=True)
+        else:
+            print("renderer version cache: cold (each daemon asks blender/povray, as on a "
+                  "node's first start; --warm-renderers for a restart)", flush=True)
         if args.netns:
             netlab, reason = load_netlab()
             if netlab is None:
@@ -436,10 +473,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"bed setup ({args.nodes} namespaces, ARP entries pinned): "
                   f"{time.monotonic() - t_bed:.1f} s", flush=True)
             t_start = time.monotonic()
-            daemons = start_netns(bed, env, args.log_level)
+            daemons = start_netns(bed, env, args.log_level, renderer_cache)
         else:
             t_start = time.monotonic()
-            daemons = start_loopback(args.nodes, base, env, args.log_level)
+            daemons = start_loopback(args.nodes, base, env, args.log_level, renderer_cache)
         t_spawned = time.monotonic()
         wait_sockets(daemons, t_start + args.timeout, args.poll)
         t_sockets = time.monotonic()
@@ -537,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--cold-bytecode", action="store_true",
                         help="no bytecode cache warm-up; the daemons inherit PYTHONDONTWRITEBYTECODE")
+    parser.add_argument("--warm-renderers", action="store_true",
+                        help="give every daemon the renderer version cache (as after a node's "
+                             "first start), so no daemon runs blender/povray --version")
     parser.add_argument("--hold", type=float, default=0.0,
                         help="keep the mesh up this many seconds after measuring (to attach a profiler)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
