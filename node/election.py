@@ -41,6 +41,7 @@ from .session import Session
 
 log = logging.getLogger("rendernode.election")
 TERM_FILE = "term"
+COALESCE = 0.02  #: seconds to gather membership changes before re-evaluating
 
 
 class Election:
@@ -162,6 +163,7 @@ class Election:
             nursery.start_soon(self._after_grace)
             while True:
                 await self._changed.wait()
+                await trio.sleep(COALESCE)  # a burst of membership changes: one evaluation
                 self._changed = trio.Event()
                 if self.evaluate():
                     info = self.heartbeat_info()

@@ -64,7 +64,8 @@ log = logging.getLogger("rendernode.peers")
 V = VerificationBits
 CONNECT_TIMEOUT = 1.0
 DIALBACK_TIMEOUT = 2.0
-FAILED_VERIFY_BACKOFF = 5.0
+FAILED_VERIFY_BACKOFF = 30.0  #: a peer that failed verification is retried this rarely (it redials us once fixed)
+POLITE_DELAY = 0.3  #: the larger UUID of a pair waits this long before its first dial, so usually one side dials
 Handler = Callable[[Session, Message, int], Awaitable[None]]
 
 
@@ -109,6 +110,7 @@ class Peers:
         self.handlers: dict[type[Message], Handler] = {}
         self.heartbeat_info: Callable[[], dict[str, Any]] = lambda: {}
         self.hello_extra: Callable[[], dict[str, Any]] = lambda: {}
+        self.local_mac = ""  #: this machine's MAC, for Wake-on-LAN (node.power.local_mac)
         self.on_change: list[Callable[[], None]] = []
         self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
         self.bulk_handler: Callable[[Session, int, bytes], Awaitable[None]] | None = None
@@ -126,7 +128,7 @@ class Peers:
             arch=self.local.arch, proto_major=1, proto_minor=0,
             capabilities=self.capabilities, server_priority=self.prefs.server_priority,
             term=int(extra.get("term", 0)), listen=self.advertised, sharing=self.prefs.share,
-            boot=self.boot, mac=str(extra.get("mac", "")),
+            boot=self.boot, mac=self.local_mac,
         )
 
     def hint(self, uuid: str, addresses: list[tuple[str, int]], name: str = "") -> None:
@@ -167,6 +169,18 @@ class Peers:
         if self.table.remove(uuid_or_address):
             found = True
         return found
+
+    def replace_psk(self, psk: bytes) -> None:
+        """The farm token changed: new sessions use ``psk``, sessions made with the
+        old one end, and every dialer retries now instead of after its backoff."""
+        if psk == self.psk:
+            return
+        self.psk = psk
+        if self._nursery is not None:
+            for session in list(self.sessions.values()):
+                self._nursery.start_soon(self._goodbye, session, "farm token changed")
+        for target in self.targets.values():
+            target.wake.set()
 
     def online_uuids(self) -> list[str]:
         """UUIDs of peers with a live verified session."""
@@ -222,6 +236,9 @@ class Peers:
 
     async def _dial_loop(self, target: Target) -> None:
         backoff = 0.05
+        if target.uuid and target.uuid < self.ident.uuid:
+            with trio.move_on_after(POLITE_DELAY):  # the peer dials us first; skip if it did
+                await target.wake.wait()
         while not target.removed:
             session = self.sessions.get(target.uuid) if target.uuid else None
             if session is not None:
@@ -457,7 +474,8 @@ class Peers:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guard, s, self._heartbeats(s))
-                nursery.start_soon(self._guard, s, s.send(DialBack(addresses=self.advertised)))
+                if s.initiator:  # a peer that dialed us has shown it can reach us
+                    nursery.start_soon(self._guard, s, s.send(DialBack(addresses=self.advertised)))
                 with trio.CancelScope(deadline=trio.current_time() + window) as scope:
                     s.cancel_scope = scope
                     reason = await self._read_loop(s, scope, window, nursery)
