@@ -168,6 +168,7 @@ class Farm:
     nursery: trio.Nursery
     root: Path
     token: bytes
+    defaults: dict[str, Any] = field(default_factory=dict)  #: preferences of every node
     members: list[Member] = field(default_factory=list)
     _names: itertools.count[int] = field(default_factory=itertools.count)
     scene: str = ""  #: ``root/shot.json``, a copy of an example scene
@@ -182,7 +183,7 @@ class Farm:
         values: dict[str, Any] = {
             "state_dir": str(state), "listen": "127.0.0.1:0", "mdns": False,
             "socket": str(self.root / f"{name}.sock"), "name": name, "election_grace": GRACE,
-            "share": False,
+            "share": False, **self.defaults,
         }
         admins = overrides.pop("admins", None)
         values.update(overrides)

@@ -46,12 +46,18 @@ def _same_job_everywhere(members: list[Member], uuid: str) -> bool:
     return None not in docs and len({digest(d) for d in docs if d is not None}) == 1
 
 
+@pytest.fixture
+async def farm(short_dir: Path, token: bytes, nursery: trio.Nursery) -> Farm:
+    """Nodes that never take the server role: nothing here renders, so a server's
+    scheduler would mark the jobs NOMACHINE while the tests read their states."""
+    return Farm(nursery, short_dir, token, defaults={"server_priority": 0})
+
+
 # -- submit -----------------------------------------------------------------------
 
 
 async def test_submit_is_acknowledged_once_two_peers_hold_the_job(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a, b, c = await farm.mesh("a", "b", "c")
     result = await _submit(a, frames="1-20", chunk=5, name="shot 1")
     assert result["result"] == 0 and result["replicas"] == 2 and result["wanted"] == 2
@@ -63,8 +69,7 @@ async def test_submit_is_acknowledged_once_two_peers_hold_the_job(
 
 
 async def test_submit_wants_as_many_replicas_as_there_are_online_peers_up_to_two(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     alone = await farm.start("alone")
     result = await _submit(alone)
     assert (result["replicas"], result["wanted"]) == (0, 0)
@@ -75,8 +80,7 @@ async def test_submit_wants_as_many_replicas_as_there_are_online_peers_up_to_two
     assert alone.node.book.get(result["uuid"]) is None  # not of this pair
 
 
-async def test_job_operations_reach_every_node(short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+async def test_job_operations_reach_every_node(farm: Farm) -> None:
     a, b, c = await farm.mesh("a", "b", "c")
     uuid = (await _submit(a, frames="1-4"))["uuid"]
     assert await b.call(lambda cl: cl.stop_rendering(uuid)) == "USERBREAK"
@@ -94,8 +98,7 @@ async def test_job_operations_reach_every_node(short_dir: Path, token: bytes, nu
 
 
 async def test_jobs_lists_the_queue_and_details_follow_the_detail_selectors(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a = await farm.start("a")
     j1 = (await _submit(a, name="one", rdata={"samples": 1}))["uuid"]
     j2 = (await _submit(a, name="two", rdata={"samples": 2}))["uuid"]
@@ -132,8 +135,7 @@ async def test_jobs_lists_the_queue_and_details_follow_the_detail_selectors(
 
 
 async def test_cli_jobs_details_show_only_for_the_selected_job(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a = await farm.start("a")
     j1 = (await _submit(a, rdata={"samples": 1}))["uuid"]
     j2 = (await _submit(a, rdata={"samples": 2}))["uuid"]
@@ -151,8 +153,7 @@ async def test_cli_jobs_details_show_only_for_the_selected_job(
 
 
 async def test_job_shows_every_detail_and_tasks_show_frames_and_state(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a = await farm.start("a")
     uuid = (await _submit(a, frames="1-5", chunk=2, priority=70, flags=["SAVERESULTSINREPOSITORY"]))["uuid"]
     job = await a.call(lambda c: c.get_job(uuid[:13]))
@@ -169,8 +170,7 @@ async def test_job_shows_every_detail_and_tasks_show_frames_and_state(
 
 
 async def test_start_stop_restart_scene_log_move_and_delete(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a, b = await farm.mesh("a", "b")
     j1 = (await _submit(a, start=False))["uuid"]
     j2 = (await _submit(a))["uuid"]
@@ -221,8 +221,7 @@ async def test_start_stop_restart_scene_log_move_and_delete(
 
 
 async def test_users_lists_owners_admins_and_the_caller(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a = await farm.start("a", admins=["boss"])
     await _submit(a)
     a.node.jobs.create(spec(), "alice")
@@ -235,8 +234,7 @@ async def test_users_lists_owners_admins_and_the_caller(
 
 
 async def test_messages_reach_every_node_and_private_ones_only_their_people(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a, b = await farm.mesh("a", "b")
     public = await a.call(lambda c: c.message("render farm going down at 6"))
     assert public["private"] is False
@@ -258,8 +256,7 @@ async def test_messages_reach_every_node_and_private_ones_only_their_people(
 
 
 async def test_only_the_owner_or_an_admin_may_change_a_job(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a = await farm.start("a", admins=[])
     theirs = a.node.jobs.create(spec(), "alice").uuid
     other = a.node.jobs.create(spec(), "alice").uuid
@@ -288,8 +285,7 @@ async def test_only_the_owner_or_an_admin_may_change_a_job(
 
 
 async def test_unknown_ambiguous_and_malformed_requests_get_clear_errors(
-        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
-    farm = Farm(nursery, short_dir, token)
+        farm: Farm) -> None:
     a = await farm.start("a")
     one = "abcdef12-0000-4000-8000-000000000001"
     two = "abcdef12-0000-4000-8000-000000000002"
