@@ -2,8 +2,8 @@
 
 - Deltas made on this node are pushed to every live session as they happen
   (batched per wake-up, merged per job).
-- Anti-entropy: on every new session both sides send the digest of every job
-  they hold; each then sends its document of every job whose digest differs or
+- Anti-entropy: on every new session, and every ``ANTI_ENTROPY_INTERVAL``,
+  both sides send the digest of every job they hold; each then sends its document of every job whose digest differs or
   that the other lacks.  Merging is a join, so both end equal.
 - ``replicate`` sends deltas as requests and counts the peers that answer once
   the deltas are on their disk (submit waits for ``replicas`` of them).
@@ -34,6 +34,7 @@ LOG_PER_PART = 500
 BATCH_BYTES = 512 * 1024
 MAX_PENDING_JOBS = 10_000
 REPLICATE_TIMEOUT = 10.0
+ANTI_ENTROPY_INTERVAL = 10.0  #: seconds between digest exchanges with every peer
 
 
 def split(doc: JobDoc) -> list[JobDoc]:
@@ -131,6 +132,14 @@ class Replication:
         except (SessionLost, ProtocolError) as exc:
             log.debug("anti-entropy with %s stopped: %s", session.uuid, exc)
 
+    async def _anti_entropy(self) -> None:
+        """Exchange digests with every peer now and then: a change that reached only
+        some nodes (a peer that knows another only through us) still spreads."""
+        while True:
+            await trio.sleep(ANTI_ENTROPY_INTERVAL)
+            for session in list(self.peers.sessions.values()):
+                await self._send_digest(session)
+
     async def replicate(self, deltas: list[JobDoc], want: int) -> int:
         """Send ``deltas`` to every live peer; return once ``want`` of them have them
         on disk (or every peer answered, or the timeout passed): the count."""
@@ -168,6 +177,7 @@ class Replication:
         """Push local deltas as they happen."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._anti_entropy)
             task_status.started()
             while True:
                 await self._wake.wait()
