@@ -229,4 +229,5 @@ def machines_log(ctx: click.Context, machine: str, text: str) -> None:
     client(ctx).add_log_to_machine(machine, text)
 
 
+from . import cli_admin as _cli_admin  # noqa: E402,F401  (registers install-service, init, token)
 from . import cli_jobs as _cli_jobs  # noqa: E402,F401  (registers the job commands)

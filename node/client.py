@@ -23,7 +23,7 @@ from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
 from protocol.messages import Call, Error, Reply
 from protocol.verification import VerificationBits
 
-from .config import default_socket
+from .config import client_socket
 from .errors import DaemonNotRunning, NodeError
 
 DEFAULT_TIMEOUT = 70.0
@@ -41,7 +41,7 @@ class Client:
     """A connection to the daemon's control socket."""
 
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = path or default_socket()
+        self.path = path or client_socket()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)

@@ -205,6 +205,20 @@ def default_socket(env: dict[str, str] | None = None) -> str:
     return os.path.join(runtime, "rendernode", "control.sock")
 
 
+SYSTEM_SOCKET = "/run/rendernode/control.sock"  #: the systemd service's control socket
+
+
+def client_socket(env: dict[str, str] | None = None) -> str:
+    """The socket the CLI talks to: ``default_socket``, or the system service's
+    socket when no daemon of this user's own is there (members of the
+    ``rendernode`` group use the service without --socket)."""
+    path = default_socket(env)
+    env = dict(os.environ if env is None else env)
+    if env.get("RENDERNODE_SOCKET") or os.path.exists(path) or not os.path.exists(SYSTEM_SOCKET):
+        return path
+    return SYSTEM_SOCKET
+
+
 def token_bits(token: str) -> float:
     """A conservative entropy estimate: length times log2 of the alphabet the
     token's character classes span, capped by its distinct characters."""

@@ -81,7 +81,7 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     backends, versions = renderers.load(os.path.join(prefs.state_dir, "renderers.json"))
     peers = Peers(prefs, ident, table, derive_psk(token, prefs.farm),
                   build_id(capabilities.version(), env), capabilities.arch(), versions)
-    peers.local_mac = power.local_mac(prefs.listen)
+    peers.local_mac = power.local_mac(prefs.listen) if prefs.share else ""  # no cores: never woken
     book = JobBook(db, ident.uuid)
     jobs = Jobs(book, ident.uuid, prefs.admins)
     replication = Replication(book, peers)

@@ -75,6 +75,7 @@ class Worker:
         self.work_dir = os.path.join(state_dir, "work")
         self.current: Running | None = None
         self.report_local: ReportLocal | None = None
+        self.on_busy: list[Callable[[bool], None]] = []  #: told True when a task starts, False when none runs
         self.rendered = 0
         self._nursery: trio.Nursery | None = None
         peers.handlers[Assign] = self._on_assign
@@ -111,6 +112,7 @@ class Worker:
             return
         running = Running(msg, server)
         self.current = running
+        self._busy(True)
         assert self._nursery is not None
         self._nursery.start_soon(self._run, running)
 
@@ -134,6 +136,10 @@ class Worker:
             await session.send(update)
         except (SessionLost, ProtocolError) as exc:
             log.debug("progress report to %s failed: %s", target, exc)
+
+    def _busy(self, busy: bool) -> None:
+        for callback in self.on_busy:
+            callback(busy)
 
     async def _run(self, running: Running) -> None:
         msg = running.msg
@@ -162,6 +168,7 @@ class Worker:
                 await self._finish(msg, spec, elapsed)
         finally:
             self.current = None
+            self._busy(False)
             with trio.CancelScope(shield=True):
                 await self._report(running.server, TaskUpdate(
                     job=msg.job, task=msg.task, gen=msg.gen, attempt=msg.attempt, progress=1.0,
