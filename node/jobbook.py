@@ -69,6 +69,7 @@ class JobBook:
         self._wall = wall
         db.migrate(SCHEMA)
         self.docs: dict[str, JobDoc] = {}
+        self._digests: dict[str, bytes] = {}  #: uuid -> digest, dropped when the job changes
         self._clock: Stamp = ZERO
         self._load()
         self._dirty_jobs: set[str] = set()
@@ -126,8 +127,17 @@ class JobBook:
         return [d for d in self.docs.values() if is_live(d)]
 
     def digests(self) -> dict[str, bytes]:
-        """uuid -> digest, for anti-entropy."""
-        return {uuid: digest(doc) for uuid, doc in self.docs.items()}
+        """uuid -> digest, for anti-entropy.  A job's digest is computed once per
+        change of it (hashing a big job takes tens of milliseconds, and every new
+        session asks for all of them)."""
+        cache = self._digests
+        out = {}
+        for uuid, doc in self.docs.items():
+            d = cache.get(uuid)
+            if d is None:
+                d = cache[uuid] = digest(doc)
+            out[uuid] = d
+        return out
 
     # -- changes ----------------------------------------------------------------
 
@@ -137,6 +147,7 @@ class JobBook:
         if not changes:
             return False
         self.docs[delta.uuid] = new
+        self._digests.pop(delta.uuid, None)
         self._observe_doc(delta)
         if changes.head:
             self._dirty_jobs.add(delta.uuid)

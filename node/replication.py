@@ -1,7 +1,11 @@
 """Replication of the job book between verified peers.
 
 - Deltas made on this node are pushed to every live session as they happen
-  (batched per wake-up, merged per job).
+  (batched per wake-up, merged per job); after a push the next one waits
+  ``PUSH_INTERVAL``, so under a stream of changes (a server assigning a
+  thousand tasks a second) each peer gets a few messages a second holding
+  many changes instead of one message per change, while a change made after
+  a quiet spell still leaves at once.
 - Anti-entropy: on every new session, and every ``ANTI_ENTROPY_INTERVAL``,
   both sides send the digest of every job they hold; each then sends its document of every job whose digest differs or
   that the other lacks.  Merging is a join, so both end equal.
@@ -34,6 +38,7 @@ LOG_PER_PART = 500
 BATCH_BYTES = 512 * 1024
 MAX_PENDING_JOBS = 10_000
 REPLICATE_TIMEOUT = 10.0
+PUSH_INTERVAL = 0.02  #: seconds between two pushes of local changes
 ANTI_ENTROPY_INTERVAL = 10.0  #: seconds between digest exchanges with every peer
 
 
@@ -91,9 +96,9 @@ class Replication:
         if self._nursery is not None:
             self._nursery.start_soon(self._send_digest, session)
 
-    async def _send_digest(self, session: Session) -> None:
+    async def _send_digest(self, session: Session, digests: JobDigest | None = None) -> None:
         try:
-            await session.send(JobDigest(self.book.digests()))
+            await session.send(digests if digests is not None else JobDigest(self.book.digests()))
         except (SessionLost, ProtocolError):
             pass
 
@@ -137,8 +142,9 @@ class Replication:
         some nodes (a peer that knows another only through us) still spreads."""
         while True:
             await trio.sleep(ANTI_ENTROPY_INTERVAL)
+            digests = JobDigest(self.book.digests())  # once for all: hashing a big busy job takes ~0.1 s
             for session in list(self.peers.sessions.values()):
-                await self._send_digest(session)
+                await self._send_digest(session, digests)
 
     async def replicate(self, deltas: list[JobDoc], want: int) -> int:
         """Send ``deltas`` to every live peer; return once ``want`` of them have them
@@ -187,3 +193,4 @@ class Replication:
                     continue
                 for wire in batches([p for d in pending.values() for p in split(d)]):
                     await self.peers.broadcast(JobDelta(wire))
+                await trio.sleep(PUSH_INTERVAL)

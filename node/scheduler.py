@@ -10,16 +10,42 @@ lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
 after ``retries`` attempts the task fails.  A worker whose session ends loses
 its leases at once.  Every Assign and Cancel carries the server's term.
 
+Prefetch (queue depth ``DEPTH`` = 2): a worker holds at most one task waiting
+behind the one it renders, so it starts the next task the moment the current
+one ends instead of after a report -> assign round trip.  Idle workers are
+served first, in queue order, exactly as without prefetch; then a worker
+rendering one task gets a second from the first job in queue order it can
+render, only while that job has more queued tasks than machines able to
+render it (the last tasks go to whichever worker frees first, so a waiting
+task never holds up the tail) and never from a job behind one that still has
+queued tasks for it.  A waiting task is an ordinary lease: ASSIGNED in the
+book, renewed by the worker's reports (it reports its waiting task with each
+report of its current one), lapsed, lost with the session, retried and
+cancelled like any other.  A worker that refuses a second task as busy is not
+sent one again until the membership changes.
+
 State written to the job book: ASSIGNED (here), DELIVERING or SUCCEEDED (by
 the worker / the submitter), QUEUED of the next attempt or FAILED (here).
 Progress stays in memory: it changes too often to replicate.
+
+Cost: a wake-up costs what changed, not the size of the book.  The scheduler
+keeps, per job it schedules, a heap of its queued tasks and the set of its
+tasks not done, both kept current by the job book's change listener; the
+queue order of those jobs and the roster of workers are cached until a
+position or the membership changes.  Lease deadlines sit in a heap (stale
+entries are skipped when popped); a lease is retired as soon as its task is
+done, and leases are scanned for offline workers only when the membership
+changed.  A job is tested for done/failed only once none of its tasks is open
+(or its head changed).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +64,7 @@ from .session import Session, SessionLost
 log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
 ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
+DEPTH = 2  #: tasks a worker holds at once: the one it renders and one waiting
 
 
 class LocalWorker(Protocol):
@@ -60,6 +87,7 @@ class Lease:
     deadline: float
     progress: float = 0.0
     finished: bool = False  #: rendered; the worker is delivering the frames
+    prefetched: bool = False  #: sent while the worker was rendering another task
 
 
 class Scheduler:
@@ -80,16 +108,28 @@ class Scheduler:
         self.exclude_after = exclude_after
         self.lease_time = lease
         self.leases: dict[tuple[str, int], Lease] = {}
-        self.busy: dict[str, tuple[str, int]] = {}
+        self.busy: dict[str, list[tuple[str, int]]] = {}  #: worker -> tasks it holds, oldest first
+        self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
         self.failures: dict[tuple[str, str], int] = {}
         self.excluded: dict[str, set[str]] = {}
-        self._queued: dict[str, list[int]] = {}
+        self._queued: dict[str, list[int]] = {}  #: scheduled job -> heap of its queued tids
+        self._open: dict[str, set[int]] = {}  #: scheduled job -> its tids not done
+        self._settled: set[str] = set()  #: scheduled jobs to test for done/failed
+        self._order: list[str] | None = None  #: scheduled jobs in queue order (None: stale)
+        self._frames: dict[str, tuple[tuple[Any, Any], list[list[int]]]] = {}
+        self._deadlines: list[tuple[float, int, tuple[str, int], Lease]] = []  #: heap
+        self._seq = itertools.count()
+        self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
+        self._able: dict[str, list[str]] = {}  #: job -> workers that may render it (roster order)
+        self._membership = True  #: sessions changed since leases were last checked for it
+        #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
+        self._outbox: dict[str, deque[Assign | Cancel]] = {}
         self._active = False
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.assigned_count = 0
         self.book.listeners.append(self._on_change)
-        peers.on_change.append(self.poke)
+        peers.on_change.append(self._peers_changed)
         peers.handlers[TaskUpdate] = self._on_update_msg
         election.on_role.append(self.poke)
 
@@ -99,49 +139,132 @@ class Scheduler:
         """Something changed: look for work to assign."""
         self._wake.set()
 
+    def _peers_changed(self) -> None:
+        self._roster = None
+        self._able.clear()
+        self._membership = True
+        self._no_prefetch.clear()
+        self._wake.set()
+
+    def _hold(self, worker: str, key: tuple[str, int]) -> None:
+        self.busy.setdefault(worker, []).append(key)
+
+    def _release(self, worker: str, key: tuple[str, int]) -> None:
+        held = self.busy.get(worker)
+        if held is not None and key in held:
+            held.remove(key)
+            if not held:
+                del self.busy[worker]
+
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
         if not self._active:
             return
+        uuid = doc.uuid
+        if doc.deleted is None and self.book.get(uuid) is None:
+            return  # not a job yet: changes that overtook its creation
+        indexed = False
         if doc.deleted is not None or delta.fields or delta.gen:
             if doc.deleted is not None or doc.value("state") in ("stopped", "created"):
-                self._drop_job(doc.uuid, "job stopped" if doc.deleted is None else "job deleted")
-            elif delta.gen or doc.uuid not in self._queued:
+                self._drop_job(uuid, "job stopped" if doc.deleted is None else "job deleted")
+            elif delta.gen or uuid not in self._queued:
                 self._index_job(doc)
-        for tid in delta.tasks:
-            state = task_current(doc, tid)
-            if not state.done and state.phase == Phase.QUEUED:
-                heapq.heappush(self._queued.setdefault(doc.uuid, []), tid)
+                indexed = True
+            if "position" in delta.fields:
+                self._order = None
+            self._able.pop(uuid, None)
+            if uuid in self._queued:
+                self._settled.add(uuid)
+        if delta.tasks:
+            self._on_tasks(doc, delta.tasks, indexed)
         self._wake.set()
 
+    def _on_tasks(self, doc: JobDoc, tids: dict[int, TaskState], indexed: bool) -> None:
+        uuid = doc.uuid
+        heap = None if indexed else self._queued.get(uuid)
+        open_tids = self._open.get(uuid, set())
+        n = len(self._task_frames(doc)) if heap is not None else 0
+        for tid in tids:
+            state = task_current(doc, tid)
+            if state.done:
+                lease = self.leases.pop((uuid, tid), None)  # retired: nothing more to wait for
+                if lease is not None:
+                    self._release(lease.worker, (uuid, tid))
+                open_tids.discard(tid)
+            elif heap is not None and 0 <= tid < n:
+                open_tids.add(tid)
+                if state.phase == Phase.QUEUED:
+                    heapq.heappush(heap, tid)
+        if heap is not None and not open_tids:
+            self._settled.add(uuid)
+
+    def _task_frames(self, doc: JobDoc) -> list[list[int]]:
+        """``task_frames(doc)``, parsed once per job and frame spec."""
+        spec = (doc.value("frames", "1"), doc.value("chunk", 1))
+        hit = self._frames.get(doc.uuid)
+        if hit is None or hit[0] != spec:
+            hit = (spec, task_frames(doc))
+            self._frames[doc.uuid] = hit
+        return hit[1]
+
     def _index_job(self, doc: JobDoc) -> None:
-        heap = [tid for tid in range(len(task_frames(doc)))
-                if (s := task_current(doc, tid)).phase == Phase.QUEUED and not s.done]
-        heapq.heapify(heap)
+        heap: list[int] = []  # ascending tids: already a heap
+        open_tids: set[int] = set()
+        for tid in range(len(self._task_frames(doc))):
+            s = task_current(doc, tid)
+            if not s.done:
+                open_tids.add(tid)
+                if s.phase == Phase.QUEUED:
+                    heap.append(tid)
         self._queued[doc.uuid] = heap
+        self._open[doc.uuid] = open_tids
+        self._settled.add(doc.uuid)
+        self._order = None
+
+    def _unschedule(self, job: str) -> None:
+        self._able.pop(job, None)
+        self._queued.pop(job, None)
+        self._open.pop(job, None)
+        self._frames.pop(job, None)
+        self._settled.discard(job)
+        self._order = None
+
+    def _reset(self) -> None:
+        self._able.clear()
+        self._queued.clear()
+        self._open.clear()
+        self._frames.clear()
+        self._settled.clear()
+        self._order = None
+        self.leases.clear()
+        self.busy.clear()
+        self._no_prefetch.clear()
+        self._deadlines.clear()
+        self._membership = True
+
+    def _add_lease(self, key: tuple[str, int], lease: Lease) -> None:
+        self.leases[key] = lease
+        heapq.heappush(self._deadlines, (lease.deadline, next(self._seq), key, lease))
 
     def _take_over(self) -> None:
         """Become the scheduler: rebuild queues and leases from the job book."""
         now = time.monotonic()
-        self._queued.clear()
-        self.leases.clear()
-        self.busy.clear()
+        self._reset()
         for doc in self.book.live():
             self._index_job(doc)
-            for tid in range(len(task_frames(doc))):
+            for tid in self._open[doc.uuid]:
                 s = task_current(doc, tid)
-                if not s.done and s.phase in ACTIVE and s.worker:
-                    self.leases[(doc.uuid, tid)] = Lease(s.worker, s.gen, s.attempt,
-                                                         now + self.lease_time, finished=s.phase == Phase.DELIVERING)
+                if s.phase in ACTIVE and s.worker:
+                    self._add_lease((doc.uuid, tid), Lease(s.worker, s.gen, s.attempt, now + self.lease_time,
+                                                           finished=s.phase == Phase.DELIVERING))
                     if s.phase != Phase.DELIVERING:
-                        self.busy[s.worker] = (doc.uuid, tid)
+                        self._hold(s.worker, (doc.uuid, tid))
         log.info("scheduler active: %d jobs, %d leases carried over", len(self._queued), len(self.leases))
 
     def _drop_job(self, job: str, reason: str) -> None:
-        self._queued.pop(job, None)
+        self._unschedule(job)
         for key in [k for k in self.leases if k[0] == job]:
             lease = self.leases.pop(key)
-            if self.busy.get(lease.worker) == key:
-                del self.busy[lease.worker]
+            self._release(lease.worker, key)
             doc = self.book.docs.get(job)
             if doc is not None and doc.deleted is None and not lease.finished:
                 cur = task_current(doc, key[1])
@@ -175,29 +298,58 @@ class Scheduler:
                 names[uuid] = session.hello.name
         return names
 
+    def _queue_order(self) -> list[str]:
+        """The scheduled jobs in queue order (``Jobs.queue``'s order)."""
+        if self._order is None:
+            docs = self.book.docs
+            self._order = sorted(self._queued, key=lambda u: (str(docs[u].value("position", "")), u))
+        return self._order
+
     def assign_all(self) -> None:
-        """Hand queued tasks to idle workers, in queue order."""
-        workers = self.workers()
-        idle = [w for w in workers if w not in self.busy]
-        names = self._names()
-        for doc in self.jobs.queue():
-            if doc.value("state") not in ("queued",) or doc.uuid not in self._queued:
+        """Hand queued tasks to idle workers in queue order, then a waiting task
+        to workers rendering one (see Prefetch above)."""
+        if self._roster is None:
+            self._roster = (self.workers(), self._names())
+        workers, names = self._roster
+        busy = self.busy
+        idle = sum(1 for w in workers if w not in busy)
+        jobs: list[tuple[JobDoc, list[str]]] = []
+        for uuid in self._queue_order():
+            doc = self.book.get(uuid)
+            if doc is None or doc.value("state") not in ("queued",) or uuid not in self._queued:
                 continue
-            renderer = str(doc.value("renderer"))
-            able = [w for w, r in workers.items() if renderer in r and self._allowed(doc, w, names)]
+            able = self._able.get(uuid)
+            if able is None:
+                renderer = str(doc.value("renderer"))
+                able = [w for w, r in workers.items() if renderer in r and self._allowed(doc, w, names)]
+                self._able[uuid] = able
             self._mark_nomachine(doc, not able)
-            if not idle:
+            jobs.append((doc, able))
+            if idle:
+                idle -= self._hand_out(doc, [w for w in able if w not in busy], keep=0)
+        blocked: set[str] = set()  # workers a job ahead still has queued tasks for
+        for doc, able in jobs:
+            if not self._queued.get(doc.uuid):
                 continue
-            heap = self._queued[doc.uuid]
-            candidates = [w for w in idle if w in able]
-            while heap and candidates:
-                tid = heapq.heappop(heap)
-                state = task_current(doc, tid)
-                if state.done or state.phase != Phase.QUEUED or (doc.uuid, tid) in self.leases:
-                    continue
-                worker = candidates.pop(0)
-                idle.remove(worker)
-                self._assign(doc, tid, state, worker)
+            if len(self._queued[doc.uuid]) > len(able):
+                self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
+                                     and w not in blocked and w not in self._no_prefetch], keep=len(able))
+            if self._queued.get(doc.uuid):  # queued tasks left: later jobs may not overtake them
+                blocked.update(able)
+
+    def _hand_out(self, doc: JobDoc, candidates: list[str], keep: int) -> int:
+        """Assign ``doc``'s queued tasks, lowest first, to ``candidates`` in order
+        while more than ``keep`` are queued (keep > 0: waiting tasks); the count."""
+        heap = self._queued[doc.uuid]
+        given = 0
+        while len(heap) > keep and given < len(candidates):
+            tid = heapq.heappop(heap)
+            state = task_current(doc, tid)
+            if state.done or state.phase != Phase.QUEUED or (doc.uuid, tid) in self.leases:
+                continue
+            self._assign(doc, tid, state, candidates[given], prefetch=keep > 0)
+            given += 1
+        return given
 
     def _mark_nomachine(self, doc: JobDoc, none: bool) -> None:
         nomachine = int(RenderResult.RENDERRESULT_NOMACHINE)
@@ -209,17 +361,18 @@ class Scheduler:
             self.jobs.set_fields(doc, "a machine that can render this job is available",
                                  result=int(RenderResult.RENDERRESULT_OK))
 
-    def _assign(self, doc: JobDoc, tid: int, cur: TaskState, worker: str) -> None:
+    def _assign(self, doc: JobDoc, tid: int, cur: TaskState, worker: str, prefetch: bool = False) -> None:
         term = self.election.term
         state = TaskState(gen=doc.gen, done=0, attempt=cur.attempt, phase=Phase.ASSIGNED,
                           stamp=self.book.stamp(), worker=worker,
                           machines=tuple(dict.fromkeys((*cur.machines, worker))),
                           lease_until=time.time() + self.lease_time, term=term)
         self.jobs.set_task(doc, tid, state)
-        self.leases[(doc.uuid, tid)] = Lease(worker, doc.gen, cur.attempt, time.monotonic() + self.lease_time)
-        self.busy[worker] = (doc.uuid, tid)
+        self._add_lease((doc.uuid, tid), Lease(worker, doc.gen, cur.attempt, time.monotonic() + self.lease_time,
+                                               prefetched=prefetch))
+        self._hold(worker, (doc.uuid, tid))
         self.assigned_count += 1
-        msg = Assign(job=doc.uuid, task=tid, frames=task_frames(doc)[tid], gen=doc.gen,
+        msg = Assign(job=doc.uuid, task=tid, frames=self._task_frames(doc)[tid], gen=doc.gen,
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
                      scene=str(doc.value("scene")), origin=str(doc.value("origin")),
                      scene_sha256=str(doc.value("scene_sha256", "")), rdata=dict(doc.value("rdata") or {}),
@@ -227,8 +380,23 @@ class Scheduler:
         self._send_soon(worker, msg)
 
     def _send_soon(self, worker: str, msg: Assign | Cancel) -> None:
-        if self._nursery is not None:
-            self._nursery.start_soon(self._send, worker, msg)
+        """Send in the background; one worker's messages leave in the order made."""
+        if self._nursery is None:
+            return
+        box = self._outbox.get(worker)
+        if box is not None:
+            box.append(msg)
+            return
+        self._outbox[worker] = deque([msg])
+        self._nursery.start_soon(self._drain, worker)
+
+    async def _drain(self, worker: str) -> None:
+        box = self._outbox[worker]
+        try:
+            while box:
+                await self._send(worker, box.popleft())
+        finally:
+            del self._outbox[worker]
 
     async def _send(self, worker: str, msg: Assign | Cancel) -> None:
         if worker == self.me:
@@ -264,8 +432,7 @@ class Scheduler:
         lease.progress = msg.progress
         if not msg.finished:
             return
-        if self.busy.get(worker) == key:
-            del self.busy[worker]
+        self._release(worker, key)
         doc = self.book.get(msg.job)
         if msg.result == RenderResult.RENDERRESULT_OK:
             lease.finished = True
@@ -275,6 +442,8 @@ class Scheduler:
             self.leases.pop(key, None)
         elif msg.result == RenderResult.RENDERRESULT_NOMACHINE:  # refused: busy or no renderer
             self.leases.pop(key, None)
+            if lease.prefetched:
+                self._no_prefetch.add(worker)
             if doc is not None:
                 cur = task_current(doc, msg.task)
                 if not cur.done:
@@ -283,6 +452,7 @@ class Scheduler:
             self.leases.pop(key, None)
             if doc is not None:
                 self._failed(doc, msg, worker)
+        self.assign_all()  # the freed worker's next task leaves now, not one scheduler pass later
         self._wake.set()
 
     def _failed(self, doc: JobDoc, msg: TaskUpdate, worker: str) -> None:
@@ -294,6 +464,7 @@ class Scheduler:
         self.failures[(doc.uuid, worker)] = count
         if flags & F.NETRENDERFLAGS_EXCLUDECLIENTONRENDERINGERROR and count >= self.exclude_after:
             self.excluded.setdefault(doc.uuid, set()).add(worker)
+            self._able.pop(doc.uuid, None)
             self.jobs.add_log(doc, f"machine {worker} excluded from this job after {count} failures")
         self._requeue(doc, msg.task, task_current(doc, msg.task), reason)
 
@@ -317,8 +488,7 @@ class Scheduler:
 
     def _lapse(self, key: tuple[str, int], reason: str) -> None:
         lease = self.leases.pop(key)
-        if self.busy.get(lease.worker) == key:
-            del self.busy[lease.worker]
+        self._release(lease.worker, key)
         doc = self.book.get(key[0])
         if doc is None:
             return
@@ -329,31 +499,36 @@ class Scheduler:
         self._requeue(doc, key[1], cur, reason)
 
     def _check(self) -> float:
-        """Lapse expired leases, retire finished ones; return seconds to the next deadline."""
+        """Lapse leases of offline workers and expired ones; return seconds to the next deadline.
+        (Leases whose task is done were retired when the task state arrived.)"""
         now = time.monotonic()
-        online = set(self.peers.sessions) | {self.me}
-        nearest = 3600.0
-        for key, lease in list(self.leases.items()):
-            doc = self.book.get(key[0])
-            if doc is None or task_current(doc, key[1]).done:
-                self.leases.pop(key, None)
-                if self.busy.get(lease.worker) == key:
-                    del self.busy[lease.worker]
+        if self._membership:
+            self._membership = False
+            online = set(self.peers.sessions) | {self.me}
+            for key, lease in list(self.leases.items()):
+                if lease.worker not in online and self.leases.get(key) is lease:
+                    self._lapse(key, "worker went offline")
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, key, lease = heapq.heappop(heap)
+            if self.leases.get(key) is not lease or lease.finished:
+                continue  # renewed into a new lease, retired, or waiting on delivery only
+            if lease.deadline > now:  # renewed by a progress report
+                heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
                 continue
-            if lease.worker not in online:
-                self._lapse(key, "worker went offline")
-            elif lease.deadline <= now and not lease.finished:
-                self._lapse(key, f"no progress report for {self.lease_time:.0f} s")
-            else:
-                nearest = min(nearest, lease.deadline - now)
+            self._lapse(key, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
-        return nearest
+        return min(3600.0, heap[0][0] - now) if heap else 3600.0
 
     def _finish_jobs(self) -> None:
-        for doc in self.book.live():
-            if doc.uuid in self._queued and job_state(doc) in ("done", "failed"):
-                del self._queued[doc.uuid]
-                state = job_state(doc)
+        while self._settled:
+            uuid = self._settled.pop()
+            doc = self.book.get(uuid)
+            if doc is None or uuid not in self._queued or self._open.get(uuid):
+                continue
+            state = job_state(doc)
+            if state in ("done", "failed"):
+                self._unschedule(uuid)
                 self.jobs.add_log(doc, f"job {state}")
                 if state == "done" and int(doc.value("flags", 0)) & F.NETRENDERFLAGS_DELETEAFTERRENDERING:
                     self.jobs.delete(doc)
@@ -372,9 +547,7 @@ class Scheduler:
                     self._take_over()
                 elif not is_server and self._active:
                     self._active = False
-                    self.leases.clear()
-                    self.busy.clear()
-                    self._queued.clear()
+                    self._reset()
                 wait = 3600.0
                 if self._active:
                     self.assign_all()
