@@ -1,11 +1,15 @@
 """The worker: renders the tasks the server assigns to this node.
 
-One task at a time (one slot).  Each task runs as a subprocess of its
-backend (the built-in renderer too) in a fresh work folder; its output is
-read line by line (``\\n`` or ``\\r``) for progress and a bounded log tail.
-Progress goes to the server at most every ``REPORT_INTERVAL`` (newest value
-only) and renews the lease.  Stop: SIGTERM to the process group, SIGKILL
-after ``KILL_AFTER`` seconds.
+One task renders at a time (one slot), and one more may wait behind it (the
+server's prefetch: it starts the moment the current one ends, with no round
+trip to the server in between); an assignment beyond that is refused as
+busy.  Each task runs as a subprocess of its backend (the built-in renderer
+too) in a fresh work folder; its output is read line by line (``\\n`` or
+``\\r``) for progress and a bounded log tail.  Progress goes to the server at
+most every ``REPORT_INTERVAL`` (newest value only) and renews the lease; the
+waiting task is reported (progress 0) with it, which renews its lease too.  A
+cancelled waiting task is dropped and reported stopped.  Stop: SIGTERM to the
+process group, SIGKILL after ``KILL_AFTER`` seconds.
 
 Finished frames go to the outbox (``node.results``); the task becomes
 DELIVERING until the submitter holds them, or SUCCEEDED at once for a job
@@ -59,6 +63,7 @@ class Running:
     started: float = field(default_factory=time.monotonic)
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
     stop_reason: str = ""
+    prepared: trio.Event | None = None  #: set once the work folder is fresh (None: not begun)
 
 
 class Worker:
@@ -74,6 +79,7 @@ class Worker:
         self.me = peers.ident.uuid
         self.work_dir = os.path.join(state_dir, "work")
         self.current: Running | None = None
+        self.waiting: Running | None = None  #: the task to start when the current one ends
         self.report_local: ReportLocal | None = None
         self.on_busy: list[Callable[[bool], None]] = []  #: told True when a task starts, False when none runs
         self.rendered = 0
@@ -100,7 +106,7 @@ class Worker:
             log.info("ignoring an assignment of term %d; the current term is %d", msg.term, self.election.term)
             return
         refuse = ""
-        if self.current is not None:
+        if self.current is not None and self.waiting is not None:
             refuse = "worker is busy"
         elif msg.renderer not in self.backends:
             refuse = f"renderer {msg.renderer} is not available here"
@@ -111,13 +117,58 @@ class Worker:
                                                   error=refuse))
             return
         running = Running(msg, server)
+        assert self._nursery is not None
+        if self.current is None:
+            self._start(running)
+        else:
+            self.waiting = running
+            self._nursery.start_soon(self._prepare, running)  # its folder is ready when it starts
+
+    def _start(self, running: Running) -> None:
         self.current = running
         self._busy(True)
         assert self._nursery is not None
         self._nursery.start_soon(self._run, running)
 
+    def _handoff(self, running: Running) -> None:
+        """``running`` no longer renders: start the waiting task, if any."""
+        if self.current is running:
+            self.current = None
+            following, self.waiting = self.waiting, None
+            if following is not None:
+                self._start(following)
+            else:
+                self._busy(False)
+
+    def _busy(self, busy: bool) -> None:
+        for callback in self.on_busy:
+            callback(busy)
+
+    def _workdir(self, msg: Assign) -> str:
+        return os.path.join(self.work_dir, f"{msg.job}-{msg.task}-{msg.gen}-{msg.attempt}")
+
+    async def _prepare(self, running: Running) -> None:
+        """Make the task's fresh work folder, once."""
+        if running.prepared is not None:
+            await running.prepared.wait()
+            return
+        running.prepared = trio.Event()
+        try:
+            await trio.to_thread.run_sync(_fresh_dir, self._workdir(running.msg))
+        finally:
+            running.prepared.set()
+
     async def cancel(self, msg: Cancel) -> None:
-        """Stop the running task if it is the one named."""
+        """Stop the running task, or drop the waiting one, if it is the one named."""
+        waiting = self.waiting
+        if waiting is not None and waiting.msg.job == msg.job and msg.task in (-1, waiting.msg.task):
+            self.waiting = None
+            assert self._nursery is not None
+            self._nursery.start_soon(self._discard, waiting)
+            w = waiting.msg
+            await self._report(waiting.server, TaskUpdate(
+                job=w.job, task=w.task, gen=w.gen, attempt=w.attempt, finished=True,
+                result=int(RenderResult.RENDERRESULT_USERBREAK), error=msg.reason or "stopped"))
         running = self.current
         if running is not None and running.msg.job == msg.job and msg.task in (-1, running.msg.task):
             running.stop_reason = msg.reason or "stopped"
@@ -137,17 +188,18 @@ class Worker:
         except (SessionLost, ProtocolError) as exc:
             log.debug("progress report to %s failed: %s", target, exc)
 
-    def _busy(self, busy: bool) -> None:
-        for callback in self.on_busy:
-            callback(busy)
+    async def _discard(self, running: Running) -> None:
+        """Remove the folder prepared for a task that will not run."""
+        await self._prepare(running)
+        await trio.to_thread.run_sync(shutil.rmtree, self._workdir(running.msg), True)
 
     async def _run(self, running: Running) -> None:
         msg = running.msg
-        workdir = os.path.join(self.work_dir, f"{msg.job}-{msg.task}-{msg.gen}-{msg.attempt}")
+        workdir = self._workdir(msg)
         outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, "stopped")
         elapsed = 0.0
         try:
-            await trio.to_thread.run_sync(_fresh_dir, workdir)
+            await self._prepare(running)
             backend = self.backends[msg.renderer]
             spec = TaskSpec(job=msg.job, task=msg.task, frames=list(msg.frames), scene=msg.scene,
                             workdir=workdir, rdata=dict(msg.rdata))
@@ -158,6 +210,7 @@ class Worker:
                     outcome = await self._render(backend, spec, running)
                     elapsed = time.monotonic() - start
                 nursery.cancel_scope.cancel()
+            self._handoff(running)  # the next task renders while this one's frames are handed on
             if running.scope.cancelled_caught:
                 outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, running.stop_reason or "stopped")
             if outcome.result == RenderResult.RENDERRESULT_OK and outcome.warnings and (
@@ -167,8 +220,7 @@ class Worker:
             if outcome.result == RenderResult.RENDERRESULT_OK:
                 await self._finish(msg, spec, elapsed)
         finally:
-            self.current = None
-            self._busy(False)
+            self._handoff(running)
             with trio.CancelScope(shield=True):
                 await self._report(running.server, TaskUpdate(
                     job=msg.job, task=msg.task, gen=msg.gen, attempt=msg.attempt, progress=1.0,
@@ -212,6 +264,11 @@ class Worker:
         while True:  # every interval, changed or not: the report renews the lease
             await self._report(running.server, TaskUpdate(
                 job=msg.job, task=msg.task, gen=msg.gen, attempt=msg.attempt, progress=running.progress))
+            waiting = self.waiting
+            if waiting is not None:
+                w = waiting.msg
+                await self._report(waiting.server, TaskUpdate(job=w.job, task=w.task, gen=w.gen,
+                                                              attempt=w.attempt))
             await trio.sleep(REPORT_INTERVAL)
 
     async def _finish(self, msg: Assign, spec: TaskSpec, elapsed: float) -> None:
