@@ -120,9 +120,11 @@ class BulkReceived:
 
 @dataclass(frozen=True)
 class ConnectionClosed:
-    """The peer said Goodbye or closed the stream cleanly."""
+    """The peer said Goodbye (``clean``) or closed the stream at a record boundary
+    without one, which is also what a crash or a truncating attacker looks like."""
 
     reason: str
+    clean: bool = False
 
 
 class _NeedData:
@@ -286,10 +288,12 @@ class PeerConnection:
     def _on_eof(self) -> ConnEvent:
         if self.state is ConnectionState.HANDSHAKE:
             raise RemoteProtocolError("peer closed the connection during the handshake")
+        if self.peer_hello is None:
+            raise RemoteProtocolError("peer closed the connection before its Hello")
         if self._decoder.buffered:
             raise RemoteProtocolError("peer closed the connection in the middle of a record")
         self.state = ConnectionState.CLOSED
-        return ConnectionClosed("peer closed the connection")
+        return ConnectionClosed("peer closed the connection without a Goodbye")
 
     def _reject(self, code: RejectCode, reason: str) -> None:
         self._queue_record(b"R" + bytes([code]) + reason.encode()[:200])
@@ -400,7 +404,7 @@ class PeerConnection:
             raise RemoteProtocolError("a second Hello in one session")
         if isinstance(message, Goodbye):
             self.state = ConnectionState.CLOSED
-            return ConnectionClosed(message.reason or "peer said goodbye")
+            return ConnectionClosed(message.reason or "peer said goodbye", clean=True)
         return MessageReceived(message, req_id)
 
     def _maybe_open(self) -> None:

@@ -117,12 +117,12 @@ def test_record_cut_by_eof_is_refused(cut: int) -> None:
     assert_unusable(r)
 
 
-def test_eof_at_a_record_boundary_closes_cleanly() -> None:
+def test_eof_at_a_record_boundary_closes_without_claiming_a_clean_goodbye() -> None:
     pair = open_pair()
     r = pair.responder
     events = feed(r, pair.initiator.send(Heartbeat(seq=1)))
     r.receive_data(b"")
-    assert r.next_event() == ConnectionClosed("peer closed the connection")
+    assert r.next_event() == ConnectionClosed("peer closed the connection without a Goodbye", clean=False)
     assert r.state is ConnectionState.CLOSED
     assert events == [MessageReceived(Heartbeat(seq=1), 0)]
 
@@ -131,7 +131,7 @@ def test_goodbye_closes_the_session_with_its_reason() -> None:
     pair = open_pair()
     i, r = pair.initiator, pair.responder
     wire = i.send(Goodbye(reason="shutting down")) + i.send(Heartbeat(seq=99))
-    assert feed(r, wire) == [ConnectionClosed("shutting down")]
+    assert feed(r, wire) == [ConnectionClosed("shutting down", clean=True)]
     assert r.state is ConnectionState.CLOSED
     assert r.next_event() is protocol.connection.NEED_DATA  # nothing after Goodbye
     with pytest.raises(LocalProtocolError, match="closed"):
@@ -247,3 +247,12 @@ def test_unencodable_message_is_a_local_error() -> None:
     pair = open_pair()
     with pytest.raises(LocalProtocolError, match="cannot encode"):
         pair.initiator.send(Call(method="m", args={"x": object()}))
+
+
+def test_eof_after_the_handshake_but_before_the_peers_hello_is_an_error() -> None:
+    pair = make_pair()
+    handshake(pair)
+    r = pair.responder
+    r.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="before its Hello"):
+        r.next_event()
