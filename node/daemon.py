@@ -93,6 +93,8 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     assets = Assets(store, swarm, book, peers, election, prefs.state_dir, set(versions), prefs.share)
     results = Results(db, jobs, peers, election, transfers, prefs.state_dir)
     worker = Worker(peers, election, jobs, backends, results, prefs.state_dir)
+    worker.assets = assets
+    worker.on_busy.append(lambda busy: swarm.throttle(busy, prefs.serve_slots_rendering))
     scheduler = Scheduler(jobs, peers, election, worker, versions, prefs.share, prefs.retries,
                           prefs.exclude_after, prefs.lease)
     worker.report_local = scheduler.on_update

@@ -79,6 +79,10 @@ class Swarm:
         peers.handlers[ChunkRequest] = self._on_chunk_request
         peers.on_session.append(self._on_session)
 
+    def throttle(self, rendering: bool, slots_rendering: int) -> None:
+        """Serve fewer chunks at once while this node renders."""
+        self.serving.total_tokens = max(1, slots_rendering) if rendering else SERVE_SLOTS
+
     # -- announcements ------------------------------------------------------------------
 
     def _local_bits(self, manifest: Manifest) -> bytes:

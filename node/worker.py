@@ -18,6 +18,8 @@ whose frames leave no file.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -37,12 +39,16 @@ from protocol.crdt import Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags, RenderResult
 from protocol.messages import Assign, Cancel, TaskUpdate
 
+from .assets import Assets
+from .chunkstore import CorruptChunk
 from .election import Election
 from .jobs import Jobs
 from .peers import Peers
 from .renderers.base import Outcome, Renderer, TaskSpec
+from .renderers.scene import PATH_MAP_ENV
 from .results import Results
 from .session import Session, SessionLost
+from .swarm import FetchFailed
 
 log = logging.getLogger("rendernode.worker")
 REPORT_INTERVAL = 0.5
@@ -82,6 +88,7 @@ class Worker:
         self.waiting: Running | None = None  #: the task to start when the current one ends
         self.report_local: ReportLocal | None = None
         self.on_busy: list[Callable[[bool], None]] = []  #: told True when a task starts, False when none runs
+        self.assets: Assets | None = None  #: fetches job assets before a task renders
         self.rendered = 0
         self._nursery: trio.Nursery | None = None
         peers.handlers[Assign] = self._on_assign
@@ -204,11 +211,15 @@ class Worker:
             spec = TaskSpec(job=msg.job, task=msg.task, frames=list(msg.frames), scene=msg.scene,
                             workdir=workdir, rdata=dict(msg.rdata))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._progress_reports, running)
+                nursery.start_soon(self._progress_reports, running)  # renews the lease while assets arrive too
                 with running.scope:
-                    start = time.monotonic()
-                    outcome = await self._render(backend, spec, running)
-                    elapsed = time.monotonic() - start
+                    spec, env, failed = await self._assets(spec)
+                    if failed is not None:
+                        outcome = failed
+                    else:
+                        start = time.monotonic()
+                        outcome = await self._render(backend, spec, running, env)
+                        elapsed = time.monotonic() - start
                 nursery.cancel_scope.cancel()
             self._handoff(running)  # the next task renders while this one's frames are handed on
             if running.scope.cancelled_caught:
@@ -229,12 +240,26 @@ class Worker:
                     warnings=len(outcome.warnings)))
                 await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
-    async def _render(self, backend: Renderer, spec: TaskSpec, running: Running) -> Outcome:
+    async def _assets(self, spec: TaskSpec) -> tuple[TaskSpec, dict[str, str] | None, Outcome | None]:
+        """Fetch and materialise the job's assets: (spec with the local scene, env, failure)."""
+        doc = self.jobs.book.get(spec.job)
+        if self.assets is None or doc is None or not doc.value("assets"):
+            return spec, None, None
+        try:
+            scene, path_map = await self.assets.prepare(doc)
+        except (FetchFailed, CorruptChunk, OSError, ProtocolError, SessionLost) as exc:
+            return spec, None, Outcome(RenderResult.RENDERRESULT_ASSETMISSING,
+                                       f"cannot fetch the job's assets: {exc}")
+        spec = dataclasses.replace(spec, scene=scene, rdata={**spec.rdata, "path_map": path_map})
+        return spec, {**os.environ, PATH_MAP_ENV: json.dumps(path_map)}, None
+
+    async def _render(self, backend: Renderer, spec: TaskSpec, running: Running,
+                      env: dict[str, str] | None = None) -> Outcome:
         argv, cwd = backend.command(spec)
         try:
             proc = await trio.lowlevel.open_process(
                 argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True, env=env)
         except OSError as exc:
             return Outcome(RenderResult.RENDERRESULT_PROJECTNOTFOUND, f"cannot start {argv[0]}: {exc}")
         try:
