@@ -91,7 +91,7 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     store = ChunkStore(os.path.join(prefs.state_dir, "chunks"), prefs.asset_cache_mb << 20)
     swarm = Swarm(store, peers, transfers)
     assets = Assets(store, swarm, book, peers, election, prefs.state_dir, set(versions), prefs.share)
-    results = Results(db, jobs, peers, election, transfers, prefs.state_dir)
+    results = Results(db, jobs, peers, election, swarm, prefs.state_dir)
     worker = Worker(peers, election, jobs, backends, results, prefs.state_dir)
     worker.assets = assets
     worker.on_busy.append(lambda busy: swarm.throttle(busy, prefs.serve_slots_rendering))

@@ -3,8 +3,10 @@ server's repository.
 
 A worker puts every rendered frame in its outbox (state dir, survives a
 restart) and delivers it to the job's submitting node and, with
-SAVERESULTSINREPOSITORY, to the server.  It deletes a frame only once every
-target holds it.  The submitting node writes the frame to the job's output
+SAVERESULTSINREPOSITORY, to the server, the way assets travel: the frame goes
+into the worker's chunk store under a manifest, the target is told
+(``ResultReady``) and fetches the verified chunks through the swarm.  The
+worker deletes a frame only once every target has answered that it holds it.  The submitting node writes the frame to the job's output
 pattern (``renders/shot_####.png``), records it, and marks the task SUCCEEDED
 once every frame of the task is there.
 """
@@ -26,15 +28,18 @@ import trio
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags
-from protocol.messages import FileOffer
+from protocol.manifest import Manifest
+from protocol.messages import Error, Reply, ResultReady
 
+from .chunkstore import CorruptChunk
 from .db import Database
 from .election import Election
 from .errors import BadRequest, NotFound
 from .jobs import Jobs, task_frames
 from .peers import Peers
 from .session import RequestFailed, Session, SessionLost
-from .transfer import Transfers, sha256_file, write_atomic
+from .swarm import FetchFailed, Swarm, bits_of
+from .transfer import write_atomic
 
 log = logging.getLogger("rendernode.results")
 SCHEMA = """
@@ -46,6 +51,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 RETRY = 2.0
+FETCH_TIMEOUT = 600.0  #: seconds a target may take to fetch one frame
 _HASHES = re.compile(r"#+")
 
 
@@ -87,20 +93,20 @@ class Results:
     """Outbox delivery (worker side) and result storage (submitter and server side)."""
 
     def __init__(self, db: Database, jobs: Jobs, peers: Peers, election: Election,
-                 transfers: Transfers, state_dir: str) -> None:
+                 swarm: Swarm, state_dir: str) -> None:
         self.db = db
         db.migrate(SCHEMA)
         self.jobs = jobs
         self.peers = peers
         self.election = election
-        self.transfers = transfers
+        self.swarm = swarm
         self.me = peers.ident.uuid
         self.outbox_dir = os.path.join(state_dir, "outbox")
         self.repo_dir = os.path.join(state_dir, "repository")
         os.makedirs(self.outbox_dir, exist_ok=True)
         self._wake = trio.Event()
-        transfers.stores["result"] = self._store_remote
-        transfers.wants["result"] = self._want
+        self._nursery: trio.Nursery | None = None
+        peers.handlers[ResultReady] = self._on_ready
         peers.on_session.append(lambda s: self.wake())
         election.on_role.append(self.wake)
 
@@ -145,22 +151,22 @@ class Results:
             node = item.origin if target == "origin" else self.election.server
             if not node:
                 continue
-            offer = FileOffer(kind="result", job=item.job, task=item.task, frame=item.frame,
-                              size=0, sha256="", stream=0, name=os.path.basename(item.path),
-                              render_time=item.render_time, machine=item.machine,
-                              repository=target == "repository", gen=item.gen)
+            ready = ResultReady(job=item.job, task=item.task, frame=item.frame, gen=item.gen,
+                                manifest="", name=os.path.basename(item.path),
+                                render_time=item.render_time, machine=item.machine,
+                                repository=target == "repository")
             try:
                 if node == self.me:
                     data = await trio.to_thread.run_sync(_read, item.path)
-                    await self.store(offer, data)
+                    await self.store(ready, data)
                 else:
                     session = self.peers.sessions.get(node)
                     if session is None:
                         continue
-                    digest, size = await trio.to_thread.run_sync(sha256_file, item.path)
-                    offer = FileOffer(**{**offer.__dict__, "size": size, "sha256": digest})
-                    await self.transfers.send_file(session, item.path, offer)
-            except (SessionLost, ProtocolError, RequestFailed, OSError, BadRequest) as exc:
+                    manifest = await trio.to_thread.run_sync(self._chunk, item.path)
+                    with trio.fail_after(FETCH_TIMEOUT):
+                        await session.request(ResultReady(**{**ready.__dict__, "manifest": manifest.id}))
+            except (SessionLost, ProtocolError, RequestFailed, OSError, BadRequest, trio.TooSlowError) as exc:
                 log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
                 continue
             item.targets.remove(target)
@@ -178,35 +184,70 @@ class Results:
             except FileNotFoundError:
                 pass
 
+    def _chunk(self, path: str) -> Manifest:
+        return self.swarm.store.add_files(os.path.dirname(path), [path])
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver the outbox whenever something changes, retrying what failed."""
-        task_status.started()
-        while True:
-            self._wake = trio.Event()
-            items = await trio.to_thread.run_sync(self.pending)
-            waiting = False
-            for item in items:
-                if not await self._deliver(item):
-                    waiting = True
-            with trio.move_on_after(RETRY if waiting else 3600):
-                await self._wake.wait()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                items = await trio.to_thread.run_sync(self.pending)
+                waiting = False
+                for item in items:
+                    if not await self._deliver(item):
+                        waiting = True
+                with trio.move_on_after(RETRY if waiting else 3600):
+                    await self._wake.wait()
 
     # -- receiving side ------------------------------------------------------------
 
-    def _want(self, session: Session, offer: FileOffer) -> bool:
-        doc = self.jobs.book.get(offer.job)
-        if doc is None or offer.gen != doc.gen:
-            return False
-        kind = "repository" if offer.repository else "output"
+    def _have(self, ready: ResultReady) -> bool:
+        kind = "repository" if ready.repository else "output"
         row = self.db.conn.execute(
             "SELECT 1 FROM results WHERE job=? AND gen=? AND frame=? AND kind=?",
-            (offer.job, offer.gen, offer.frame, kind)).fetchone()
-        return row is None
+            (ready.job, ready.gen, ready.frame, kind)).fetchone()
+        return row is not None
 
-    async def _store_remote(self, session: Session, offer: FileOffer, data: bytes) -> dict[str, Any]:
-        return await self.store(offer, data)
+    async def _on_ready(self, session: Session, msg: object, req_id: int) -> None:
+        assert isinstance(msg, ResultReady)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._fetch_result, session, msg, req_id)
 
-    async def store(self, offer: FileOffer, data: bytes) -> dict[str, Any]:
+    async def _fetch_result(self, session: Session, ready: ResultReady, req_id: int) -> None:
+        """Fetch a worker's finished frame through the swarm and keep it."""
+        reply: Reply | Error
+        try:
+            doc = self.jobs.book.get(ready.job)
+            if doc is None or ready.gen != doc.gen or self._have(ready):
+                reply = Reply({"stored": False, "already": True})
+            else:
+                manifest = await self.swarm.get_manifest(ready.manifest, [session.uuid])
+                if len(manifest.files) != 1:
+                    raise BadRequest("a result manifest holds exactly one file")
+                n = len(manifest.chunk_ids())
+                self.swarm.holdings.setdefault(manifest.id, {})[session.uuid] = bits_of(range(n), n)
+                await self.swarm.fetch(manifest, allowed={session.uuid},
+                                       deadline=trio.current_time() + FETCH_TIMEOUT, announce=False)
+                data = await trio.to_thread.run_sync(self._assemble, manifest)
+                reply = Reply(await self.store(ready, data))
+        except (FetchFailed, CorruptChunk, OSError, BadRequest, ProtocolError, SessionLost) as exc:
+            reply = Error("saving_failed", f"frame {ready.frame} of {ready.job}: {exc}")
+        try:
+            await session.send(reply, req_id)
+        except (SessionLost, ProtocolError):
+            pass
+
+    def _assemble(self, manifest: Manifest) -> bytes:
+        entry = manifest.files[0]
+        data = b"".join(self.swarm.store.get(c) for c in entry.chunks)
+        if len(data) != entry.size:
+            raise CorruptChunk(f"assembled {len(data)} bytes, the manifest says {entry.size}")
+        return data
+
+    async def store(self, offer: ResultReady, data: bytes) -> dict[str, Any]:
         """Keep a delivered frame: in the output pattern (submitter) or the repository."""
         doc = self.jobs.book.get(offer.job)
         if doc is None:
@@ -222,7 +263,7 @@ class Results:
             if str(doc.value("origin")) != self.me:
                 raise BadRequest("this node did not submit the job")
             path = output_path(doc, offer.frame, ext)
-        digest = offer.sha256 or hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
         await trio.to_thread.run_sync(write_atomic, path, data)
         row = (offer.job, offer.gen, offer.frame, kind, offer.task, path, digest, len(data),
                offer.machine, offer.render_time, time.time())
@@ -232,7 +273,7 @@ class Results:
             self._maybe_done(doc, offer)
         return {"stored": True, "path": path}
 
-    def _maybe_done(self, doc: JobDoc, offer: FileOffer) -> None:
+    def _maybe_done(self, doc: JobDoc, offer: ResultReady) -> None:
         frames = task_frames(doc)[offer.task]
         have = {r[0] for r in self.db.conn.execute(
             "SELECT frame FROM results WHERE job=? AND gen=? AND kind='output' AND task=?",

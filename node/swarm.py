@@ -184,13 +184,15 @@ class Swarm:
         raise FetchFailed(f"no peer could send manifest {manifest_id[:12]}")
 
     async def fetch(self, manifest: Manifest, allowed: set[str] | None = None,
-                    deadline: float | None = None) -> None:
-        """Get every chunk of ``manifest`` into the store; ``allowed`` limits the peers asked."""
+                    deadline: float | None = None, announce: bool = True) -> None:
+        """Get every chunk of ``manifest`` into the store; ``allowed`` limits the peers
+        asked; ``announce`` tells the farm about the chunks as they arrive."""
         mid = manifest.id
         chunks = manifest.chunk_ids()
         index = {c: i for i, c in enumerate(chunks)}
         missing = {c for c in chunks if not self.store.has(c)}
-        self.announce(mid)
+        if announce:
+            self.announce(mid)
         if not missing:
             return
         in_flight: dict[str, set[str]] = {}
@@ -247,7 +249,8 @@ class Swarm:
                 if chunk in missing:
                     await trio.to_thread.run_sync(self.store.put, chunk, data)
                     missing.discard(chunk)
-                    self.announce(mid)
+                    if announce:
+                        self.announce(mid)
                     self._notify(mid)
 
         async def supervise(nursery: trio.Nursery) -> None:

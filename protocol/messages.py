@@ -215,42 +215,20 @@ class Cancel(Message):
 
 @register
 @dataclass(frozen=True)
-class FileOffer(Message):
-    """Offer a file (a finished frame, a scene) that follows as bulk records on ``stream``."""
+class ResultReady(Message):
+    """Worker -> submitter (or server): a finished frame is in my chunk store under
+    ``manifest``; fetch it.  Answered once the receiver has stored the frame."""
 
-    TYPE = "file_offer"
-    kind: str  #: "result" or "scene"
+    TYPE = "result_ready"
     job: str
     task: int
     frame: int
-    size: int
-    sha256: str
-    stream: int
-    name: str = ""
+    gen: int
+    manifest: str
+    name: str
     render_time: float = 0.0
     machine: str = ""
     repository: bool = False  #: store in the repository (SAVERESULTSINREPOSITORY)
-    gen: int = 0  #: the job generation the frame was rendered for
-
-
-@register
-@dataclass(frozen=True)
-class FileCommit(Message):
-    """The bulk data of ``stream`` is complete: verify it and store it."""
-
-    TYPE = "file_commit"
-    stream: int
-
-
-@register
-@dataclass(frozen=True)
-class FileRequest(Message):
-    """Ask a peer to send a file it holds (a job's scene); answered by a FileOffer."""
-
-    TYPE = "file_request"
-    kind: str
-    job: str
-    sha256: str = ""
 
 
 @register
