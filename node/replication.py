@@ -25,7 +25,7 @@ import msgpack
 import trio
 
 from protocol import ProtocolError
-from protocol.crdt import JobDoc, absorb, job_to_wire
+from protocol.crdt import JobDoc, absorb, job_from_wire, job_to_wire
 from protocol.messages import JobDelta, JobDigest, Reply
 
 from .jobbook import JobBook
@@ -80,15 +80,17 @@ class Replication:
         self._pending: dict[str, JobDoc] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._receiving = False
+        self._incoming: JobDoc | None = None  #: the peer's delta being merged
         book.listeners.append(self._on_change)
         peers.handlers[JobDelta] = self._on_delta
         peers.handlers[JobDigest] = self._on_digest
         peers.on_session.append(self._on_session)
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
-        if self._receiving:
+        if delta is self._incoming:
             return  # a peer's change: its author pushes it to everyone
+        # made here: also a change a listener made while a peer's change merged
+        # (the scheduler re-queueing the tasks of a job a peer stopped)
         self._pending[delta.uuid] = absorb(self._pending.get(delta.uuid), delta)[0]
         self._wake.set()
 
@@ -104,11 +106,12 @@ class Replication:
 
     async def _on_delta(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, JobDelta)
-        self._receiving = True
-        try:
-            self.book.apply_wire(msg.jobs)
-        finally:
-            self._receiving = False
+        for wire in msg.jobs:
+            self._incoming = job_from_wire(wire)
+            try:
+                self.book.apply(self._incoming)
+            finally:
+                self._incoming = None
         if req_id and self._nursery is not None:
             self._nursery.start_soon(self._ack_when_durable, session, req_id)
 
