@@ -42,14 +42,19 @@ def chunk_frames(frames: list[int], chunk: int) -> list[list[int]]:
     return [frames[i : i + chunk] for i in range(0, len(frames), chunk)]
 
 
-def format_frames(frames: list[int]) -> str:
-    """The shortest ``a-b,c`` spec for a sorted list of frames."""
-    parts: list[str] = []
+def frame_runs(frames: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive frames of a sorted list: ``[1,2,3,7]`` -> ``[(1, 3), (7, 7)]``."""
+    runs: list[tuple[int, int]] = []
     i = 0
     while i < len(frames):
         j = i
         while j + 1 < len(frames) and frames[j + 1] == frames[j] + 1:
             j += 1
-        parts.append(str(frames[i]) if i == j else f"{frames[i]}-{frames[j]}")
+        runs.append((frames[i], frames[j]))
         i = j + 1
-    return ",".join(parts)
+    return runs
+
+
+def format_frames(frames: list[int]) -> str:
+    """The shortest ``a-b,c`` spec for a sorted list of frames."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in frame_runs(frames))

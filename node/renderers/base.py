@@ -67,3 +67,14 @@ def missing_frames(task: TaskSpec) -> list[int]:
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             out.append(frame)
     return out
+
+
+def progress_line(line: str) -> float | None:
+    """The fraction (clamped to 0..1) a ``PROGRESS 0.25`` line reports, else None:
+    the line our runner subprocesses print."""
+    if not line.startswith("PROGRESS "):
+        return None
+    try:
+        return max(0.0, min(1.0, float(line.split()[1])))
+    except (IndexError, ValueError):
+        return None

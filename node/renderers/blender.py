@@ -31,6 +31,7 @@ import subprocess
 from typing import Any
 
 from protocol.enums import RenderResult
+from protocol.frames import frame_runs
 
 from .base import Outcome, TaskSpec, missing_frames
 
@@ -191,15 +192,7 @@ def frame_args(frames: list[int]) -> list[str]:
     frames = sorted(set(frames))
     if frames and frames[-1] - frames[0] == len(frames) - 1 and len(frames) > 1:
         return ["-s", str(frames[0]), "-e", str(frames[-1]), "-j", "1", "-a"]
-    parts: list[str] = []
-    i = 0
-    while i < len(frames):
-        j = i
-        while j + 1 < len(frames) and frames[j + 1] == frames[j] + 1:
-            j += 1
-        parts.append(str(frames[i]) if i == j else f"{frames[i]}..{frames[j]}")
-        i = j + 1
-    return ["-f", ",".join(parts)]
+    return ["-f", ",".join(str(a) if a == b else f"{a}..{b}" for a, b in frame_runs(frames))]
 
 
 def setup_settings(task: TaskSpec) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from protocol.enums import RenderResult
 from protocol.frames import format_frames, parse_frames
 
-from .base import Outcome, TaskSpec, missing_frames
+from .base import Outcome, TaskSpec, missing_frames, progress_line
 from .scene import MissingAsset, SceneError, load_scene
 
 if TYPE_CHECKING:
@@ -88,12 +88,7 @@ class BuiltinRenderer:
 
     def progress(self, line: str, task: TaskSpec) -> float | None:
         """The fraction from a ``PROGRESS 0.25`` line."""
-        if not line.startswith("PROGRESS "):
-            return None
-        try:
-            return max(0.0, min(1.0, float(line.split()[1])))
-        except (IndexError, ValueError):
-            return None
+        return progress_line(line)
 
     def outcome(self, returncode: int, log_tail: list[str], task: TaskSpec) -> Outcome:
         """OK only for exit 0 with every frame written; otherwise the exit

@@ -34,7 +34,7 @@ from typing import Any
 
 from protocol.enums import RenderResult
 
-from .base import Outcome, TaskSpec, missing_frames
+from .base import Outcome, TaskSpec, missing_frames, progress_line
 
 DETECT_TIMEOUT = 30.0  #: seconds ``povray --version`` may take
 MAX_WARNINGS = 8  #: warnings the runner repeats at its end
@@ -182,12 +182,7 @@ class PovrayRenderer:
 
     def progress(self, line: str, task: TaskSpec) -> float | None:
         """The runner's ``PROGRESS 0.5`` lines."""
-        if line.startswith("PROGRESS "):
-            try:
-                return max(0.0, min(1.0, float(line.split()[1])))
-            except (IndexError, ValueError):
-                return None
-        return None
+        return progress_line(line)
 
     def outcome(self, returncode: int, log_tail: list[str], task: TaskSpec) -> Outcome:
         """Map the runner's exit status and POV-Ray's messages to a RENDERRESULT_*."""
