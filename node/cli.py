@@ -136,16 +136,17 @@ def config(ctx: click.Context, as_json: bool) -> None:
     emit(data, as_json, render)
 
 
-class MachinesGroup(click.Group):
-    """``machines [OPTIONS] [UUID]`` lists; ``machines add|remove`` change the table."""
+class ListGroup(click.Group):
+    """A group whose ``list`` subcommand runs when no other is named:
+    ``machines [OPTIONS] [UUID]`` lists, ``machines add|remove`` change."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
+        if not args or (args[0] not in self.commands and args[0] != "--help"):
             args = ["list", *args]
         return super().parse_args(ctx, args)
 
 
-@main.group(cls=MachinesGroup)
+@main.group(cls=ListGroup)
 def machines() -> None:
     """List machines (GetAllMachineUuids / GetMachinesList), add or remove them."""
 

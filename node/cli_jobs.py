@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .cli import client, emit, json_option, main
+from .cli import ListGroup, client, emit, json_option, main
 from .client import Client
 from .errors import NodeError
 
@@ -290,16 +290,7 @@ def demo(nodes: int, frames: int, out: str, keep: bool) -> None:
     run_demo(nodes, frames, Path(out), keep)
 
 
-class _ResultsGroup(click.Group):
-    """``results JOB`` lists; ``results clear|rm`` change."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
-
-
-@main.group(cls=_ResultsGroup)
+@main.group(cls=ListGroup)
 def results() -> None:
     """A job's results: list, clear (ClearResults), rm (RemoveResult)."""
 
