@@ -439,7 +439,9 @@ class Scheduler:
             if doc is None or task_current(doc, msg.task).done:
                 self.leases.pop(key, None)
         elif msg.result == RenderResult.RENDERRESULT_USERBREAK:
-            self.leases.pop(key, None)
+            # a task this server cancelled has no lease any more: the worker stopped
+            # it on its own (shutting down), so it goes back to the queue
+            self._lapse(key, f"the worker gave it up ({msg.error or 'user break'})")
         elif msg.result == RenderResult.RENDERRESULT_NOMACHINE:  # refused: busy or no renderer
             self.leases.pop(key, None)
             if lease.prefetched:
