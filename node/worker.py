@@ -42,9 +42,11 @@ from protocol.messages import Assign, Cancel, TaskUpdate
 from .assets import Assets
 from .chunkstore import CorruptChunk
 from .election import Election
+from .jobbook import is_live
 from .jobs import Jobs
 from .peers import Peers
 from .renderers.base import Outcome, Renderer, TaskSpec
+from .renderers.command import reads_assets
 from .renderers.scene import PATH_MAP_ENV
 from .results import Results
 from .session import Session, SessionLost
@@ -53,6 +55,7 @@ from .swarm import FetchFailed
 log = logging.getLogger("rendernode.worker")
 REPORT_INTERVAL = 0.5
 KILL_AFTER = 5.0
+JOB_WAIT = 15.0  #: seconds a task waits for its job's document to reach this node
 LOG_TAIL = 40
 _SPLIT = re.compile(rb"[\r\n]+")
 ReportLocal = Callable[[str, TaskUpdate], None]
@@ -242,9 +245,14 @@ class Worker:
 
     async def _assets(self, spec: TaskSpec) -> tuple[TaskSpec, dict[str, str] | None, Outcome | None]:
         """Fetch and materialise the job's assets: (spec with the local scene, env, failure)."""
+        if not await self._job_arrived(spec.job):
+            return spec, None, Outcome(RenderResult.RENDERRESULT_NOMACHINE,
+                                       f"job {spec.job} has not reached this node")
         doc = self.jobs.book.get(spec.job)
         if self.assets is None or doc is None or not doc.value("assets"):
             return spec, None, None
+        if str(doc.value("renderer")) == "command" and not reads_assets(spec.rdata):
+            return spec, None, None  # a command that never opens the scene: nothing to fetch
         try:
             scene, path_map = await self.assets.prepare(doc)
         except (FetchFailed, CorruptChunk, OSError, ProtocolError, SessionLost) as exc:
@@ -252,6 +260,22 @@ class Worker:
                                        f"cannot fetch the job's assets: {exc}")
         spec = dataclasses.replace(spec, scene=scene, rdata={**spec.rdata, "path_map": path_map})
         return spec, {**os.environ, PATH_MAP_ENV: json.dumps(path_map)}, None
+
+    async def _job_arrived(self, job: str) -> bool:
+        """Wait until the job's creation (or deletion) is in the book; False after JOB_WAIT.
+
+        The server's Assign can overtake the job's creation on its way here (the
+        creation comes from the submitter, or from the server's batched pushes), and a
+        task of a job this node does not know would render without its assets and
+        finish without its state being recorded: the server would wait on it forever."""
+        deadline = trio.current_time() + JOB_WAIT
+        while True:
+            doc = self.jobs.book.docs.get(job)
+            if doc is not None and (doc.deleted is not None or is_live(doc)):
+                return True
+            if trio.current_time() >= deadline:
+                return False
+            await trio.sleep(0.01)
 
     async def _render(self, backend: Renderer, spec: TaskSpec, running: Running,
                       env: dict[str, str] | None = None) -> Outcome:

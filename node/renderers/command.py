@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 from protocol.enums import RenderResult
 
@@ -44,6 +45,13 @@ def check_template(template: str) -> None:
 def makes_files(template: str) -> bool:
     """True if the template writes frame files ({output})."""
     return "{output}" in template
+
+
+def reads_assets(rdata: dict[str, Any]) -> bool:
+    """True if the job's command reads its assets: the template names {scene} or
+    rdata lists ``assets``.  Otherwise the scene is only a name, and a worker need
+    not fetch it (nor depend on the submitter being alive to send it)."""
+    return "{scene}" in str(rdata.get("command", "")) or bool(rdata.get("assets"))
 
 
 def per_frame(template: str) -> bool:
