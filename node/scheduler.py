@@ -190,12 +190,29 @@ class Scheduler:
                 if lease is not None:
                     self._release(lease.worker, (uuid, tid))
                 open_tids.discard(tid)
-            elif heap is not None and 0 <= tid < n:
-                open_tids.add(tid)
-                if state.phase == Phase.QUEUED:
-                    heapq.heappush(heap, tid)
+            else:
+                if heap is not None and 0 <= tid < n:
+                    open_tids.add(tid)
+                    if state.phase == Phase.QUEUED:
+                        heapq.heappush(heap, tid)
+                self._adopt(uuid, tid, state)
         if heap is not None and not open_tids:
             self._settled.add(uuid)
+
+    def _adopt(self, job: str, tid: int, state: TaskState) -> None:
+        """Lease a task an earlier term's server assigned, as ``_take_over`` does: a
+        state merged in when a partition heals, or an Assign a stale server sent
+        before it stepped down (its worker ignores it).  The lease is renewed if the
+        worker reports on the task, and lapses (re-queueing it) if nobody does;
+        without it the task would stay ASSIGNED with nobody waiting on it."""
+        key = (job, tid)
+        if (state.phase in ACTIVE and state.worker and state.term < self.election.term
+                and key not in self.leases and job in self._queued):
+            self._add_lease(key, Lease(state.worker, state.gen, state.attempt,
+                                       time.monotonic() + self.lease_time,
+                                       finished=state.phase == Phase.DELIVERING))
+            if state.phase != Phase.DELIVERING:
+                self._hold(state.worker, key)
 
     def _task_frames(self, doc: JobDoc) -> list[list[int]]:
         """``task_frames(doc)``, parsed once per job and frame spec."""
