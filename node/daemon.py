@@ -116,6 +116,7 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.swarm.run)
             await nursery.start(node.assets.run)
             await nursery.start(node.results.run)
+            await nursery.start(node.jobs_api.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)
             await nursery.start(power.Power.of(node).run)

@@ -14,20 +14,24 @@ from typing import Any
 
 import trio
 
+from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
-from protocol.messages import Chat
+from protocol.messages import Chat, Error, FetchAssets, Reply
 
 from .assets import Assets, collect
+from .chunkstore import CorruptChunk
 from .control import Caller, Method
 from .errors import BadRequest
 from .jobs import CREATE_OK, Jobs, JobSpec
 from .peers import Peers
-from .replication import Replication
+from .replication import REPLICATE_TIMEOUT, Replication
 from .results import Results
-from .session import Session
+from .session import RequestFailed, Session, SessionLost
+from .swarm import FetchFailed
 
 INBOX_SIZE = 500
+ASSET_REPLICATE_TIMEOUT = 600.0  #: a submit waits this long at most for replicas to copy the assets
 DETAILS = ("rdata", "assets", "results", "log")
 
 
@@ -66,7 +70,9 @@ class JobsApi:
         self.replicas = replicas
         self.inbox: deque[dict[str, Any]] = deque(maxlen=INBOX_SIZE)
         self.callers: set[str] = set()
+        self._nursery: trio.Nursery | None = None
         peers.handlers[Chat] = self._on_chat
+        peers.handlers[FetchAssets] = self._on_fetch_assets
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""
@@ -82,11 +88,49 @@ class JobsApi:
     def _seen(self, caller: Caller) -> None:
         self.callers.add(caller.user)
 
-    async def _durable_and_replicated(self, deltas: list[JobDoc]) -> dict[str, Any]:
+    async def _durable_and_replicated(self, deltas: list[JobDoc], assets: bool = False) -> dict[str, Any]:
+        """Wait until the job is on disk here and on ``replicas`` peers (with its
+        assets, when it has some, so it can render if this machine dies)."""
         await self.jobs.book.durable()
         want = min(self.replicas, len(self.peers.sessions))
-        acked = await self.replication.replicate(deltas, want)
+        job = deltas[0].uuid
+
+        async def fetch_assets(session: Session) -> None:
+            reply = await session.request(FetchAssets(job))
+            if not isinstance(reply, Reply):
+                raise RequestFailed("unexpected answer to fetch_assets")
+
+        acked = await self.replication.replicate(
+            deltas, want, fetch_assets if assets else None,
+            patience=ASSET_REPLICATE_TIMEOUT if assets else REPLICATE_TIMEOUT)
         return {"replicas": acked, "wanted": want}
+
+    async def _on_fetch_assets(self, session: Session, msg: Any, req_id: int) -> None:
+        assert isinstance(msg, FetchAssets)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._fetch_assets, session, msg, req_id)
+
+    async def _fetch_assets(self, session: Session, msg: FetchAssets, req_id: int) -> None:
+        reply: Reply | Error = Reply(True)
+        doc = self.jobs.book.get(msg.job)
+        if doc is None:
+            reply = Error("not_found", f"no job {msg.job} here")
+        elif self.assets is not None:
+            try:
+                await self.assets.prepare(doc)
+            except (FetchFailed, CorruptChunk, OSError, ProtocolError, SessionLost) as exc:
+                reply = Error("asset_missing", f"cannot fetch the assets of {msg.job}: {exc}")
+        try:
+            await session.send(reply, req_id)
+        except (SessionLost, ProtocolError):
+            pass
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery that answers peers' asset requests."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     async def submit(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """CreateRenderJob: acknowledged once durable here and on ``replicas`` peers."""
@@ -121,7 +165,7 @@ class JobsApi:
         if extra and got.missing:
             self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(got.missing))
         try:
-            copies = await self._durable_and_replicated([delta])
+            copies = await self._durable_and_replicated([delta], assets=bool(extra))
         except OSError:
             return {"uuid": delta.uuid, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
                     "result_name": "SAVINGFAILED"}

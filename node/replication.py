@@ -19,6 +19,7 @@ first, then tasks in slices); each part is itself a valid delta.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -30,7 +31,7 @@ from protocol.messages import JobDelta, JobDigest, Reply
 
 from .jobbook import JobBook
 from .peers import Peers
-from .session import Session, SessionLost
+from .session import RequestFailed, Session, SessionLost
 
 log = logging.getLogger("rendernode.replication")
 TASKS_PER_PART = 2000
@@ -149,9 +150,12 @@ class Replication:
             for session in list(self.peers.sessions.values()):
                 await self._send_digest(session, digests)
 
-    async def replicate(self, deltas: list[JobDoc], want: int) -> int:
+    async def replicate(self, deltas: list[JobDoc], want: int,
+                        then: Callable[[Session], Awaitable[None]] | None = None,
+                        patience: float = REPLICATE_TIMEOUT) -> int:
         """Send ``deltas`` to every live peer; return once ``want`` of them have them
-        on disk (or every peer answered, or the timeout passed): the count."""
+        on disk (and have done ``then``, e.g. fetched the job's assets), or every
+        peer answered, or ``patience`` seconds passed: the count."""
         sessions = list(self.peers.sessions.values())
         if want <= 0 or not sessions:
             return 0
@@ -167,8 +171,10 @@ class Replication:
                     reply = await session.request(JobDelta(wire))
                     if not isinstance(reply, Reply):
                         raise SessionLost("unexpected answer")
+                if then is not None:
+                    await then(session)
                 acked += 1
-            except (SessionLost, ProtocolError) as exc:
+            except (SessionLost, ProtocolError, RequestFailed) as exc:
                 log.info("replica %s did not take the job: %s", session.uuid, exc)
             answered += 1
             if acked >= want or answered == len(sessions):
@@ -177,7 +183,7 @@ class Replication:
         async with trio.open_nursery() as nursery:
             for session in sessions:
                 nursery.start_soon(one, session)
-            with trio.move_on_after(REPLICATE_TIMEOUT):
+            with trio.move_on_after(patience):
                 await enough.wait()
             nursery.cancel_scope.cancel()
         return acked

@@ -258,3 +258,13 @@ class ChunkRequest(Message):
     TYPE = "chunk_request"
     chunk: str
     stream: int
+
+
+@register
+@dataclass(frozen=True)
+class FetchAssets(Message):
+    """Submitter -> replica: fetch this job's assets now; answered once they are here,
+    so an acknowledged job can render even if its submitter dies."""
+
+    TYPE = "fetch_assets"
+    job: str
