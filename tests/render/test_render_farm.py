@@ -1,0 +1,119 @@
+"""A job rendered by a farm of in-process nodes: every frame reaches the
+submitting node's output pattern, pixel for pixel what one machine renders
+alone, spread over the farm's machines; and the farm still delivers every
+frame when a worker dies in the middle of one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from jobs_harness import wait_until
+from render_harness import (
+    SLOW,
+    SMALL,
+    RenderFarm,
+    attempts,
+    frame_files,
+    log_lines,
+    mid_frame,
+    reference_render,
+    render_pids,
+    same_pixels,
+    settled,
+    submit,
+    tasks,
+    wait_state,
+)
+
+
+async def test_a_job_renders_on_several_machines_exactly_as_on_one(
+        farm: RenderFarm, short_dir: Path) -> None:
+    (a, b, c), _ = await farm.ready("a", "b", "c")
+    out = short_dir / "out"
+    uuid = await submit(a, farm.scene, frames="1-6", rdata=SMALL, output=str(out / "frame_####.png"))
+    with trio.fail_after(60):
+        assert await wait_state(a, uuid, "done", "failed") == "done"
+
+    got = frame_files(out)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    reference = await trio.to_thread.run_sync(reference_render, farm.scene, "1-6", short_dir / "ref", SMALL)
+    for frame, path in got.items():
+        assert same_pixels(path, reference[frame]), f"frame {frame} differs from a single-machine render"
+
+    rows = await a.call(lambda cl: cl.copy_render_task_from(uuid))
+    assert [r["frame"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["state"] == "done" and r["machines"] and r["render_time"] > 0 for r in rows), rows
+    members = {m.uuid for m in (a, b, c)}
+    renderers = {r["machines"][-1] for r in rows}
+    assert renderers <= members and len(renderers) > 1, f"every frame rendered on {renderers}"
+
+    results = await a.call(lambda cl: cl.results(uuid))
+    assert sorted(r["frame"] for r in results if r["kind"] == "output") == [1, 2, 3, 4, 5, 6]
+    assert {r["path"] for r in results} == {str(p) for p in got.values()}
+    assert all(r["machine"] in members for r in results)
+    with trio.fail_after(10):
+        for m in (b, c):  # every node's book says the same
+            await wait_state(m, uuid, "done")
+
+
+async def test_a_worker_that_dies_mid_frame_loses_only_that_attempt(
+        farm: RenderFarm, short_dir: Path) -> None:
+    """The victim is cancelled (its node gone at once, its session with it) while
+    its render process is running; the server re-queues the task as a new
+    attempt and another machine renders it."""
+    members, server = await farm.ready("a", "b", "c")
+    victim = next(m for m in members if m is not server)
+    out = short_dir / "out"
+    uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
+    its_renders = f"{victim.node.prefs.state_dir}/work/{uuid}-"  # in every render's command line
+    with trio.fail_after(60):
+        await wait_until(lambda: mid_frame(victim, uuid) and bool(render_pids(its_renders)),
+                         "the victim renders a frame of the job")
+    running = victim.node.worker.current
+    assert running is not None
+    lost_task = running.msg.task
+    await victim.stop()
+    assert not render_pids(its_renders), "the render process outlived its node"
+
+    with trio.fail_after(90):
+        assert await wait_state(server, uuid, "done", "failed") == "done"
+    assert sorted(frame_files(out)) == list(range(1, 9))
+    rows = tasks(server, uuid)
+    assert all(r["state"] == "done" for r in rows)
+    assert attempts(server, uuid)[lost_task] >= 1, "the lost task was not re-queued as a new attempt"
+    assert victim.uuid in rows[lost_task]["machines"] and rows[lost_task]["machines"][-1] != victim.uuid
+    assert any(f"task {lost_task} on {victim.uuid}" in line and "re-queued" in line
+               for line in log_lines(server, uuid)), log_lines(server, uuid)
+    survivors = [m for m in members if m is not victim]
+    assert await settled(survivors) in survivors
+
+
+async def test_a_task_its_worker_gives_up_while_shutting_down_goes_back_to_the_queue(
+        farm: RenderFarm, short_dir: Path) -> None:
+    """A worker shutting down stops its render and reports it stopped
+    (USERBREAK) before its sessions close.  The server did not cancel that
+    task, so it must re-queue it; it used to drop the lease only, leaving the
+    task assigned to a machine that was gone, and the job never ended."""
+    members, server = await farm.ready("a", "b", "c")
+    victim = next(m for m in members if m is not server)
+    out = short_dir / "out"
+    uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
+    with trio.fail_after(60):
+        await wait_until(lambda: mid_frame(victim, uuid), "the victim renders a frame of the job")
+    running = victim.node.worker.current
+    assert running is not None
+    given_up = running.msg.task
+    running.scope.cancel()  # what a shutdown does to the task it renders: reported as stopped
+    with trio.fail_after(10):
+        await wait_until(lambda: attempts(server, uuid)[given_up] >= 1,
+                         "the server hears that the victim stopped the task")
+    await victim.stop()
+
+    with trio.fail_after(60):
+        assert await wait_state(server, uuid, "done", "failed") == "done"
+    assert sorted(frame_files(out)) == list(range(1, 9))
+    row = tasks(server, uuid)[given_up]
+    assert row["state"] == "done" and row["attempt"] >= 1
+    assert f"task {given_up} on {victim.uuid}: the worker gave it up (stopped); re-queued" \
+        in log_lines(server, uuid)

@@ -1,0 +1,161 @@
+"""The scheduler's rules, seen from the jobs they shape: retries that end in a
+failed job, a machine excluded after its failures, warnings taken as errors,
+a job that deletes itself once delivered, a job no machine can render, and
+the machines a job names."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+from jobs_harness import wait_until
+from render_harness import (
+    EXAMPLES,
+    NOMACHINE,
+    SMALL,
+    RenderFarm,
+    doc_of,
+    frame_files,
+    log_lines,
+    state,
+    submit,
+    summary,
+    tasks,
+    wait_state,
+)
+
+from node import renderers
+from node.scheduler import DEPTH
+
+needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
+                                  reason="povray is not installed (Debian: apt-get install povray)")
+#: fails fast in a work folder of the node named "bad", takes a moment elsewhere
+#: (the command renderer runs in the task's work folder, under the node's state dir)
+FAILS_ON_BAD = "sh -c 'case $PWD in */bad/*) exit 3;; esac; sleep 0.2'"
+#: POV-Ray warns of a scene without #version (and without assumed_gamma)
+WARNS = """camera { location <0, 1, -3> look_at <0, 0, 0> }
+light_source { <2, 4, -3> color rgb 1 }
+sphere { <0, 0, 0>, 1 pigment { color rgb <1, 0, 0> } }
+"""
+
+
+async def test_a_command_that_fails_fails_the_job_after_its_retries(farm: RenderFarm) -> None:
+    (a, b), _ = await farm.ready("a", "b", retries=2)
+    uuid = await submit(a, farm.scene, frames="1-2", renderer="command", rdata={"command": "false"})
+    with trio.fail_after(30):
+        assert await wait_state(a, uuid, "done", "failed") == "failed"
+    rows = tasks(a, uuid)
+    assert all(r["state"] == "failed" and r["attempt"] == 2 for r in rows), rows
+    assert all("exited with status 1" in r["error"] for r in rows), rows
+    job = await a.call(lambda c: c.get_job(uuid))
+    assert job["state"] == "failed" and job["tasks_failed"] == 2 and job["frames_done"] == 0
+    lines = [e["line"] for e in job["log"]]
+    for tid in (0, 1):
+        tries = [ln for ln in lines if ln.startswith(f"task {tid} attempt ")]
+        assert len(tries) == 2 and all("ERRORLOADINGPROJECT: command exited with status 1" in ln
+                                       for ln in tries), lines
+        assert any(ln.startswith(f"task {tid} failed after 2 attempts") for ln in lines), lines
+    assert "job failed" in lines
+
+
+async def test_a_machine_that_keeps_failing_is_excluded_from_the_job(farm: RenderFarm) -> None:
+    (good1, bad, good2), _ = await farm.ready("good1", "bad", "good2", retries=10, exclude_after=2)
+    uuid = await submit(good1, farm.scene, frames="1-10", renderer="command",
+                        rdata={"command": FAILS_ON_BAD}, flags=["EXCLUDECLIENTONRENDERINGERROR"])
+    with trio.fail_after(60):
+        assert await wait_state(good1, uuid, "done", "failed") == "done"
+    lines = log_lines(good1, uuid)
+    assert f"machine {bad.uuid} excluded from this job after 2 failures" in lines, lines
+    failures = [ln for ln in lines if re.match(rf"task \d+ attempt \d+ failed on {bad.uuid}:", ln)]
+    # it fails twice, and at most the task it held waiting behind the second fails after that
+    assert 2 <= len(failures) <= 2 + DEPTH - 1, failures
+    assert not [ln for ln in lines if "failed on" in ln and bad.uuid not in ln], lines
+    rows = tasks(good1, uuid)
+    assert all(r["state"] == "done" and r["machines"][-1] in (good1.uuid, good2.uuid) for r in rows), rows
+
+
+async def test_without_the_flag_a_failing_machine_keeps_its_turn(farm: RenderFarm) -> None:
+    """The control for the test above: the same job without EXCLUDECLIENTONRENDERINGERROR.
+    (The failing machine frees first, so it is handed the task it just failed
+    again: its retries can run out there while the other machines are busy.)"""
+    (good1, bad, good2), _ = await farm.ready("good1", "bad", "good2", retries=10, exclude_after=2)
+    uuid = await submit(good1, farm.scene, frames="1-10", renderer="command",
+                        rdata={"command": FAILS_ON_BAD})
+    with trio.fail_after(60):
+        await wait_state(good1, uuid, "done", "failed")
+    lines = log_lines(good1, uuid)
+    assert not [ln for ln in lines if "excluded" in ln]
+    assert len([ln for ln in lines if f"failed on {bad.uuid}" in ln]) > 2 + DEPTH - 1, lines
+
+
+@needs_povray
+async def test_handlewarningaserror_fails_a_render_that_warns(farm: RenderFarm, short_dir: Path) -> None:
+    (a, b), _ = await farm.ready("a", "b", retries=2)
+    scene = short_dir / "warns.pov"
+    scene.write_text(WARNS)
+    rdata = {"resolution_x": 16, "resolution_y": 12}
+    strict = await submit(a, scene, renderer="povray", rdata=rdata, flags=["HANDLEWARNINGASERROR"],
+                          output=str(short_dir / "strict" / "frame_#.png"))
+    lenient = await submit(a, scene, renderer="povray", rdata=rdata,
+                           output=str(short_dir / "lenient" / "frame_#.png"))
+    with trio.fail_after(60):
+        assert await wait_state(a, lenient, "done", "failed") == "done"
+        assert await wait_state(a, strict, "done", "failed") == "failed"
+    (row,) = tasks(a, strict)
+    assert row["error"].startswith("RENDERRESULT_ERRORLOADINGPROJECT: warning treated as error: "
+                                   "Parse Warning:"), row
+    assert any("warning treated as error" in ln for ln in log_lines(a, strict))
+    assert not frame_files(short_dir / "strict") and sorted(frame_files(short_dir / "lenient")) == [1]
+
+
+async def test_deleteafterrendering_deletes_the_job_once_its_frames_are_delivered(
+        farm: RenderFarm, short_dir: Path) -> None:
+    members, server = await farm.ready("a", "b", "c")
+    origin = next(m for m in members if m is not server)
+    out = short_dir / "out"
+    uuid = await submit(origin, farm.scene, frames="1-4", rdata=SMALL, flags=["DELETEAFTERRENDERING"],
+                        output=str(out / "frame_####.png"))
+    with trio.fail_after(60):
+        await wait_until(lambda: all(state(m, uuid) == "gone" for m in members), "the job deleted everywhere",
+                         lambda: {m.name: state(m, uuid) for m in members})
+    assert sorted(frame_files(out)) == [1, 2, 3, 4]
+    assert all(m.node.book.docs[uuid].deleted is not None for m in members)
+    assert not any(item.job == uuid for m in members for item in m.node.results.pending())
+
+
+async def test_a_job_whose_renderer_no_machine_has_is_nomachine_and_holds_up_nothing(
+        farm: RenderFarm, short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(renderers, "BACKENDS", {k: v for k, v in renderers.BACKENDS.items() if k != "povray"})
+    (a, b), server = await farm.ready("a", "b")
+    assert not any("povray" in caps for caps in server.node.scheduler.workers().values())
+    pov = short_dir / "pov"
+    shutil.copytree(EXAMPLES / "pov", pov)
+    stuck = await submit(a, pov / "orbit.pov", frames="1-2", renderer="povray")
+    behind = await submit(a, farm.scene, frames="1-2", rdata=SMALL, output=str(short_dir / "out" / "f_##.png"))
+    with trio.fail_after(30):
+        await wait_state(a, stuck, "nomachine")
+        assert await wait_state(a, behind, "done", "failed") == "done"
+    doc = doc_of(a, stuck)
+    assert doc is not None and doc.value("result") == NOMACHINE
+    job = await a.call(lambda c: c.get_job(stuck))
+    assert job["state"] == "nomachine" and job["result"] == "NOMACHINE"
+    assert any("RENDERRESULT_NOMACHINE" in e["line"] for e in job["log"]), job["log"]
+    assert all(r["state"] == "queued" and not r["machines"] for r in tasks(a, stuck))
+
+
+async def test_a_job_renders_only_on_the_machines_it_names(farm: RenderFarm, short_dir: Path) -> None:
+    (a, b, c), _ = await farm.ready("a", "b", "c")
+    by_name = await submit(a, farm.scene, frames="1-4", rdata=SMALL, machines=[b.name],
+                           output=str(short_dir / "b" / "f_##.png"))
+    by_uuid = await submit(a, farm.scene, frames="1-4", rdata=SMALL, machines=[c.uuid],
+                           output=str(short_dir / "c" / "f_##.png"))
+    with trio.fail_after(60):
+        for uuid in (by_name, by_uuid):
+            assert await wait_state(a, uuid, "done", "failed") == "done"
+    assert {m for r in tasks(a, by_name) for m in r["machines"]} == {b.uuid}
+    assert {m for r in tasks(a, by_uuid) for m in r["machines"]} == {c.uuid}
+    assert {r["machine"] for r in await a.call(lambda cl: cl.results(by_name))} == {b.uuid}
+    assert summary(a, by_name)["machines"] == [b.name]
