@@ -216,8 +216,17 @@ async def cli(member: Member, *args: str) -> Any:
 # -- render processes ----------------------------------------------------------------
 
 
+def alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 def render_pids(text: str) -> list[int]:
-    """Processes on this machine whose command line contains ``text``."""
+    """Live processes on this machine whose command line contains ``text``."""
     pids = []
     needle = text.encode()
     for entry in os.listdir("/proc"):
@@ -226,11 +235,9 @@ def render_pids(text: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
         except OSError:
             continue
-        if needle in cmdline and not zombie:
+        if needle in cmdline and alive(int(entry)):
             pids.append(int(entry))
     return pids
 

@@ -13,6 +13,7 @@ from jobs_harness import Member, wait_until
 from render_harness import (
     SLOW,
     RenderFarm,
+    alive,
     doc_of,
     frame_files,
     mid_frame,
@@ -26,14 +27,6 @@ from render_harness import (
 
 from node import replication
 from protocol.crdt import digest
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except FileNotFoundError:
-        return True
 
 
 def _quiet(members: list[Member], uuid: str) -> bool:
@@ -84,7 +77,7 @@ async def test_stop_kills_the_renders_and_start_renders_the_rest(
         await wait_until(lambda: _quiet(members, uuid), "nothing of the stopped job runs or travels",
                          lambda: render_pids(uuid))
         await wait_until(lambda: _same_everywhere(members, uuid), "every node holds the same job")
-    assert all(_gone(pid) for pid in pids), "a render process outlived the stop"
+    assert not any(alive(pid) for pid in pids), "a render process outlived the stop"
     rows = tasks(origin, uuid)
     done = {r["frame"] for r in rows if r["state"] == "done"}
     arrived = set(frame_files(out))
@@ -121,7 +114,7 @@ async def test_delete_mid_job_removes_it_everywhere_and_the_workers_let_go(
                          lambda: {m.name: state(m, uuid) for m in members})
         await wait_until(lambda: _quiet(members, uuid), "nothing of the deleted job runs or travels",
                          lambda: render_pids(uuid))
-    assert all(_gone(pid) for pid in pids), "a render process outlived the delete"
+    assert not any(alive(pid) for pid in pids), "a render process outlived the delete"
     for m in members:
         assert doc_of(m, uuid) is None and m.node.book.docs[uuid].deleted is not None
         assert not [n for n in os.listdir(os.path.join(m.node.prefs.state_dir, "work")) if uuid in n]
