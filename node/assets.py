@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 
 import trio
@@ -39,6 +40,7 @@ from .swarm import FetchFailed, Swarm, bits_of
 
 log = logging.getLogger("rendernode.assets")
 F = NetRenderFlags
+FETCH_ROUNDS = 3  #: fetch + materialise rounds before a chunk that keeps vanishing fails the task
 _POV_INCLUDE = re.compile(r'#include\s+"([^"]+)"')
 _POV_FILE = re.compile(r'\b(?:png|jpeg|jpg|tga|tiff|gif|ppm|pgm|sys|exr|hdr|iff|df3)\s+"([^"]+)"', re.I)
 
@@ -164,10 +166,34 @@ class Assets:
                 if origin != self.me and origin not in self.swarm.holdings.get(mid, {}):
                     n = len(manifest.chunk_ids())
                     self.swarm.holdings.setdefault(mid, {})[origin] = bits_of(range(n), n)
-                await self.swarm.fetch(manifest, self._sources(doc))
-                await trio.to_thread.run_sync(self._materialize, manifest, dest)
+                for attempt in range(1, FETCH_ROUNDS + 1):
+                    await self.swarm.fetch(manifest, self._sources(doc))
+                    try:
+                        await trio.to_thread.run_sync(self._materialize, manifest, dest)
+                        break
+                    except (KeyError, CorruptChunk) as exc:  # dropped since (damaged, gc): again
+                        if attempt == FETCH_ROUNDS:
+                            raise FetchFailed(f"chunks of {mid[:12]} keep vanishing: {exc}") from None
+                        log.warning("a chunk of %s vanished before it was materialised (%s); "
+                                    "fetching again", mid[:12], exc)
         root = str(doc.value("asset_root") or "/")
         return os.path.join(dest, *str(doc.value("scene_rel")).split("/")), {root: dest}
+
+    def prune(self, live: set[str]) -> int:
+        """Remove the materialised copies of manifests not in ``live`` (blocking); how many."""
+        removed = 0
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            lock = self._locks.get(name)
+            if name in live or (lock is not None and lock.locked()):
+                continue
+            shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+            self._locks.pop(name, None)
+            removed += 1
+        return removed
 
     def _materialize(self, manifest: Manifest, dest: str) -> None:
         self.store.materialize(manifest, dest)
@@ -188,9 +214,14 @@ class Assets:
         if (flags & F.NETRENDERFLAGS_NOREQUESTONDEMAND and doc.value("state") == "queued"
                 and self.share and str(doc.value("renderer")) in self.renderers
                 and doc.uuid not in self._pushing and self._nursery is not None
-                and str(doc.value("origin")) != self.me):
+                and str(doc.value("origin")) != self.me and self._may_render(doc)):
             self._pushing.add(doc.uuid)
             self._nursery.start_soon(self._push, doc.uuid)
+
+    def _may_render(self, doc: JobDoc) -> bool:
+        """False if the job names the machines that render it and this is not one."""
+        wanted = doc.value("machines") or []
+        return not wanted or self.me in wanted or self.peers.prefs.name in wanted
 
     async def _pin(self, job: str, mid: str) -> None:
         manifest = await trio.to_thread.run_sync(self.store.manifest, mid)

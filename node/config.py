@@ -53,7 +53,7 @@ class Preferences:
     lease: float = 5.0  #: seconds an assignment lives without a progress report
     watch: list[str] = field(default_factory=list)  #: folders whose new scene files become jobs
     asset_cache_mb: int = 0  #: cap of the chunk store; 0 = no cap (queued jobs' assets are never evicted)
-    serve_slots_rendering: int = 2  #: chunk uploads at once while this node renders (16 when idle)
+    serve_slots_rendering: int = 2  #: chunk uploads at once while this node renders (3 when idle)
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
     wake_on_lan: bool = True  #: send Wake-on-LAN to offline machines while queued tasks wait
     output_dirs: list[str] = field(default_factory=list)  #: folders render output goes to (the systemd unit may write only there)

@@ -367,9 +367,10 @@ class JobsApi:
         return {"assets": manifests, "store_bytes": used, "results": self.results.repository()}
 
     async def repository_gc(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        """Drop manifests and chunks no live job uses."""
+        """Drop manifests, chunks and materialised copies no live job uses."""
         if self.assets is None:
             return {"manifests": 0, "bytes": 0}
         live = {str(d.value("assets")) for d in self.jobs.book.live() if d.value("assets")}
         manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live)
+        await trio.to_thread.run_sync(self.assets.prune, live)
         return {"manifests": manifests, "bytes": freed}

@@ -155,12 +155,14 @@ class Replication:
                         patience: float = REPLICATE_TIMEOUT) -> int:
         """Send ``deltas`` to every live peer; return once ``want`` of them have them
         on disk (and have done ``then``, e.g. fetched the job's assets), or every
-        peer answered, or ``patience`` seconds passed: the count."""
+        peer answered, or ``patience`` seconds passed: the count.  Only ``want``
+        peers do ``then`` at a time; another takes the place of one that fails."""
         sessions = list(self.peers.sessions.values())
         if want <= 0 or not sessions:
             return 0
         messages = batches([p for d in deltas for p in split(d)])
         acked = 0
+        doers = trio.CapacityLimiter(want)
         enough = trio.Event()
         answered = 0
 
@@ -172,7 +174,8 @@ class Replication:
                     if not isinstance(reply, Reply):
                         raise SessionLost("unexpected answer")
                 if then is not None:
-                    await then(session)
+                    async with doers:
+                        await then(session)
                 acked += 1
             except (SessionLost, ProtocolError, RequestFailed) as exc:
                 log.info("replica %s did not take the job: %s", session.uuid, exc)

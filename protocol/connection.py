@@ -190,6 +190,11 @@ class PeerConnection:
 
     # -- output -------------------------------------------------------------
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """True while ``data_to_send`` would return bytes (handshake messages, a reject)."""
+        return bool(self._outbox)
+
     def data_to_send(self) -> bytes:
         """Bytes the handshake produced that must be written before anything else."""
         out = bytes(self._outbox)

@@ -1,0 +1,45 @@
+"""Fixtures for the asset tests: isolation from the host's config file, short
+directories in memory for Unix sockets and stores, a fresh farm token per test.
+
+The in-process farms come from ``tests/jobs/jobs_harness.py`` (nodes on
+loopback that find each other by static addresses only), put on sys.path here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "jobs"):
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
+
+from jobs_harness import FAST_TMP  # noqa: E402
+
+from node import config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.load(None) must not read the host's /etc/rendernode/rendernode.toml."""
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "no-such-rendernode.toml")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory (Unix socket paths hold 108 bytes at most), in memory where possible."""
+    path = Path(tempfile.mkdtemp(prefix="rna-", dir=FAST_TMP))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def token() -> bytes:
+    """A farm token no other test (or other run on this machine) shares."""
+    return secrets.token_urlsafe(32).encode()
