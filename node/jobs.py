@@ -283,7 +283,7 @@ class Jobs:
             out.append({
                 "task": tid, "frame": frames[0], "frames": format_frames(frames),
                 "state": TASK_STATES[Phase(s.phase)] if s.done or s.phase < Phase.FAILED else "queued",
-                "render_time": s.render_time, "machines": list(s.machines), "attempt": s.attempt,
+                "render_time": s.render_time, "machines": list(s.machines), "attempt": s.attempt, "failures": s.failures,
                 "worker": s.worker, "error": s.error,
             })
         return out

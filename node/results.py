@@ -290,7 +290,7 @@ class Results:
         self.jobs.set_task(doc, offer.task, TaskState(
             gen=doc.gen, done=1, attempt=cur.attempt, phase=Phase.SUCCEEDED,
             stamp=self.jobs.book.stamp(), machines=machines,
-            render_time=max(total, cur.render_time), term=cur.term))
+            render_time=max(total, cur.render_time), term=cur.term, failures=cur.failures))
 
     # -- listing and clearing -----------------------------------------------------------
 

@@ -7,8 +7,10 @@ joining), never by polling, so an idle worker gets work as soon as it exists.
 
 Assignments are leases: a worker's progress reports renew them; a lease that
 lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
-after ``retries`` attempts the task fails.  A worker whose session ends loses
-its leases at once.  Every Assign and Cancel carries the server's term.
+after ``retries`` attempts that failed in the render the task fails.  An
+attempt lost with its worker (gone, silent, or giving the task up as it shuts
+down) is not the task's fault and does not count, up to ``LOST_LIMIT`` times
+the retries in all.  A worker whose session ends loses its leases at once.  Every Assign and Cancel carries the server's term.
 
 Prefetch (queue depth ``DEPTH`` = 2): a worker holds at most one task waiting
 behind the one it renders, so it starts the next task the moment the current
@@ -65,6 +67,7 @@ log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
 ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
 DEPTH = 2  #: tasks a worker holds at once: the one it renders and one waiting
+LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
 
 class LocalWorker(Protocol):
@@ -383,7 +386,7 @@ class Scheduler:
         state = TaskState(gen=doc.gen, done=0, attempt=cur.attempt, phase=Phase.ASSIGNED,
                           stamp=self.book.stamp(), worker=worker,
                           machines=tuple(dict.fromkeys((*cur.machines, worker))),
-                          lease_until=time.time() + self.lease_time, term=term)
+                          lease_until=time.time() + self.lease_time, term=term, failures=cur.failures)
         self.jobs.set_task(doc, tid, state)
         self._add_lease((doc.uuid, tid), Lease(worker, doc.gen, cur.attempt, time.monotonic() + self.lease_time,
                                                prefetched=prefetch))
@@ -488,16 +491,23 @@ class Scheduler:
         self._requeue(doc, msg.task, task_current(doc, msg.task), reason)
 
     def _requeue(self, doc: JobDoc, tid: int, cur: TaskState, reason: str, count: bool = True) -> None:
+        """Queue ``tid`` again as a new attempt.  Only attempts that failed in the render
+        (``count``) use up the job's retries; one whose worker went away, gave it up while
+        shutting down or fell silent did not fail, but ``LOST_LIMIT`` times the retries
+        of those (a frame that takes down every machine it reaches) fail it too."""
         attempt = cur.attempt + 1
-        if count and attempt >= self.retries:
+        failures = cur.failures + (1 if count else 0)
+        if (count and failures >= self.retries) or attempt >= self.retries * LOST_LIMIT:
             state = TaskState(gen=doc.gen, done=1, attempt=attempt, phase=Phase.FAILED,
                               stamp=self.book.stamp(), machines=cur.machines, error=reason,
-                              render_time=cur.render_time, term=self.election.term)
-            self.jobs.add_log(doc, f"task {tid} failed after {attempt} attempts: {reason}")
+                              render_time=cur.render_time, term=self.election.term, failures=failures)
+            what = f"{attempt} attempts" if failures == attempt else \
+                f"{attempt} attempts ({failures} failed in the render, {attempt - failures} lost with the worker)"
+            self.jobs.add_log(doc, f"task {tid} failed after {what}: {reason}")
         else:
             state = TaskState(gen=doc.gen, done=0, attempt=attempt, phase=Phase.QUEUED,
                               stamp=self.book.stamp(), machines=cur.machines, error=reason,
-                              term=self.election.term)
+                              term=self.election.term, failures=failures)
         self.jobs.set_task(doc, tid, state)
 
     def _lost_worker(self, worker: str, reason: str) -> None:
@@ -515,7 +525,7 @@ class Scheduler:
         if cur.done or (cur.gen, cur.attempt) != (lease.gen, lease.attempt):
             return
         self.jobs.add_log(doc, f"task {key[1]} on {lease.worker}: {reason}; re-queued")
-        self._requeue(doc, key[1], cur, reason)
+        self._requeue(doc, key[1], cur, reason, count=False)
 
     def _check(self) -> float:
         """Lapse leases of offline workers and expired ones; return seconds to the next deadline.

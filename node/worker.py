@@ -336,7 +336,8 @@ class Worker:
         self.jobs.set_task(doc, msg.task, TaskState(
             gen=msg.gen, done=0 if msg.outputs else 1, attempt=msg.attempt, phase=phase,
             stamp=self.jobs.book.stamp(), worker=self.me,
-            machines=tuple(dict.fromkeys((*cur.machines, self.me))), render_time=elapsed, term=msg.term))
+            machines=tuple(dict.fromkeys((*cur.machines, self.me))), render_time=elapsed, term=msg.term,
+            failures=cur.failures))
         self.rendered += 1
         if msg.outputs:
             self.results.wake()

@@ -79,6 +79,7 @@ class TaskState:
     error: str = ""
     lease_until: float = 0.0  #: server clock (wall seconds) when the lease lapses
     term: int = 0  #: the server term that assigned it
+    failures: int = 0  #: attempts that failed in the render (a lost worker is not the task's fault)
 
     @property
     def key(self) -> tuple[int, int, int, int, Stamp]:
@@ -253,18 +254,24 @@ def _stamp(v: Any) -> Stamp:
 def task_to_wire(t: TaskState) -> list[Any]:
     """A task state as a msgpack-friendly list."""
     return [t.gen, t.done, t.attempt, t.phase, list(t.stamp), t.worker, list(t.machines),
-            t.render_time, t.error, t.lease_until, t.term]
+            t.render_time, t.error, t.lease_until, t.term, t.failures]
 
 
 def task_from_wire(v: Any) -> TaskState:
     """Inverse of ``task_to_wire``; RemoteProtocolError if malformed."""
     try:
-        gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v
+        if not isinstance(v, (list, tuple)) or len(v) not in (11, 12):
+            raise ValueError("expected a list of 11 or 12 fields")
+        gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v[:11]
+        failures = int(v[11]) if len(v) == 12 else 0  # states stored before failures were counted apart
+        if failures < 0:
+            raise ValueError(f"failures must not be negative, not {failures!r}")
         if int(done) not in (0, 1):
             raise ValueError(f"done must be 0 or 1, not {done!r}")
         # a phase outside the enum would outrank every real state of its attempt
         state = TaskState(int(gen), int(done), int(attempt), int(Phase(int(phase))), _stamp(stamp), str(worker),
-                          tuple(str(m) for m in machines), float(rt), str(err), float(lease), int(term))
+                          tuple(str(m) for m in machines), float(rt), str(err), float(lease), int(term),
+                          failures)
     except (TypeError, ValueError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None
     return state

@@ -357,8 +357,14 @@ def test_job_wire_form_round_trips_through_msgpack(data: st.DataObject) -> None:
 
 
 def test_task_wire_form_round_trips() -> None:
-    state = TaskState(3, 1, 2, Phase.SUCCEEDED, (5, 6, "w"), "w", ("w", "v"), 2.5, "", 99.0, 4)
+    state = TaskState(3, 1, 2, Phase.SUCCEEDED, (5, 6, "w"), "w", ("w", "v"), 2.5, "", 99.0, 4, 1)
     assert task_from_wire(wire_round_trip(task_to_wire(state))) == state
+
+
+def test_a_task_state_stored_before_failures_were_counted_reads_as_none_failed() -> None:
+    """Books written by a build whose task states had 11 fields still load."""
+    state = task_from_wire([3, 0, 2, Phase.QUEUED, [5, 6, "w"], "", ["w"], 0.0, "lost", 99.0, 4])
+    assert state.attempt == 2 and state.failures == 0
 
 
 GOOD_TASK = [0, 0, 0, 0, [1, 0, "a"], "", [], 0.0, "", 0.0, 0]
@@ -377,6 +383,8 @@ MALFORMED_JOBS: list[Any] = [
     {"uuid": "j", "t": [[0, [0, 0, 0, 0, [1, 0, "a"], "", [], "slow", "", 0.0, 0]]]},
     {"uuid": "j", "t": [[0, [0, 0, 0, 99, [1, 0, "a"], "", [], 0.0, "", 0.0, 0]]]},
     {"uuid": "j", "t": [[0, [0, 2, 0, 0, [1, 0, "a"], "", [], 0.0, "", 0.0, 0]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK, -1]]]}, {"uuid": "j", "t": [[0, [*GOOD_TASK, "one"]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK, 0, 0]]]}, {"uuid": "j", "t": [[0, "0000000000000"]]},
     {"uuid": "j", "l": 3}, {"uuid": "j", "l": [[[1, 0, "a"]]]}, {"uuid": "j", "l": [[[1, 0], "x"]]},
     {"uuid": "j", "l": [["stamp", "x"]]},
 ]

@@ -16,6 +16,7 @@ from render_harness import (
     alive,
     doc_of,
     frame_files,
+    log_lines,
     mid_frame,
     render_pids,
     stamps,
@@ -91,7 +92,7 @@ async def test_stop_kills_the_renders_and_start_renders_the_rest(
     kept = stamps(frame_files(out))
     assert await origin.call(lambda c: c.init_and_start_rendering_full_async(uuid))
     with trio.fail_after(60):
-        assert await wait_state(origin, uuid, "done", "failed") == "done"
+        assert await wait_state(origin, uuid, "done", "failed") == "done", "\n".join(log_lines(origin, uuid))
     assert sorted(frame_files(out)) == list(range(1, 13))
     rows = tasks(origin, uuid)
     assert all(r["state"] == "done" for r in rows)

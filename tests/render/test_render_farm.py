@@ -33,7 +33,7 @@ async def test_a_job_renders_on_several_machines_exactly_as_on_one(
     out = short_dir / "out"
     uuid = await submit(a, farm.scene, frames="1-6", rdata=SMALL, output=str(out / "frame_####.png"))
     with trio.fail_after(60):
-        assert await wait_state(a, uuid, "done", "failed") == "done"
+        assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
 
     got = frame_files(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
@@ -62,7 +62,7 @@ async def test_a_worker_that_dies_mid_frame_loses_only_that_attempt(
     """The victim is cancelled (its node gone at once, its session with it) while
     its render process is running; the server re-queues the task as a new
     attempt and another machine renders it."""
-    members, server = await farm.ready("a", "b", "c")
+    members, server = await farm.ready("a", "b", "c", retries=1)
     victim = next(m for m in members if m is not server)
     out = short_dir / "out"
     uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
@@ -77,7 +77,7 @@ async def test_a_worker_that_dies_mid_frame_loses_only_that_attempt(
     assert not render_pids(its_renders), "the render process outlived its node"
 
     with trio.fail_after(90):
-        assert await wait_state(server, uuid, "done", "failed") == "done"
+        assert await wait_state(server, uuid, "done", "failed") == "done", "\n".join(log_lines(server, uuid))
     assert sorted(frame_files(out)) == list(range(1, 9))
     rows = tasks(server, uuid)
     assert all(r["state"] == "done" for r in rows)
@@ -94,8 +94,10 @@ async def test_a_task_its_worker_gives_up_while_shutting_down_goes_back_to_the_q
     """A worker shutting down stops its render and reports it stopped
     (USERBREAK) before its sessions close.  The server did not cancel that
     task, so it must re-queue it; it used to drop the lease only, leaving the
-    task assigned to a machine that was gone, and the job never ended."""
-    members, server = await farm.ready("a", "b", "c")
+    task assigned to a machine that was gone, and the job never ended.  With
+    one attempt allowed, it also shows that a task lost with its worker (given
+    up, or gone with the node) does not use up the job's retries."""
+    members, server = await farm.ready("a", "b", "c", retries=1)
     victim = next(m for m in members if m is not server)
     out = short_dir / "out"
     uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
@@ -111,9 +113,9 @@ async def test_a_task_its_worker_gives_up_while_shutting_down_goes_back_to_the_q
     await victim.stop()
 
     with trio.fail_after(60):
-        assert await wait_state(server, uuid, "done", "failed") == "done"
+        assert await wait_state(server, uuid, "done", "failed") == "done", "\n".join(log_lines(server, uuid))
     assert sorted(frame_files(out)) == list(range(1, 9))
     row = tasks(server, uuid)[given_up]
-    assert row["state"] == "done" and row["attempt"] >= 1
+    assert row["state"] == "done" and row["attempt"] >= 1 and row["failures"] == 0, row
     assert f"task {given_up} on {victim.uuid}: the worker gave it up (stopped); re-queued" \
         in log_lines(server, uuid)

@@ -14,6 +14,7 @@ from render_harness import (
     cli,
     cli_run,
     frame_files,
+    log_lines,
     same_pixels,
     sizes,
     submit,
@@ -29,7 +30,7 @@ async def test_results_are_listed_removed_one_by_one_and_cleared(farm: RenderFar
     uuid = await submit(origin, farm.scene, frames="1-3", rdata=SMALL, output=str(out / "frame_####.png"),
                         flags=["SAVERESULTSINREPOSITORY"])
     with trio.fail_after(60):
-        assert await wait_state(origin, uuid, "done", "failed") == "done"
+        assert await wait_state(origin, uuid, "done", "failed") == "done", "\n".join(log_lines(origin, uuid))
         # the repository copy travels on its own, after the submitter's
         await wait_until(lambda: len(server.node.results.repository()) == 1, "the copy in the repository")
 
@@ -65,6 +66,6 @@ async def test_results_are_listed_removed_one_by_one_and_cleared(farm: RenderFar
 
     await cli(origin, "start", uuid)  # and it renders again, into the new generation
     with trio.fail_after(60):
-        assert await wait_state(origin, uuid, "done", "failed") == "done"
+        assert await wait_state(origin, uuid, "done", "failed") == "done", "\n".join(log_lines(origin, uuid))
     assert sorted(frame_files(out)) == [1, 2, 3]
     assert sorted(r["frame"] for r in await cli(origin, "results", uuid)) == [1, 2, 3]

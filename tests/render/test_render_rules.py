@@ -66,7 +66,7 @@ async def test_a_machine_that_keeps_failing_is_excluded_from_the_job(farm: Rende
     uuid = await submit(good1, farm.scene, frames="1-10", renderer="command",
                         rdata={"command": FAILS_ON_BAD}, flags=["EXCLUDECLIENTONRENDERINGERROR"])
     with trio.fail_after(60):
-        assert await wait_state(good1, uuid, "done", "failed") == "done"
+        assert await wait_state(good1, uuid, "done", "failed") == "done", "\n".join(log_lines(good1, uuid))
     lines = log_lines(good1, uuid)
     assert f"machine {bad.uuid} excluded from this job after 2 failures" in lines, lines
     failures = [ln for ln in lines if re.match(rf"task \d+ attempt \d+ failed on {bad.uuid}:", ln)]
@@ -154,7 +154,7 @@ async def test_a_job_renders_only_on_the_machines_it_names(farm: RenderFarm, sho
                            output=str(short_dir / "c" / "f_##.png"))
     with trio.fail_after(60):
         for uuid in (by_name, by_uuid):
-            assert await wait_state(a, uuid, "done", "failed") == "done"
+            assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
     assert {m for r in tasks(a, by_name) for m in r["machines"]} == {b.uuid}
     assert {m for r in tasks(a, by_uuid) for m in r["machines"]} == {c.uuid}
     assert {r["machine"] for r in await a.call(lambda cl: cl.results(by_name))} == {b.uuid}

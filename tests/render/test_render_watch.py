@@ -19,6 +19,7 @@ from render_harness import (
     RenderFarm,
     creator_name,
     frame_files,
+    log_lines,
     settled,
     small_scene,
     wait_state,
@@ -140,5 +141,5 @@ async def test_a_scene_still_being_written_waits_until_it_holds_still(
     assert doc.value("frames") == "1-2"  # read from the whole scene
     assert creator_name(watcher, uuid) == "WATCHDIRECTORY"
     with trio.fail_after(30):
-        assert await wait_state(watcher, uuid, "done", "failed") == "done"
+        assert await wait_state(watcher, uuid, "done", "failed") == "done", "\n".join(log_lines(watcher, uuid))
     assert sorted(frame_files(folder / "output", "growing_")) == [1, 2]
