@@ -114,6 +114,7 @@ class Scheduler:
         self.busy: dict[str, list[tuple[str, int]]] = {}  #: worker -> tasks it holds, oldest first
         self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
         self.failures: dict[tuple[str, str], int] = {}
+        self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
         self.excluded: dict[str, set[str]] = {}
         self._queued: dict[str, list[int]] = {}  #: scheduled job -> heap of its queued tids
         self._open: dict[str, set[int]] = {}  #: scheduled job -> its tids not done
@@ -247,6 +248,8 @@ class Scheduler:
         self._frames.pop(job, None)
         self._settled.discard(job)
         self._order = None
+        for key in [k for k in self.losses if k[0] == job]:
+            del self.losses[key]
 
     def _reset(self) -> None:
         self._able.clear()
@@ -289,7 +292,7 @@ class Scheduler:
             if doc is not None and doc.deleted is None and not lease.finished:
                 cur = task_current(doc, key[1])
                 if not cur.done:
-                    self._requeue(doc, key[1], cur, reason, count=False)
+                    self._requeue(doc, key[1], cur, reason, count=False, lost=True)
             self._send_soon(lease.worker, Cancel(job=job, task=key[1], term=self.election.term, reason=reason))
 
     # -- assignment -------------------------------------------------------------------
@@ -490,19 +493,23 @@ class Scheduler:
             self.jobs.add_log(doc, f"machine {worker} excluded from this job after {count} failures")
         self._requeue(doc, msg.task, task_current(doc, msg.task), reason)
 
-    def _requeue(self, doc: JobDoc, tid: int, cur: TaskState, reason: str, count: bool = True) -> None:
+    def _requeue(self, doc: JobDoc, tid: int, cur: TaskState, reason: str, count: bool = True,
+                 lost: bool = False) -> None:
         """Queue ``tid`` again as a new attempt.  Only attempts that failed in the render
-        (``count``) use up the job's retries; one whose worker went away, gave it up while
-        shutting down or fell silent did not fail, but ``LOST_LIMIT`` times the retries
-        of those (a frame that takes down every machine it reaches) fail it too."""
+        (``count``) use up the job's retries.  One ``lost`` with its worker (gone, silent,
+        given up while shutting down) did not fail, but ``LOST_LIMIT`` times the retries
+        of those (a frame that takes down every machine it reaches) fail it too; a
+        worker refusing a task (busy) is neither."""
         attempt = cur.attempt + 1
         failures = cur.failures + (1 if count else 0)
-        if (count and failures >= self.retries) or attempt >= self.retries * LOST_LIMIT:
+        losses = self.losses.get((doc.uuid, tid), 0) + (1 if lost else 0)
+        if lost:
+            self.losses[(doc.uuid, tid)] = losses
+        if (count and failures >= self.retries) or (lost and losses >= self.retries * LOST_LIMIT):
             state = TaskState(gen=doc.gen, done=1, attempt=attempt, phase=Phase.FAILED,
                               stamp=self.book.stamp(), machines=cur.machines, error=reason,
                               render_time=cur.render_time, term=self.election.term, failures=failures)
-            what = f"{attempt} attempts" if failures == attempt else \
-                f"{attempt} attempts ({failures} failed in the render, {attempt - failures} lost with the worker)"
+            what = f"{failures} failed attempts" if count else f"its worker was lost {losses} times"
             self.jobs.add_log(doc, f"task {tid} failed after {what}: {reason}")
         else:
             state = TaskState(gen=doc.gen, done=0, attempt=attempt, phase=Phase.QUEUED,
@@ -525,7 +532,7 @@ class Scheduler:
         if cur.done or (cur.gen, cur.attempt) != (lease.gen, lease.attempt):
             return
         self.jobs.add_log(doc, f"task {key[1]} on {lease.worker}: {reason}; re-queued")
-        self._requeue(doc, key[1], cur, reason, count=False)
+        self._requeue(doc, key[1], cur, reason, count=False, lost=True)
 
     def _check(self) -> float:
         """Lapse leases of offline workers and expired ones; return seconds to the next deadline.

@@ -57,7 +57,7 @@ async def test_a_command_that_fails_fails_the_job_after_its_retries(farm: Render
         tries = [ln for ln in lines if ln.startswith(f"task {tid} attempt ")]
         assert len(tries) == 2 and all("ERRORLOADINGPROJECT: command exited with status 1" in ln
                                        for ln in tries), lines
-        assert any(ln.startswith(f"task {tid} failed after 2 attempts") for ln in lines), lines
+        assert any(ln.startswith(f"task {tid} failed after 2 failed attempts") for ln in lines), lines
     assert "job failed" in lines
 
 

@@ -108,6 +108,10 @@ def wait_done(farm: Farm, hosts: Sequence[Host], uuids: Sequence[str], timeout: 
             listed = jobs_of(farm, h)
             for u in uuids:
                 j = listed.get(u)
+                if j is not None and j["state"] == "failed":  # it cannot end done any more: say why
+                    lines = [e["line"] for e in farm.call(h, "job", job=u)["log"]]
+                    raise AssertionError(f"{what}: job {u[:8]} failed on {h.name}; its log:\n"
+                                         + "\n".join(lines[-40:]))
                 if j is None or j["state"] != "done" or j["frames_done"] != j["frames_total"]:
                     pending.setdefault(h.name, []).append(
                         f"{u[:8]} " + ("missing" if j is None
