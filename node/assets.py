@@ -236,6 +236,8 @@ class Assets:
             log.info("assets of job %s are here (pushed at start)", job)
         except (FetchFailed, CorruptChunk, OSError, ProtocolError, SessionLost) as exc:
             log.warning("fetching the assets of job %s at start failed: %s", job, exc)
+        finally:
+            self._pushing.discard(job)  # the job's next change tries again if it failed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery pushes run in; announce the manifests we hold."""
@@ -245,6 +247,6 @@ class Assets:
                 mid = str(doc.value("assets") or "")
                 if mid:
                     self.swarm.announce(mid)
-                    nursery.start_soon(self._pin, doc.uuid, mid)
+                    self._on_change(doc, doc)  # pin; a push cut short by a crash resumes
             task_status.started()
             await trio.sleep_forever()

@@ -1,15 +1,16 @@
-"""System test on a 4-host bed: one job's 8 MiB asset reaches every worker
-through the swarm, and a worker cut off in the middle of its transfer picks it
-up where it stopped once it is back.
+"""System tests on a 4-host bed: one job's 8 MiB asset reaches every worker
+through the swarm, and a worker cut off in the middle of its transfer, or whose
+daemon is SIGKILLed and restarted there, picks it up where it stopped.
 
 The hosts find each other by multicast mDNS; every link is capped at
 ``LINK`` so the transfer lasts long enough to be cut half way.  The job
 (renderer ``command``, rdata ``assets``) is submitted with NOREQUESTONDEMAND on
 a host that is not the server, so every worker fetches the asset as the job
-starts.  The victim is a worker that is neither the origin nor the server; it
-is cut (a black hole at its bridge port) once its repository shows some but
-not all of the chunks, stays cut past the liveness window (its sessions end),
-and is uncut.  Its count of chunks never goes down (nothing it held is thrown
+starts.  The victim is a worker that is neither the origin nor the server.
+Once its repository shows some but not all of the chunks it is either cut (a
+black hole at its bridge port), stays cut past the liveness window (its
+sessions end) and is uncut; or its daemon is SIGKILLed and started again on
+the same state dir (the fetch resumes as the node starts).  Its count of chunks never goes down (nothing it held is thrown
 away or fetched again), and every worker ends with the same verified bytes:
 each one's repository holds every chunk and its materialised copy hashes like
 the original.
@@ -71,7 +72,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def test_every_worker_gets_the_asset_and_a_cut_worker_resumes(farm: Farm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("interrupt", ["cut", "kill"])
+def test_every_worker_gets_the_asset_and_an_interrupted_worker_resumes(
+        farm: Farm, tmp_path: Path, interrupt: str) -> None:
     hosts = farm.bed.hosts
     _, _, statuses = farm.election(hosts)
     server_name = next(n for n, s in statuses.items() if s["role"] == "server")
@@ -113,16 +116,32 @@ def test_every_worker_gets_the_asset_and_a_cut_worker_resumes(farm: Farm, tmp_pa
         return 0 < here < total, f"{victim.name} holds {here} of {total or '?'} chunks"
 
     poll_until(victim_half_way, 30, f"{victim.name} is half way")
-    victim.cut()
-    cut_at = time.monotonic()
-    held_at_cut = seen[-1]
-    report(f"assets: {victim.name} cut holding {held_at_cut} chunks, "
-           f"{cut_at - t0:.1f} s after the submit")
-    time.sleep(CUT_FOR_S)
-    row = asset_row(farm, victim, manifest)
-    assert row is not None and row["chunks_here"] >= held_at_cut
-    held_while_cut = row["chunks_here"]
-    victim.uncut()
+    if interrupt == "cut":
+        victim.cut()
+        cut_at = time.monotonic()
+        held_at_cut = seen[-1]
+        report(f"assets: {victim.name} cut holding {held_at_cut} chunks, "
+               f"{cut_at - t0:.1f} s after the submit")
+        time.sleep(CUT_FOR_S)
+        row = asset_row(farm, victim, manifest)
+        assert row is not None and row["chunks_here"] >= held_at_cut
+        held_while_cut = row["chunks_here"]
+        victim.uncut()
+    else:
+        proc = victim.daemon
+        assert proc is not None
+        farm.forget_client(victim)
+        proc.kill()
+        assert proc.wait(5) == -9, f"{victim.name}'s daemon exited {proc.returncode}, not by SIGKILL"
+        held_at_cut = seen[-1]
+        report(f"assets: {victim.name} SIGKILLed holding at least {held_at_cut} chunks, "
+               f"{time.monotonic() - t0:.1f} s after the submit")
+        victim.restart_daemon()  # same token, arguments and state dir
+        farm.wait_answering([victim])
+        row = asset_row(farm, victim, manifest)
+        assert row is not None and row["chunks_here"] >= held_at_cut, (
+            f"{victim.name} restarted holding {row and row['chunks_here']} chunks, not >= {held_at_cut}")
+        held_while_cut = row["chunks_here"]
     uncut_at = time.monotonic()
     counts: list[int] = []
 
@@ -132,8 +151,9 @@ def test_every_worker_gets_the_asset_and_a_cut_worker_resumes(farm: Farm, tmp_pa
         counts.append(r["chunks_here"])
         return r["chunks_here"] == r["chunks"], f"{victim.name} holds {r['chunks_here']} of {r['chunks']}"
 
-    took = poll_until(victim_done, 30, f"{victim.name} completes after the uncut", since=uncut_at)
-    report(f"assets: {victim.name} held {held_while_cut} chunks when uncut and had all "
+    again = "uncut" if interrupt == "cut" else "restarted"
+    took = poll_until(victim_done, 30, f"{victim.name} completes once {again}", since=uncut_at)
+    report(f"assets: {victim.name} held {held_while_cut} chunks when {again} and had all "
            f"{took:.1f} s later")
     assert counts == sorted(counts), "no chunk it held was lost or fetched again"
 
@@ -144,8 +164,9 @@ def test_every_worker_gets_the_asset_and_a_cut_worker_resumes(farm: Farm, tmp_pa
         return not short, f"incomplete: {short}"
 
     poll_until(all_workers_done, 30, "every worker holds every chunk")
+    how = f"cut for {CUT_FOR_S} s" if interrupt == "cut" else "SIGKILLed and restarted"
     report(f"assets: every worker held the {SIZE >> 20} MiB asset {time.monotonic() - t0:.1f} s "
-           f"after the submit (one of them cut for {CUT_FOR_S} s)")
+           f"after the submit (one of them {how})")
     submitter.join(60)
     assert submitted.get("result_name") == "OK", submitted
     want = sha256_file(asset)
