@@ -511,7 +511,7 @@ class Swarm:
             self.transfers.forget(session, stream)
         if not isinstance(reply, Reply):
             raise RequestFailed("unexpected answer")
-        return bytes(sink)
+        return sink.data()
 
     # -- service -----------------------------------------------------------------------
 

@@ -23,19 +23,33 @@ def requested_stream() -> int:
     return 0x80000000 | (next(_requested_streams) & 0x7FFFFFFF)
 
 
+class Sink:
+    """The bulk records of one stream, kept as received and joined once at the end."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def data(self) -> bytes:
+        """Everything received, in order."""
+        return b"".join(self.parts)
+
+
 class Transfers:
     """Routes bulk records to the sinks waiting for them."""
 
     def __init__(self, peers: Peers) -> None:
-        self._sinks: dict[tuple[int, int], bytearray] = {}
+        self._sinks: dict[tuple[int, int], Sink] = {}
         peers.bulk_handler = self._on_bulk
 
     def _key(self, session: Session, stream: int) -> tuple[int, int]:
         return (id(session), stream)
 
-    def expect(self, session: Session, stream: int) -> bytearray:
+    def expect(self, session: Session, stream: int) -> Sink:
         """Collect the bulk records ``session`` sends on ``stream`` (see ``forget``)."""
-        sink = bytearray()
+        sink = Sink()
         self._sinks[self._key(session, stream)] = sink
         return sink
 
@@ -45,8 +59,9 @@ class Transfers:
 
     async def _on_bulk(self, session: Session, stream: int, data: bytes) -> None:
         sink = self._sinks.get(self._key(session, stream))
-        if sink is not None and len(sink) + len(data) <= MAX_SINK:
-            sink += data
+        if sink is not None and sink.size + len(data) <= MAX_SINK:
+            sink.parts.append(data)
+            sink.size += len(data)
 
 
 def write_atomic(path: str, data: bytes) -> None:
