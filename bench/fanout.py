@@ -16,7 +16,11 @@ host (the origin: the first host that is not the server) to the others:
 * libtorrent (if ``import libtorrent`` works): one libtorrent session per host
   (TCP only, uTP, DHT, LSD, UPnP and NAT-PMP off), every peer told every other
   peer's address, the origin seeding, on the same hosts and caps, after the
-  rendernode daemons are stopped.
+  rendernode daemons are stopped;
+* plain TCP: every host sends size / (hosts - 1) bytes of zeros to every
+  other host at once, one connection each (no protocol, crypto, disk, or
+  choice of source): what the bed and this machine carry at best, so the
+  swarm's figure can be read against it.
 
 Each mode uses a file of its own (fresh random bytes: no chunk is already on a
 worker).  The clock starts just before the submit (libtorrent: when the
@@ -76,6 +80,7 @@ TARGET_RATIO = 1.3
 SUBMIT_TIMEOUT = 120.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LT_PORT = 6881
+TCP_PORT = 6882
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?)b?\s*$", re.IGNORECASE)
 
 
@@ -347,13 +352,7 @@ def lt_agent(args: argparse.Namespace) -> int:
     """
     import libtorrent as lt
 
-    status = Path(args.status)
-
-    def report(text: str) -> None:
-        tmp = status.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, status)
-
+    report = _status_writer(args.status)
     ses = lt.session({
         "listen_interfaces": f"{args.addr}:{LT_PORT}",
         "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
@@ -383,39 +382,82 @@ def lt_agent(args: argparse.Namespace) -> int:
         time.sleep(3600)
 
 
-def run_libtorrent(bed: Any, origin_index: int, base: Path, size: int, timeout: float,
-                   poll: float) -> tuple[list[float], str]:
-    """A libtorrent session per host, the origin seeding; seconds until each other host seeds."""
-    src = base / "lt" / "seed" / "asset.bin"
-    random_file(src, size)
-    torrent = base / "lt" / "asset.torrent"
-    piece, pieces = make_torrent(src, torrent)
-    go = base / "lt" / "go"
-    addrs = ",".join(h.addr for h in bed.hosts)
-    procs = []
-    statuses = []
-    for i, host in enumerate(bed.hosts):
-        save = src.parent if i == origin_index else base / "lt" / host.name
-        save.mkdir(parents=True, exist_ok=True)
-        status = base / "lt" / f"{host.name}.status"
-        statuses.append(status)
-        argv = [sys.executable, str(Path(__file__).resolve()), "--lt-agent", "--torrent",
-                str(torrent), "--save", str(save), "--addr", host.addr, "--peers", addrs,
-                "--go", str(go), "--status", str(status)] + (["--seed"] if i == origin_index else [])
-        procs.append(host.spawn(argv, log_path=host.dir / "libtorrent.log"))
+def _status_writer(path: str) -> Any:
+    status = Path(path)
+
+    def report(text: str) -> None:
+        tmp = status.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, status)
+
+    return report
+
+
+def tcp_agent(args: argparse.Namespace) -> int:
+    """One host of the plain-TCP ceiling (run by the bench, not by hand).
+
+    Listens on ``TCP_PORT``, writes ``ready``, waits for ``--go``, then sends
+    ``--bytes`` to every other host at once over one TCP connection each and
+    writes ``done <seconds>`` once it has received as much from every other.
+    """
+    import socket
+
+    report = _status_writer(args.status)
+    peers = [p for p in args.peers.split(",") if p and p != args.addr]
+    each = int(args.bytes)
+    srv = socket.create_server((args.addr, TCP_PORT), backlog=len(peers) + 4)
+    got = [0]
+    lock = threading.Lock()
+
+    def receive(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 18):
+            with lock:
+                got[0] += len(data)
+
+    def accept() -> None:
+        for _ in peers:
+            conn, _ = srv.accept()
+            threading.Thread(target=receive, args=(conn,), daemon=True).start()
+
+    def send(peer: str) -> None:
+        block = bytes(1 << 16)
+        with socket.create_connection((peer, TCP_PORT)) as conn:
+            left = each
+            while left > 0:
+                left -= conn.send(block[:min(left, len(block))])
+
+    threading.Thread(target=accept, daemon=True).start()
+    report("ready")
+    go = Path(args.go)
+    while not go.exists():
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    for peer in peers:
+        threading.Thread(target=send, args=(peer,), daemon=True).start()
+    while got[0] < each * len(peers):
+        time.sleep(0.01)
+    report(f"done {time.monotonic() - t0:.3f}")
+    while True:
+        time.sleep(3600)
+
+
+def run_agents(bed: Any, argvs: list[list[str]], statuses: list[Path], go: Path, waiting: set[int],
+               label: str, timeout: float, poll: float) -> list[float]:
+    """Start one agent per host, wait until all are ready, touch ``go``; seconds until
+    each host of ``waiting`` reports done (the agents' CPU is printed)."""
+    procs = [host.spawn(argv, log_path=host.dir / f"{label}.log") for host, argv in zip(bed.hosts, argvs, strict=True)]
     deadline = time.monotonic() + 30
     while not all(s.exists() for s in statuses):
         for p in procs:
             if not p.alive():
-                raise discovery.BenchError(f"a libtorrent agent died:\n{p.read_log()[-2000:]}")
+                raise discovery.BenchError(f"a {label} agent died:\n{p.read_log()[-2000:]}")
         if time.monotonic() > deadline:
-            raise discovery.BenchError("libtorrent agents did not get ready")
+            raise discovery.BenchError(f"{label} agents did not get ready")
         time.sleep(0.05)
     cpu0 = cpu_of([p.pid for p in procs])
     busy0 = machine_busy()
     t0 = time.monotonic()
     go.touch()
-    waiting = {i for i in range(len(bed.hosts)) if i != origin_index}
     done: list[float] = []
     while waiting:
         for i in sorted(waiting):
@@ -425,15 +467,53 @@ def run_libtorrent(bed: Any, origin_index: int, base: Path, size: int, timeout: 
                 waiting.discard(i)
         if waiting:
             if time.monotonic() - t0 > timeout:
-                raise discovery.BenchError(f"libtorrent: {len(waiting)} host(s) incomplete after "
+                raise discovery.BenchError(f"{label}: {len(waiting)} host(s) incomplete after "
                                            f"{timeout:.0f} s")
             time.sleep(poll)
     wall = time.monotonic() - t0
-    print("  " + cpu_line("libtorrent processes'", cpu0, cpu_of([p.pid for p in procs]),
+    print("  " + cpu_line(f"{label} processes'", cpu0, cpu_of([p.pid for p in procs]),
                           machine_busy() - busy0, wall), flush=True)
     for p in procs:
         p.kill()
-    return sorted(done), f"libtorrent {_lt_version()}, piece {piece >> 10} KiB x {pieces}"
+    return sorted(done)
+
+
+def run_tcp(bed: Any, base: Path, size: int, timeout: float, poll: float) -> list[float]:
+    """Plain TCP, every host to every other at once (``size`` / (hosts - 1) to each):
+    what the bed carries with no protocol, crypto, disk or choice of source."""
+    d = base / "tcp"
+    d.mkdir(parents=True, exist_ok=True)
+    addrs = ",".join(h.addr for h in bed.hosts)
+    each = size // (len(bed.hosts) - 1)
+    statuses = [d / f"{h.name}.status" for h in bed.hosts]
+    argvs = [[sys.executable, str(Path(__file__).resolve()), "--tcp-agent", "--addr", h.addr,
+              "--peers", addrs, "--bytes", str(each), "--go", str(d / "go"), "--status", str(st)]
+             for h, st in zip(bed.hosts, statuses, strict=True)]
+    return run_agents(bed, argvs, statuses, d / "go", set(range(len(bed.hosts))), "tcp", timeout, poll)
+
+
+def run_libtorrent(bed: Any, origin_index: int, base: Path, size: int, timeout: float,
+                   poll: float) -> tuple[list[float], str]:
+    """A libtorrent session per host, the origin seeding; seconds until each other host seeds."""
+    src = base / "lt" / "seed" / "asset.bin"
+    random_file(src, size)
+    torrent = base / "lt" / "asset.torrent"
+    piece, pieces = make_torrent(src, torrent)
+    go = base / "lt" / "go"
+    addrs = ",".join(h.addr for h in bed.hosts)
+    argvs = []
+    statuses = []
+    for i, host in enumerate(bed.hosts):
+        save = src.parent if i == origin_index else base / "lt" / host.name
+        save.mkdir(parents=True, exist_ok=True)
+        status = base / "lt" / f"{host.name}.status"
+        statuses.append(status)
+        argvs.append([sys.executable, str(Path(__file__).resolve()), "--lt-agent", "--torrent",
+                      str(torrent), "--save", str(save), "--addr", host.addr, "--peers", addrs,
+                      "--go", str(go), "--status", str(status)] + (["--seed"] if i == origin_index else []))
+    waiting = {i for i in range(len(bed.hosts)) if i != origin_index}
+    done = run_agents(bed, argvs, statuses, go, waiting, "libtorrent", timeout, poll)
+    return done, f"libtorrent {_lt_version()}, piece {piece >> 10} KiB x {pieces}"
 
 
 def _lt_version() -> str:
@@ -513,8 +593,15 @@ def run(args: argparse.Namespace) -> int:
                 times, what = run_libtorrent(bed, origin_index, base, size, args.timeout, args.poll)
                 results["libtorrent"] = times[-1]
                 print(f"libtorrent (TCP only, {what}): {fmt_times(times)}", flush=True)
+        if "tcp" in modes:
+            times = run_tcp(bed, base, size, args.timeout, args.poll)
+            results["tcp"] = times[-1]
+            print(f"plain TCP, every host to every other at once (the bed's ceiling here): "
+                  f"{fmt_times(times)}", flush=True)
         print(f"bound (size / link rate = {size / (1 << 20):g} MiB * 8 / {rate / 1e6:g} Mbit): "
               f"{bound:.1f} s")
+        if "tcp" in results:
+            print(f"plain TCP/bound: {results['tcp'] / bound:.2f}")
         if "swarm" in results and "libtorrent" in results:
             print(f"swarm/libtorrent: {results['swarm'] / results['libtorrent']:.2f}")
         if "origin" in results and "swarm" in results:
@@ -550,8 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=16, help="hosts in the bed (default 16)")
     parser.add_argument("--size", default="64MiB", help="asset size (default 64MiB)")
     parser.add_argument("--link", default="100mbit", help="cap of every host's link (default 100mbit)")
-    parser.add_argument("--modes", default="swarm,origin,libtorrent",
-                        help="comma-separated: swarm, origin, libtorrent (default all)")
+    parser.add_argument("--modes", default="swarm,origin,libtorrent,tcp",
+                        help="comma-separated: swarm, origin, libtorrent, tcp (default all)")
     parser.add_argument("--discovery", choices=["static", "mdns"], default="static",
                         help="how the daemons find each other (default static peers)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per mode")
@@ -564,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "rendernode mode and print their top functions")
     agent = parser.add_argument_group("libtorrent agent (internal)")
     agent.add_argument("--lt-agent", action="store_true", help=argparse.SUPPRESS)
+    agent.add_argument("--tcp-agent", action="store_true", help=argparse.SUPPRESS)
+    agent.add_argument("--bytes", help=argparse.SUPPRESS)
     agent.add_argument("--torrent", help=argparse.SUPPRESS)
     agent.add_argument("--save", help=argparse.SUPPRESS)
     agent.add_argument("--addr", help=argparse.SUPPRESS)
@@ -574,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.lt_agent:
         return lt_agent(args)
+    if args.tcp_agent:
+        return tcp_agent(args)
     if not 2 <= args.hosts <= 250:
         parser.error("--hosts must be between 2 and 250")
     try:
