@@ -115,6 +115,7 @@ class Scheduler:
         self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
         self.failures: dict[tuple[str, str], int] = {}
         self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
+        self.failed_on: dict[tuple[str, int], set[str]] = {}  #: task -> workers it failed on
         self.excluded: dict[str, set[str]] = {}
         self._queued: dict[str, list[int]] = {}  #: scheduled job -> heap of its queued tids
         self._open: dict[str, set[int]] = {}  #: scheduled job -> its tids not done
@@ -250,6 +251,8 @@ class Scheduler:
         self._order = None
         for key in [k for k in self.losses if k[0] == job]:
             del self.losses[key]
+        for key in [k for k in self.failed_on if k[0] == job]:
+            del self.failed_on[key]
 
     def _reset(self) -> None:
         self._able.clear()
@@ -349,29 +352,44 @@ class Scheduler:
             self._mark_nomachine(doc, not able)
             jobs.append((doc, able))
             if idle:
-                idle -= self._hand_out(doc, [w for w in able if w not in busy], keep=0)
+                idle -= self._hand_out(doc, [w for w in able if w not in busy], keep=0, able=able)
         blocked: set[str] = set()  # workers a job ahead still has queued tasks for
         for doc, able in jobs:
             if not self._queued.get(doc.uuid):
                 continue
             if len(self._queued[doc.uuid]) > len(able):
                 self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
-                                     and w not in blocked and w not in self._no_prefetch], keep=len(able))
+                                     and w not in blocked and w not in self._no_prefetch], keep=len(able),
+                               able=able)
             if self._queued.get(doc.uuid):  # queued tasks left: later jobs may not overtake them
                 blocked.update(able)
 
-    def _hand_out(self, doc: JobDoc, candidates: list[str], keep: int) -> int:
-        """Assign ``doc``'s queued tasks, lowest first, to ``candidates`` in order
-        while more than ``keep`` are queued (keep > 0: waiting tasks); the count."""
+    def _hand_out(self, doc: JobDoc, candidates: list[str], keep: int, able: list[str]) -> int:
+        """Assign ``doc``'s queued tasks, lowest first, to ``candidates`` while more
+        than ``keep`` are queued (keep > 0: waiting tasks); the count.  A task that
+        failed on a machine goes to another able machine that has not failed it
+        when there is one, so one bad machine cannot use up a task's retries."""
         heap = self._queued[doc.uuid]
+        free = list(candidates)
+        deferred: list[int] = []
         given = 0
-        while len(heap) > keep and given < len(candidates):
+        while len(heap) > keep and free:
             tid = heapq.heappop(heap)
             state = task_current(doc, tid)
             if state.done or state.phase != Phase.QUEUED or (doc.uuid, tid) in self.leases:
                 continue
-            self._assign(doc, tid, state, candidates[given], prefetch=keep > 0)
+            failed = self.failed_on.get((doc.uuid, tid), set())
+            worker = next((w for w in free if w not in failed), None)
+            if worker is None:
+                if any(w not in failed for w in able):
+                    deferred.append(tid)  # wait for a machine that has not failed it
+                    continue
+                worker = free[0]
+            free.remove(worker)
+            self._assign(doc, tid, state, worker, prefetch=keep > 0)
             given += 1
+        for tid in deferred:
+            heapq.heappush(heap, tid)
         return given
 
     def _mark_nomachine(self, doc: JobDoc, none: bool) -> None:
@@ -487,6 +505,7 @@ class Scheduler:
         flags = int(doc.value("flags", 0))
         count = self.failures.get((doc.uuid, worker), 0) + 1
         self.failures[(doc.uuid, worker)] = count
+        self.failed_on.setdefault((doc.uuid, msg.task), set()).add(worker)
         if flags & F.NETRENDERFLAGS_EXCLUDECLIENTONRENDERINGERROR and count >= self.exclude_after:
             self.excluded.setdefault(doc.uuid, set()).add(worker)
             self._able.pop(doc.uuid, None)
