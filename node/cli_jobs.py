@@ -46,12 +46,14 @@ def _cell(value: Any) -> str:
 @click.option("--name", help="job name (default: the scene's file name)")
 @click.option("--paused", is_flag=True, help="create the job without starting it")
 @click.option("--command", "template", help="command template for --renderer command: {scene} {frame} {start} {end} {output}")
+@click.option("--asset", "asset_paths", multiple=True, metavar="PATH",
+              help="a file the scene needs that is not found in it (repeatable); sent to the workers with it")
 @click.option("--wait", is_flag=True, help="show progress until the job ends; non-zero exit if it fails")
 @json_option
 @click.pass_context
 def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
-           wait: bool, as_json: bool) -> None:
+           asset_paths: tuple[str, ...], wait: bool, as_json: bool) -> None:
     """Submit a job (CreateRenderJob); prints its UUID."""
     from .watch import SCENE_TYPES, default_frames
 
@@ -59,12 +61,20 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         renderer = "command" if template else SCENE_TYPES.get(os.path.splitext(scene)[1].lower(), "builtin")
     if not os.path.exists(scene):
         raise click.BadParameter(f"{scene} does not exist", param_hint="SCENE")
+    for path in asset_paths:
+        if not os.path.isfile(path):
+            raise click.BadParameter(f"{path} is not a file", param_hint="--asset")
+    rdata: dict[str, Any] = {}
+    if template:
+        rdata["command"] = template
+    if asset_paths:
+        rdata["assets"] = [os.path.abspath(p) for p in asset_paths]
     c = client(ctx)
     result = c.create_render_job(
         os.path.abspath(scene), frames=frames or default_frames(scene, renderer), renderer=renderer,
         output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
         flags=list(flags), name=name, start=not paused,
-        rdata={"command": template} if template else None,
+        rdata=rdata or None,
     )
     if not wait:
         emit(result, as_json, lambda d: click.echo(d["uuid"]))

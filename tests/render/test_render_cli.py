@@ -56,3 +56,23 @@ def test_demo_renders_its_frames_and_a_contact_sheet(tmp_path: Path) -> None:
     sheet = read_png(str(out / "contact_sheet.png"))
     assert sheet.shape[1] > 4 * 160 and sheet.shape[0] > 90
     assert "4 frames written" in done.stdout and "farm stopped" in done.stdout
+
+
+async def test_submit_sends_the_asset_files_it_is_given_and_refuses_a_missing_one(
+        farm: RenderFarm, short_dir: Path) -> None:
+    (a, b), _ = await farm.ready("a", "b")
+    scene = small_scene(short_dir / "shot.json")
+    lut = short_dir / "grade.lut"
+    lut.write_bytes(bytes(range(256)) * 12_000)  # 3 MiB: more than one chunk
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--renderer", "command", "--command", "true",
+                                   "--asset", str(short_dir / "no-such.lut"))
+    assert code == 2 and "--asset" in err and "no-such.lut is not a file" in err, err + out
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--frames", "1-2", "--renderer", "command",
+                                   "--command", "true", "--asset", str(lut), "--wait", "--json")
+    assert code == 0, err + out
+    uuid = json.loads(out)["uuid"]
+    details = (await cli(a, "jobs", "--job", uuid, "--details", "assets"))[0]["assets"]
+    rows = [r for r in (await cli(a, "repo"))["assets"] if r["manifest"] == details["manifest"]]
+    assert len(rows) == 1 and rows[0]["files"] == 2, rows  # the scene and the asset
+    assert rows[0]["bytes"] == scene.stat().st_size + lut.stat().st_size, rows
+    assert rows[0]["chunks"] >= 3 and uuid in rows[0]["jobs"], rows
