@@ -28,7 +28,8 @@ from render_harness import (
 )
 
 from node import renderers
-from node.scheduler import DEPTH
+from node.scheduler import DEPTH, LOST_LIMIT
+from protocol.crdt import task_current
 
 needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
                                   reason="povray is not installed (Debian: apt-get install povray)")
@@ -166,3 +167,29 @@ async def test_a_job_renders_only_on_the_machines_it_names(farm: RenderFarm, sho
     assert {m for r in tasks(a, by_uuid) for m in r["machines"]} == {c.uuid}
     assert {r["machine"] for r in await a.call(lambda cl: cl.results(by_name))} == {b.uuid}
     assert summary(a, by_name)["machines"] == [b.name]
+
+
+async def test_a_task_that_keeps_losing_its_worker_fails_only_after_lost_limit_times_the_retries(
+        farm: RenderFarm) -> None:
+    """Lost attempts are free, but not forever: a frame that takes down every
+    machine it reaches fails after ``LOST_LIMIT`` x retries losses; a worker
+    refusing the task (busy) is not a loss at all."""
+    (a,), _ = await farm.ready("a", retries=2)
+    uuid = await submit(a, farm.scene, frames="1", start=False)
+    sched = a.node.scheduler
+
+    def requeue(**how: bool) -> dict[str, object]:
+        doc = doc_of(a, uuid)
+        assert doc is not None
+        sched._requeue(doc, 0, task_current(doc, 0), "test", **how)
+        return tasks(a, uuid)[0]
+
+    for _ in range(10):
+        row = requeue(count=False)  # refused as busy
+    assert row["state"] == "queued" and row["failures"] == 0, row
+    for _ in range(2 * LOST_LIMIT - 1):
+        row = requeue(count=False, lost=True)
+    assert row["state"] == "queued" and row["failures"] == 0, row
+    row = requeue(count=False, lost=True)
+    assert row["state"] == "failed" and row["failures"] == 0, row
+    assert f"task 0 failed after its worker was lost {2 * LOST_LIMIT} times: test" in log_lines(a, uuid)
