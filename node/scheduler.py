@@ -10,7 +10,8 @@ lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
 after ``retries`` attempts that failed in the render the task fails.  An
 attempt lost with its worker (gone, silent, or giving the task up as it shuts
 down) is not the task's fault and does not count, up to ``LOST_LIMIT`` times
-the retries in all.  A worker whose session ends loses its leases at once.  Every Assign and Cancel carries the server's term.
+the retries in all.  A worker whose session ends loses its leases at once.
+Every Assign and Cancel carries the server's term.
 
 Prefetch (queue depth ``DEPTH`` = 2): a worker holds at most one task waiting
 behind the one it renders, so it starts the next task the moment the current
@@ -294,8 +295,8 @@ class Scheduler:
             doc = self.book.docs.get(job)
             if doc is not None and doc.deleted is None and not lease.finished:
                 cur = task_current(doc, key[1])
-                if not cur.done:
-                    self._requeue(doc, key[1], cur, reason, count=False, lost=True)
+                if not cur.done:  # stopped by a user: neither a failure nor a loss
+                    self._requeue(doc, key[1], cur, reason, count=False)
             self._send_soon(lease.worker, Cancel(job=job, task=key[1], term=self.election.term, reason=reason))
 
     # -- assignment -------------------------------------------------------------------
