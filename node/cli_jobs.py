@@ -248,7 +248,7 @@ def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
     """A job's tasks: frame, state, render time, machines (CopyRenderTaskFrom)."""
     rows = client(ctx).copy_render_task_from(job)
     emit(rows, as_json, lambda r: _table(r, ["task", "frames", "state", "render_time", "machines",
-                                             "attempt", "error"]))
+                                             "attempt", "failures", "error"]))
 
 
 @main.command()
