@@ -175,6 +175,8 @@ class Replication:
                         raise SessionLost("unexpected answer")
                 if then is not None:
                     async with doers:
+                        if acked >= want:  # handed the slot as the last doer finished: not needed
+                            return
                         await then(session)
                 acked += 1
             except (SessionLost, ProtocolError, RequestFailed) as exc:
