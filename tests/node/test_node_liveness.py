@@ -257,3 +257,40 @@ async def test_malformed_dialback_addresses_from_a_peer_do_not_break_the_session
         await trio.sleep(5 * INTERVAL)
         assert a.peers.sessions.get(b.uuid) is session and a.uuid in b.peers.sessions
         nursery.cancel_scope.cancel()
+
+
+async def test_a_send_cancelled_in_the_middle_of_its_write_leaves_the_session_working(
+        make_side: Any, autojump_clock: trio.testing.MockClock) -> None:
+    """Records are encrypted before they are written, so a write stopped half way
+    (an end game dropping a duplicate chunk request) used to leave the peer a cut
+    record or a nonce gap: it failed every record after it and the session died.
+    The write now finishes; the caller is cancelled at its next checkpoint."""
+    token = secrets.token_urlsafe(32).encode()
+    a, b = make_side("cutA", token), make_side("cutB", token)
+    seen: list[int] = []
+
+    async def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
+        seen.append(msg.seq)
+
+    b.peers.handlers[Heartbeat] = on_heartbeat
+    async with trio.open_nursery() as nursery:
+        join(nursery, a, b)
+        await until(lambda: b.uuid in a.peers.sessions and a.uuid in b.peers.sessions)
+        session, theirs = a.peers.sessions[b.uuid], b.peers.sessions[a.uuid]
+        for _ in range(5):
+            with trio.CancelScope() as scope:
+                nursery.start_soon(lambda: _cancel_soon(scope))
+                await session.send_bulk_data(0x7FFF0001, bytes(8 << 20))  # more than the socket holds
+            assert scope.cancelled_caught
+        await session.send(Heartbeat(seq=4242))
+        with trio.fail_after(10):
+            await until(lambda: 4242 in seen)
+        assert a.peers.sessions.get(b.uuid) is session and b.peers.sessions.get(a.uuid) is theirs
+        assert not session.broken
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_soon(scope: trio.CancelScope) -> None:
+    for _ in range(3):
+        await trio.lowlevel.checkpoint()
+    scope.cancel()
