@@ -115,10 +115,15 @@ async def test_delete_mid_job_removes_it_everywhere_and_the_workers_let_go(
                          lambda: {m.name: state(m, uuid) for m in members})
         await wait_until(lambda: _quiet(members, uuid), "nothing of the deleted job runs or travels",
                          lambda: render_pids(uuid))
+
+        def workdirs() -> list[str]:  # removed in a thread once the worker let the task go
+            return [n for m in members for n in os.listdir(os.path.join(m.node.prefs.state_dir, "work"))
+                    if uuid in n]
+
+        await wait_until(lambda: not workdirs(), "no work folder of the deleted job left", workdirs)
     assert not any(alive(pid) for pid in pids), "a render process outlived the delete"
     for m in members:
         assert doc_of(m, uuid) is None and m.node.book.docs[uuid].deleted is not None
-        assert not [n for n in os.listdir(os.path.join(m.node.prefs.state_dir, "work")) if uuid in n]
         assert uuid not in {j["uuid"] for j in await m.call(lambda c: c.get_jobs_list())}
     arrived = set(frame_files(out))
     assert len(arrived) < 12
