@@ -479,15 +479,12 @@ class Peers:
                 nursery.start_soon(self._guard, s, self._heartbeats(s))
                 if s.initiator:  # a peer that dialed us has shown it can reach us
                     nursery.start_soon(self._guard, s, s.send(DialBack(addresses=self.advertised)))
-                try:
-                    with trio.CancelScope(deadline=trio.current_time() + window) as scope:
-                        s.cancel_scope = scope
-                        reason = await self._read_loop(s, scope, window, nursery)
-                    if scope.cancelled_caught:
-                        reason = s.lost_reason or f"missed {self.prefs.heartbeat_misses} heartbeats"
-                finally:
-                    s.break_off(reason)  # writes stuck on a peer that stopped reading end too
-                    nursery.cancel_scope.cancel()
+                with trio.CancelScope(deadline=trio.current_time() + window) as scope:
+                    s.cancel_scope = scope
+                    reason = await self._read_loop(s, scope, window, nursery)
+                if scope.cancelled_caught:
+                    reason = s.lost_reason or f"missed {self.prefs.heartbeat_misses} heartbeats"
+                nursery.cancel_scope.cancel()
         except* SessionLost as group:
             reason = _first_reason(group)
         except* ProtocolError as group:

@@ -9,7 +9,6 @@ and nowhere else.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import trio
@@ -55,43 +54,12 @@ class Session:
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[trio.Event, list[Message]]] = {}
-        self._writes: set[trio.CancelScope] = set()  #: writes in progress (see ``_write``)
-        self.broken = ""  #: why the session cannot send any more, once it cannot
 
     async def _write(self, data: bytes) -> None:
-        """Write records already encrypted.  Their nonces are spent: a record lost or
-        cut short would leave the peer unable to read anything after it (it fails
-        to authenticate).  So a caller's ``cancel()`` (an end game dropping a
-        duplicate request) does not stop the write; only the caller's deadline or
-        the session ending does, and that breaks the session."""
-        if self.broken:
-            raise SessionLost(self.broken)
-        deadline = trio.current_effective_deadline()
-        if deadline == -math.inf:  # cancelled already (its deadline passed, or cancel()): nothing is out yet
-            deadline = math.inf
-        scope = trio.CancelScope(shield=True, deadline=deadline)
-        self._writes.add(scope)
         try:
-            with scope:
-                await self.stream.send_all(data)
+            await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise SessionLost(f"connection to {self.remote_ip} broke: {exc}") from None
-        finally:
-            self._writes.discard(scope)
-        if scope.cancelled_caught:
-            reason = self.broken or f"a write to {self.remote_ip} was cut short (timed out)"
-            self.break_off(reason)
-            raise SessionLost(reason)
-
-    def break_off(self, reason: str) -> None:
-        """End the session: no more writes, the ones in progress stop, the reader ends."""
-        if not self.broken:
-            self.broken = reason
-            self.lost_reason = self.lost_reason or reason
-        for scope in list(self._writes):
-            scope.cancel()
-        if self.cancel_scope is not None:
-            self.cancel_scope.cancel()
 
     async def flush(self) -> None:
         """Write what the handshake produced (including a reject)."""
@@ -180,7 +148,6 @@ class Session:
 
     async def aclose(self) -> None:
         """Close the stream at once."""
-        self.break_off("closed")
         self.fail_pending()
         self.closed.set()
         await self.stream.aclose()
