@@ -34,6 +34,7 @@ from protocol.manifest import Manifest
 from .chunkstore import ChunkStore, CorruptChunk
 from .election import Election
 from .jobbook import JobBook
+from .jobs import renders_on
 from .peers import Peers
 from .session import SessionLost
 from .swarm import FetchFailed, Swarm, bits_of
@@ -214,14 +215,9 @@ class Assets:
         if (flags & F.NETRENDERFLAGS_NOREQUESTONDEMAND and doc.value("state") == "queued"
                 and self.share and str(doc.value("renderer")) in self.renderers
                 and doc.uuid not in self._pushing and self._nursery is not None
-                and str(doc.value("origin")) != self.me and self._may_render(doc)):
+                and str(doc.value("origin")) != self.me and renders_on(doc, self.me, self.peers.prefs.name)):
             self._pushing.add(doc.uuid)
             self._nursery.start_soon(self._push, doc.uuid)
-
-    def _may_render(self, doc: JobDoc) -> bool:
-        """False if the job names the machines that render it and this is not one."""
-        wanted = doc.value("machines") or []
-        return not wanted or self.me in wanted or self.peers.prefs.name in wanted
 
     async def _pin(self, job: str, mid: str) -> None:
         manifest = await trio.to_thread.run_sync(self.store.manifest, mid)

@@ -96,6 +96,13 @@ def task_frames(doc: JobDoc) -> list[list[int]]:
     return chunk_frames(parse_frames(doc.value("frames", "1")), int(doc.value("chunk", 1)))
 
 
+def renders_on(doc: JobDoc, uuid: str, name: str) -> bool:
+    """False if the job names the machines that render it (by UUID or name) and
+    the machine ``uuid`` called ``name`` is not one of them."""
+    wanted = doc.value("machines") or []
+    return not wanted or uuid in wanted or name in wanted
+
+
 def job_state(doc: JobDoc) -> str:
     """created, queued, rendering, stopped, done or failed."""
     intent = doc.value("state", "created")

@@ -17,7 +17,8 @@ Liveness: every message received pushes the session's deadline to
 ``heartbeat_interval * heartbeat_misses`` ahead (at most every
 ``LIVENESS_STEP`` s: a bulk transfer brings thousands of records a second,
 and each move of a trio deadline leaves an entry its run loop must sweep);
-missing it closes the session and marks the peer OFFLINE.  mDNS is never used for liveness.
+missing it closes the session and marks the peer OFFLINE.  mDNS is never used
+for liveness.
 """
 
 from __future__ import annotations

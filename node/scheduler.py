@@ -60,7 +60,7 @@ from protocol.enums import NetRenderFlags, RenderResult
 from protocol.messages import Assign, Cancel, TaskUpdate
 
 from .election import Election
-from .jobs import Jobs, job_state, task_frames
+from .jobs import Jobs, job_state, renders_on, task_frames
 from .peers import Peers
 from .session import Session, SessionLost
 
@@ -313,10 +313,7 @@ class Scheduler:
         return out
 
     def _allowed(self, doc: JobDoc, worker: str, names: dict[str, str]) -> bool:
-        wanted = doc.value("machines") or []
-        if wanted and worker not in wanted and names.get(worker, "") not in wanted:
-            return False
-        return worker not in self.excluded.get(doc.uuid, ())
+        return renders_on(doc, worker, names.get(worker, "")) and worker not in self.excluded.get(doc.uuid, ())
 
     def _names(self) -> dict[str, str]:
         names = {self.me: self.peers.prefs.name}
