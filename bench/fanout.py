@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -382,7 +382,8 @@ def lt_agent(args: argparse.Namespace) -> int:
         time.sleep(3600)
 
 
-def _status_writer(path: str) -> Any:
+def _status_writer(path: str) -> Callable[[str], None]:
+    """A function that replaces the status file at ``path`` with a text, atomically."""
     status = Path(path)
 
     def report(text: str) -> None:
