@@ -7,7 +7,7 @@ fake worker is a real peer: loopback TCP, Noise XXpsk3 handshake through
 ``protocol.PeerConnection``, Hello (capabilities ``{"command": "1"}``,
 sharing), Verdict, Heartbeats.  On every Assign it answers at once, in one
 write, with ``TaskUpdate(finished, RENDERRESULT_OK)`` and a ``JobDelta`` that
-marks the task SUCCEEDED (what ``node.worker`` does for a job whose frames
+marks the task SUCCEEDED (what ``node.render.worker`` does for a job whose frames
 leave no file), then waits for its next Assign.
 
 The job: renderer ``command``, rdata ``{"command": "true"}``, frames

@@ -54,7 +54,7 @@ from systemfarm import Farm, new_token, poll_until  # noqa: E402
 
 from node.db import FILENAME  # noqa: E402
 from node.errors import NodeError  # noqa: E402
-from node.jobbook import decode_task_blob  # noqa: E402
+from node.jobs.book import decode_task_blob  # noqa: E402
 from protocol.crdt import Phase  # noqa: E402
 
 EXIT_SKIPPED = 77

@@ -69,8 +69,8 @@ for _path in (ROOT, BENCH):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from node.assets import collect  # noqa: E402
-from node.chunkstore import ChunkStore  # noqa: E402
+from node.assets.jobassets import collect  # noqa: E402
+from node.assets.store import ChunkStore  # noqa: E402
 from node.client import Client  # noqa: E402
 from node.errors import NodeError  # noqa: E402
 

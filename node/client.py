@@ -17,14 +17,13 @@ import socket
 from types import TracebackType
 from typing import Any
 
+from node.config import client_socket
+from node.errors import DaemonNotRunning, NodeError
 from protocol import ProtocolError, codec
 from protocol.enums import MachineList
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
 from protocol.messages import Call, Error, Reply
 from protocol.verification import VerificationBits
-
-from .config import client_socket
-from .errors import DaemonNotRunning, NodeError
 
 DEFAULT_TIMEOUT = 70.0
 

@@ -18,32 +18,32 @@ from typing import Any
 
 import trio
 
+from node import capabilities, renderers
+from node.assets.jobassets import Assets
+from node.assets.store import ChunkStore
+from node.assets.swarm import Swarm
+from node.assets.transfer import Transfers
+from node.config import Preferences
+from node.control.server import Caller, ControlServer, Method
+from node.db import Database
+from node.jobs.api import JobsApi
+from node.jobs.book import JobBook
+from node.jobs.election import Election
+from node.jobs.operations import Jobs
+from node.jobs.replication import Replication
+from node.jobs.scheduler import Scheduler
+from node.jobs.watch import Watcher
+from node.membership.api import MembershipApi
+from node.membership.discovery import Discovery
+from node.membership.identity import Identity, load_or_create
+from node.membership.machines import MachineTable
+from node.membership.peers import Peers
+from node.render.results import Results
+from node.render.worker import Worker
+from node.service import power
+from node.service.token import reload_token
 from protocol.connection import derive_psk
 from protocol.version import build_id
-
-from . import capabilities, power, renderers
-from .api import MembershipApi
-from .assets import Assets
-from .chunkstore import ChunkStore
-from .config import Preferences
-from .control import Caller, ControlServer, Method
-from .db import Database
-from .discovery import Discovery
-from .election import Election
-from .farmtoken import reload_token
-from .identity import Identity, load_or_create
-from .jobbook import JobBook
-from .jobs import Jobs
-from .jobs_api import JobsApi
-from .machines import MachineTable
-from .peers import Peers
-from .replication import Replication
-from .results import Results
-from .scheduler import Scheduler
-from .swarm import Swarm
-from .transfer import Transfers
-from .watch import Watcher
-from .worker import Worker
 
 log = logging.getLogger("rendernode.daemon")
 

@@ -18,8 +18,8 @@ import numpy as np
 import trio
 from jobs_harness import Member, wait_until
 
+from node.membership.session import Session
 from node.renderers.png import write_png
-from node.session import Session
 from protocol.crdt import JobDoc
 from protocol.manifest import Manifest
 

@@ -40,8 +40,8 @@ from assets_harness import (
 )
 from jobs_harness import Farm, Member, agreed_server, connected
 
-from node.assets import collect
-from node.chunkstore import ChunkStore
+from node.assets.jobassets import collect
+from node.assets.store import ChunkStore
 from protocol.enums import CreateJobResult
 
 ROOT = Path(__file__).resolve().parents[2]

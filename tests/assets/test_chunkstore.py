@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.chunkstore import ChunkStore, CorruptChunk
+from node.assets.store import ChunkStore, CorruptChunk
 from protocol.errors import RemoteProtocolError
 from protocol.manifest import CHUNK_SIZE
 

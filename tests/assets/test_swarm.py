@@ -12,7 +12,7 @@ import trio
 from assets_harness import MiB, random_file, record_requests, slow_serving, until
 from jobs_harness import Farm, Member
 
-from node.chunkstore import CorruptChunk
+from node.assets.store import CorruptChunk
 from protocol.manifest import Manifest
 
 

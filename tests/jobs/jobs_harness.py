@@ -20,8 +20,8 @@ from node import config, daemon
 from node.client import Client
 from node.daemon import Node
 from node.db import Database
-from node.jobbook import JobBook
-from node.jobs import Jobs, JobSpec
+from node.jobs.book import JobBook
+from node.jobs.operations import Jobs, JobSpec
 
 POLL = 0.02
 GRACE = 0.5

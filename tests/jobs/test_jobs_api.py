@@ -16,7 +16,7 @@ from jobs_harness import Farm, Member, me, spec, wait_until
 
 from node.cli import main as cli_main
 from node.client import Client, RemoteError
-from node.control import Caller
+from node.control.server import Caller
 from protocol.crdt import digest
 from protocol.enums import DetailSelector
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jobs_harness import FAST_TMP, FakeWall, open_book, spec, table_rows
 
-from node.jobbook import JobBook, decode_task_blob
-from node.jobs import Jobs
+from node.jobs.book import JobBook, decode_task_blob
+from node.jobs.operations import Jobs
 from protocol.crdt import JobDoc, Phase, Register, TaskState
 
 ME = "node-a"

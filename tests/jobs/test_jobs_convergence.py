@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from jobs_harness import FAST_TMP, FakeWall, open_book, spec
 
 from node.errors import BadRequest
-from node.jobs import Jobs
-from node.replication import batches, split
+from node.jobs.operations import Jobs
+from node.jobs.replication import batches, split
 from protocol.crdt import JobDoc, Phase, TaskState, job_to_wire
 
 OPS = ("create", "create", "field", "start", "stop", "restart", "task", "task", "task", "delete",

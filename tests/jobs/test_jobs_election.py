@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 from jobs_harness import GRACE, Farm, Member, agreed_server, connected, wait_until
 
-from node.election import TERM_FILE
+from node.jobs.election import TERM_FILE
 
 
 async def test_exactly_one_server_is_elected_and_every_node_agrees(

@@ -11,8 +11,8 @@ import pytest
 import trio
 from jobs_harness import Farm, Member, agreed_server, book_digests, connected, me, wait_until
 
-from node.election import TERM_FILE
-from node.replication import LOG_PER_PART, TASKS_PER_PART
+from node.jobs.election import TERM_FILE
+from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART
 
 
 def _converged(members: list[Member]) -> bool:

@@ -15,7 +15,7 @@ import trio
 from node_harness import call, client_do, new_token, node_prefs, start_node, unique, wait_until
 
 from node.client import RemoteError
-from node.control import ControlServer, bind_unix
+from node.control.server import ControlServer, bind_unix
 from node.errors import ConfigError
 from protocol import codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder

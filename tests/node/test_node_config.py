@@ -14,8 +14,8 @@ from node import config
 from node.config import TOKEN_HELP, load, load_token, parse_hostport
 from node.db import Database
 from node.errors import ConfigError
-from node.identity import load_or_create
-from node.machines import MachineTable
+from node.membership.identity import load_or_create
+from node.membership.machines import MachineTable
 from protocol.verification import VerificationBits as V
 
 GOOD = secrets.token_urlsafe(32)

@@ -18,10 +18,10 @@ from node_harness import V, node_prefs
 
 from node import capabilities
 from node.db import Database
-from node.identity import load_or_create
-from node.machines import MachineTable
-from node.peers import Peers
-from node.session import Session
+from node.membership.identity import load_or_create
+from node.membership.machines import MachineTable
+from node.membership.peers import Peers
+from node.membership.session import Session
 from protocol import ConnectionClosed, HandshakeComplete, derive_psk
 from protocol.messages import DialBack, DialBackResult, Goodbye, Heartbeat, Hello, Verdict
 

@@ -26,7 +26,7 @@ from render_harness import (
     wait_state,
 )
 
-from node import replication
+from node.jobs import replication
 from protocol.crdt import digest
 
 

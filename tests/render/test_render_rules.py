@@ -28,7 +28,7 @@ from render_harness import (
 )
 
 from node import renderers
-from node.scheduler import DEPTH, LOST_LIMIT
+from node.jobs.scheduler import DEPTH, LOST_LIMIT
 from protocol.crdt import task_current
 
 needs_povray = pytest.mark.skipif(shutil.which("povray") is None,

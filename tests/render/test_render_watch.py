@@ -25,7 +25,7 @@ from render_harness import (
     wait_state,
 )
 
-from node import watch
+from node.jobs import watch
 
 
 class Scans:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from node import farmtoken
+from node.service import token as farmtoken
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 WAIT = 30.0

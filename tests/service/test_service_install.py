@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from node import service
 from node.cli import main
+from node.service import install as service
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 needs_systemd_tools = pytest.mark.skipif(
@@ -150,10 +150,10 @@ def test_a_real_run_with_a_venv_installs_the_package_into_the_prefix(tmp_path: P
     prefix = root / "opt/rn"
     assert (prefix / "bin/rendernode").exists()
     site = next(prefix.glob("lib/python3*/site-packages"))
-    assert (site / "node" / "service.py").exists()
+    assert (site / "node" / "service" / "install.py").exists()
     assert (prefix / "share/rendernode/systemd/rendernode.service").exists()
     done = subprocess.run([str(prefix / "bin/python"), "-I", "-c",
-                           "import node.service as s; print(s.shipped_dir())"],
+                           "import node.service.install as s; print(s.shipped_dir())"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.stdout.strip() == str(prefix / "share/rendernode/systemd"), done.stderr
     unit = (root / "etc/systemd/system/rendernode.service").read_text()

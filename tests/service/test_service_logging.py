@@ -16,7 +16,7 @@ import pytest
 import trio
 from node_harness import call, node_prefs, start_node
 
-from node import logs
+from node.service import logs
 from protocol.enums import Output
 
 

@@ -20,11 +20,11 @@ import pytest
 import trio
 from node_harness import call, node_prefs, start_node, wait_until
 
-from node import power
 from node.db import Database
-from node.jobbook import JobBook
-from node.jobs import Jobs, JobSpec
-from node.machines import Machine
+from node.jobs.book import JobBook
+from node.jobs.operations import Jobs, JobSpec
+from node.membership.machines import Machine
+from node.service import power
 
 MAC = "02:aa:bb:cc:dd:ee"
 

@@ -16,8 +16,9 @@ import trio
 from click.testing import CliRunner
 from node_harness import UP, Running, V, start_node, wait_until
 
-from node import config, farmtoken
+from node import config
 from node.cli import main
+from node.service import token as farmtoken
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node import service
+from node.service import install as service
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 MAX_EXPOSURE = 2.0

@@ -22,7 +22,7 @@ if str(_TESTS) not in sys.path:
 
 from netlab import Bed, Host, skip_unless_netns  # noqa: E402
 
-from node import power  # noqa: E402
+from node.service import power  # noqa: E402
 
 pytestmark = pytest.mark.system
 WAIT = 30.0

@@ -26,18 +26,17 @@ from dataclasses import dataclass
 
 import trio
 
+from node.assets.store import ChunkStore, CorruptChunk
+from node.assets.swarm import FetchFailed, Swarm, bits_of
+from node.jobs.book import JobBook
+from node.jobs.election import Election
+from node.jobs.operations import renders_on
+from node.membership.peers import Peers
+from node.membership.session import SessionLost
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import NetRenderFlags
 from protocol.manifest import Manifest
-
-from .chunkstore import ChunkStore, CorruptChunk
-from .election import Election
-from .jobbook import JobBook
-from .jobs import renders_on
-from .peers import Peers
-from .session import SessionLost
-from .swarm import FetchFailed, Swarm, bits_of
 
 log = logging.getLogger("rendernode.assets")
 F = NetRenderFlags
@@ -84,11 +83,11 @@ def dependencies(scene: str, renderer: str, extra: list[str]) -> list[str]:
     """Absolute paths of every file the scene needs, besides the scene."""
     deps: list[str] = []
     if renderer == "builtin":
-        from .renderers.builtin import scene_dependencies
+        from node.renderers.builtin import scene_dependencies
 
         deps = scene_dependencies(scene)
     elif renderer == "blender":
-        from .renderers.blender_deps import blend_dependencies
+        from node.renderers.blender_deps import blend_dependencies
 
         deps = blend_dependencies(scene)
     elif renderer == "povray":

@@ -1,68 +1,17 @@
-"""The ``rendernode`` command, built on ``node.client``.
-
-Every listing takes ``--json``.  Exit status is 0 on success; otherwise a
-one-line error goes to stderr and the status is non-zero.
-"""
+"""``rendernode`` commands about this node and the farm's machines: daemon,
+status, config, machines (list, add, remove, log)."""
 
 from __future__ import annotations
 
 import datetime
-import json
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from node.cli.common import ListGroup, client, emit, fail, json_option, main
+from node.errors import NodeError
 from protocol.enums import MachineList
 from protocol.verification import parse_bits
-
-from .client import Client
-from .errors import NodeError
-
-
-def fail(reason: str, status: int = 1) -> NoReturn:
-    """Print a one-line error and exit."""
-    click.echo(f"rendernode: {reason}", err=True)
-    sys.exit(status)
-
-
-def emit(data: Any, as_json: bool, render: Any = None) -> None:
-    """Print ``data`` as JSON or through ``render``."""
-    if as_json or render is None:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        render(data)
-
-
-def client(ctx: click.Context) -> Client:
-    """The control-socket client for this invocation."""
-    return Client(ctx.obj.get("socket"))
-
-
-def json_option(f: Any) -> Any:
-    """Add ``--json`` to a command."""
-    return click.option("--json", "as_json", is_flag=True, help="print JSON")(f)
-
-
-class Main(click.Group):
-    """Turns NodeError into a one-line error and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except NodeError as exc:
-            fail(exc.reason)
-        except ValueError as exc:
-            fail(str(exc), 2)
-
-
-@click.group(cls=Main)
-@click.option("--socket", envvar="RENDERNODE_SOCKET", help="control socket of the local daemon")
-@click.pass_context
-def main(ctx: click.Context, socket: str | None) -> None:
-    """rendernode: a peer-to-peer render farm."""
-    ctx.ensure_object(dict)
-    ctx.obj["socket"] = socket
 
 
 @main.command()
@@ -83,8 +32,8 @@ def daemon(ctx: click.Context, config_path: str | None, state_dir: str | None, l
     import trio
 
     from node import config as config_mod
-    from node import logs
     from node.daemon import serve
+    from node.service import logs
 
     prefs = config_mod.load(config_path, overrides={
         "state_dir": state_dir, "listen": listen, "mdns_interfaces": list(mdns_interface),
@@ -134,16 +83,6 @@ def config(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"{key:20} {value}")
 
     emit(data, as_json, render)
-
-
-class ListGroup(click.Group):
-    """A group whose ``list`` subcommand runs when no other is named:
-    ``machines [OPTIONS] [UUID]`` lists, ``machines add|remove`` change."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] != "--help"):
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
 
 
 @main.group(cls=ListGroup)
@@ -228,7 +167,3 @@ def machines_remove(ctx: click.Context, machine: str, as_json: bool) -> None:
 def machines_log(ctx: click.Context, machine: str, text: str) -> None:
     """Add a line to a machine's log (AddLogToMachine)."""
     client(ctx).add_log_to_machine(machine, text)
-
-
-from . import cli_admin as _cli_admin  # noqa: E402,F401  (registers install-service, init, token)
-from . import cli_jobs as _cli_jobs  # noqa: E402,F401  (registers the job commands)

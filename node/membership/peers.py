@@ -34,6 +34,11 @@ from typing import Any
 
 import trio
 
+from node.config import Preferences, parse_hostport
+from node.errors import ConfigError
+from node.membership.identity import Identity
+from node.membership.machines import MachineTable
+from node.membership.session import Session, SessionLost
 from protocol import (
     BulkReceived,
     ConnectionClosed,
@@ -56,12 +61,6 @@ from protocol.verification import (
     verify,
 )
 from protocol.verification import Verdict as VerifyResult
-
-from .config import Preferences, parse_hostport
-from .errors import ConfigError
-from .identity import Identity
-from .machines import MachineTable
-from .session import Session, SessionLost
 
 log = logging.getLogger("rendernode.peers")
 V = VerificationBits

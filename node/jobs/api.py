@@ -14,21 +14,20 @@ from typing import Any
 
 import trio
 
+from node.assets.jobassets import Assets, collect
+from node.assets.store import CorruptChunk
+from node.assets.swarm import FetchFailed
+from node.control.server import Caller, Method
+from node.errors import BadRequest
+from node.jobs.operations import CREATE_OK, Jobs, JobSpec
+from node.jobs.replication import REPLICATE_TIMEOUT, Replication
+from node.membership.peers import Peers
+from node.membership.session import RequestFailed, Session, SessionLost
+from node.render.results import Results
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
 from protocol.messages import Chat, Error, FetchAssets, Reply
-
-from .assets import Assets, collect
-from .chunkstore import CorruptChunk
-from .control import Caller, Method
-from .errors import BadRequest
-from .jobs import CREATE_OK, Jobs, JobSpec
-from .peers import Peers
-from .replication import REPLICATE_TIMEOUT, Replication
-from .results import Results
-from .session import RequestFailed, Session, SessionLost
-from .swarm import FetchFailed
 
 INBOX_SIZE = 500
 ASSET_REPLICATE_TIMEOUT = 600.0  #: a submit waits this long at most for replicas to copy the assets

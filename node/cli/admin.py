@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
-from . import farmtoken, service
-from .cli import main
-from .errors import ConfigError
+from node.cli.common import main
+from node.errors import ConfigError
+from node.service import install as service
+from node.service import token as farmtoken
 
 config_dir_option = click.option(
     "--config-dir", type=click.Path(file_okay=False, path_type=Path), default=farmtoken.CONFIG_DIR,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import os
 
-from .peers import Peers
-from .session import Session
+from node.membership.peers import Peers
+from node.membership.session import Session
 
 MAX_SINK = 8 << 20  #: a sink never holds more than this (chunks are 1 MiB)
 _requested_streams = itertools.count(1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .errors import ConfigError
+from node.errors import ConfigError
 
 FILENAME = "identity.json"
 

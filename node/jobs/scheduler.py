@@ -54,15 +54,14 @@ from typing import Any, Protocol
 
 import trio
 
+from node.jobs.election import Election
+from node.jobs.operations import Jobs, job_state, renders_on, task_frames
+from node.membership.peers import Peers
+from node.membership.session import Session, SessionLost
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags, RenderResult
 from protocol.messages import Assign, Cancel, TaskUpdate
-
-from .election import Election
-from .jobs import Jobs, job_state, renders_on, task_frames
-from .peers import Peers
-from .session import Session, SessionLost
 
 log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags

@@ -43,14 +43,13 @@ from typing import Any
 
 import trio
 
+from node.assets.store import ChunkStore, CorruptChunk
+from node.assets.transfer import Transfers, requested_stream
+from node.membership.peers import Peers
+from node.membership.session import RequestFailed, Session, SessionLost
 from protocol import ProtocolError
 from protocol.manifest import Manifest, decode
 from protocol.messages import ChunkRequest, Error, Have, ManifestRequest, Reply
-
-from .chunkstore import ChunkStore, CorruptChunk
-from .peers import Peers
-from .session import RequestFailed, Session, SessionLost
-from .transfer import Transfers, requested_stream
 
 log = logging.getLogger("rendernode.swarm")
 SLOTS_PER_PEER = 1  #: requests a fetch has in flight to one peer...

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import trio
 
+from node.db import Database
 from protocol.crdt import (
     ZERO,
     JobDoc,
@@ -30,8 +31,6 @@ from protocol.crdt import (
     task_from_wire,
     task_to_wire,
 )
-
-from .db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (uuid TEXT PRIMARY KEY, doc BLOB NOT NULL);

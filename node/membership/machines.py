@@ -16,9 +16,8 @@ from typing import Any
 
 import trio
 
+from node.db import Database
 from protocol.verification import VerificationBits, bit_names
-
-from .db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (

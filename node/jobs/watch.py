@@ -21,10 +21,9 @@ from typing import Any
 
 import trio
 
+from node.db import Database
+from node.errors import NodeError
 from protocol.enums import RenderJobCreator
-
-from .db import Database
-from .errors import NodeError
 
 log = logging.getLogger("rendernode.watch")
 SCAN_INTERVAL = 1.0
@@ -42,7 +41,7 @@ def default_frames(path: str, renderer: str) -> str:
     """The frame range a watched scene renders."""
     if renderer == "builtin":
         try:
-            from .renderers.builtin import scene_frames
+            from node.renderers.builtin import scene_frames
 
             return str(scene_frames(path))
         except (ImportError, OSError, ValueError) as exc:

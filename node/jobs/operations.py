@@ -13,12 +13,11 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
+from node.errors import BadRequest, NotFound, PermissionDenied
+from node.jobs.book import JobBook
 from protocol.crdt import JobDoc, Phase, Register, TaskState, key_between, task_current
 from protocol.enums import CreateJobResult, NetRenderFlags, RenderJobCreator, RenderResult
 from protocol.frames import chunk_frames, format_frames, parse_frames
-
-from .errors import BadRequest, NotFound, PermissionDenied
-from .jobbook import JobBook
 
 RENDERERS = ("builtin", "blender", "povray", "command")
 TASK_STATES = {Phase.QUEUED: "queued", Phase.ASSIGNED: "assigned", Phase.RENDERING: "rendering",
@@ -75,7 +74,7 @@ class JobSpec:
             all_frames = parse_frames(frames)
             rdata = {"initial_frame": all_frames[0], "final_frame": all_frames[-1], **rdata}
         if renderer == "command":
-            from .renderers.command import check_template
+            from node.renderers.command import check_template
 
             try:
                 check_template(str(rdata.get("command", "")))

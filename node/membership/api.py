@@ -10,15 +10,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from node.config import Preferences
+from node.control.server import Caller, Method
+from node.errors import BadRequest, NotFound
+from node.membership.identity import Identity
+from node.membership.machines import Machine
+from node.membership.peers import Peers
 from protocol.enums import MachineList, Output
 from protocol.verification import VerificationBits
-
-from .config import Preferences
-from .control import Caller, Method
-from .errors import BadRequest, NotFound
-from .identity import Identity
-from .machines import Machine
-from .peers import Peers
 
 console_log = logging.getLogger("rendernode.console")
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import trio
 
+from node.errors import NodeError
 from protocol import NEED_DATA, PeerConnection, ProtocolError
 from protocol.codec import Message
 from protocol.connection import ConnEvent
 from protocol.framing import MAX_BULK
 from protocol.messages import Error, Hello, Reply
-
-from .errors import NodeError
 
 RECEIVE_SIZE = 256 * 1024
 BULK_BATCH = 256 * 1024  #: bulk bytes encrypted and written at once

@@ -22,11 +22,10 @@ from typing import Any
 
 import trio
 
+from node.errors import BadRequest, ConfigError, NodeError
 from protocol import ProtocolError, codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
 from protocol.messages import Call, Error, Reply
-
-from .errors import BadRequest, ConfigError, NodeError
 
 log = logging.getLogger("rendernode.control")
 REQUEST_TIMEOUT = 60.0

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from node import config
+from node.errors import ConfigError
 from protocol.connection import derive_psk
 
-from . import config
-from .errors import ConfigError
-
 if TYPE_CHECKING:
-    from .peers import Peers
+    from node.membership.peers import Peers
 
 log = logging.getLogger("rendernode.token")
 CONFIG_DIR = Path("/etc/rendernode")

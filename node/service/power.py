@@ -32,14 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.config import parse_hostport
+from node.errors import ConfigError
+from node.jobs.operations import task_frames
 from protocol.crdt import JobDoc, Phase, task_current
 
-from .config import parse_hostport
-from .errors import ConfigError
-from .jobs import task_frames
-
 if TYPE_CHECKING:
-    from .daemon import Node
+    from node.daemon import Node
 
 log = logging.getLogger("rendernode.power")
 WOL_PORT = 9

@@ -25,13 +25,12 @@ from typing import Any
 import msgpack
 import trio
 
+from node.jobs.book import JobBook
+from node.membership.peers import Peers
+from node.membership.session import RequestFailed, Session, SessionLost
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, absorb, job_from_wire, job_to_wire
 from protocol.messages import JobDelta, JobDigest, Reply
-
-from .jobbook import JobBook
-from .peers import Peers
-from .session import RequestFailed, Session, SessionLost
 
 log = logging.getLogger("rendernode.replication")
 TASKS_PER_PART = 2000

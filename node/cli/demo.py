@@ -22,10 +22,10 @@ from pathlib import Path
 
 import click
 
-from .client import Client
-from .errors import DaemonNotRunning, NodeError
+from node.client import Client
+from node.errors import DaemonNotRunning, NodeError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spheres.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spheres.json"
 READY_TIMEOUT = 60.0
 
 
@@ -67,8 +67,8 @@ def _wait_mesh(sockets: list[str], procs: list[subprocess.Popen[bytes]], logs: P
 
 def run_demo(nodes: int, frames: int, out_dir: Path, keep: bool) -> None:
     """Start the farm, render, write frames and a contact sheet, stop the farm."""
-    from .cli_jobs import wait_for
-    from .renderers.png import contact_sheet
+    from node.cli.jobs import wait_for
+    from node.renderers.png import contact_sheet
 
     if not EXAMPLE.exists():
         raise NodeError(f"the example scene {EXAMPLE} is missing from this installation")

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from .cli import ListGroup, client, emit, json_option, main
-from .client import Client
-from .errors import NodeError
+from node.cli.common import ListGroup, client, emit, json_option, main
+from node.client import Client
+from node.errors import NodeError
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -55,7 +55,7 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
            asset_paths: tuple[str, ...], wait: bool, as_json: bool) -> None:
     """Submit a job (CreateRenderJob); prints its UUID."""
-    from .watch import SCENE_TYPES, default_frames
+    from node.jobs.watch import SCENE_TYPES, default_frames
 
     if renderer == "auto":
         renderer = "command" if template else SCENE_TYPES.get(os.path.splitext(scene)[1].lower(), "builtin")
@@ -295,7 +295,7 @@ def demo(nodes: int, frames: int, out: str, keep: bool) -> None:
     """Start a farm on loopback, render an example animation, stop the farm."""
     from pathlib import Path
 
-    from .demo import run_demo
+    from node.cli.demo import run_demo
 
     run_demo(nodes, frames, Path(out), keep)
 

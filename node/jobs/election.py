@@ -34,10 +34,9 @@ from typing import Any
 
 import trio
 
+from node.membership.peers import Peers
+from node.membership.session import Session
 from protocol.messages import Heartbeat
-
-from .peers import Peers
-from .session import Session
 
 log = logging.getLogger("rendernode.election")
 TERM_FILE = "term"

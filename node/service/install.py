@@ -29,11 +29,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import capabilities, config
-from .errors import ConfigError, NodeError
+from node import capabilities, config
+from node.errors import ConfigError, NodeError
 
 UNIT = "rendernode.service"
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]
 DEFAULT_PREFIX = Path("/opt/rendernode")
 UNIT_DIR = Path("etc/systemd/system")
 SYSUSERS = Path("etc/sysusers.d/rendernode.conf")

@@ -11,7 +11,7 @@ waiting task is reported (progress 0) with it, which renews its lease too.  A
 cancelled waiting task is dropped and reported stopped.  Stop: SIGTERM to the
 process group, SIGKILL after ``KILL_AFTER`` seconds.
 
-Finished frames go to the outbox (``node.results``); the task becomes
+Finished frames go to the outbox (``node.render.results``); the task becomes
 DELIVERING until the submitter holds them, or SUCCEEDED at once for a job
 whose frames leave no file.
 """
@@ -34,23 +34,22 @@ from typing import Any
 
 import trio
 
+from node.assets.jobassets import Assets
+from node.assets.store import CorruptChunk
+from node.assets.swarm import FetchFailed
+from node.jobs.book import is_live
+from node.jobs.election import Election
+from node.jobs.operations import Jobs
+from node.membership.peers import Peers
+from node.membership.session import Session, SessionLost
+from node.render.results import Results
+from node.renderers.base import Outcome, Renderer, TaskSpec
+from node.renderers.command import reads_assets
+from node.renderers.scene import PATH_MAP_ENV
 from protocol import ProtocolError
 from protocol.crdt import Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags, RenderResult
 from protocol.messages import Assign, Cancel, TaskUpdate
-
-from .assets import Assets
-from .chunkstore import CorruptChunk
-from .election import Election
-from .jobbook import is_live
-from .jobs import Jobs
-from .peers import Peers
-from .renderers.base import Outcome, Renderer, TaskSpec
-from .renderers.command import reads_assets
-from .renderers.scene import PATH_MAP_ENV
-from .results import Results
-from .session import Session, SessionLost
-from .swarm import FetchFailed
 
 log = logging.getLogger("rendernode.worker")
 REPORT_INTERVAL = 0.5

@@ -25,21 +25,20 @@ from typing import Any
 
 import trio
 
+from node.assets.store import CorruptChunk
+from node.assets.swarm import FetchFailed, Swarm, bits_of
+from node.assets.transfer import write_atomic
+from node.db import Database
+from node.errors import BadRequest, NotFound
+from node.jobs.election import Election
+from node.jobs.operations import Jobs, task_frames
+from node.membership.peers import Peers
+from node.membership.session import RequestFailed, Session, SessionLost
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags
 from protocol.manifest import Manifest
 from protocol.messages import Error, Reply, ResultReady
-
-from .chunkstore import CorruptChunk
-from .db import Database
-from .election import Election
-from .errors import BadRequest, NotFound
-from .jobs import Jobs, task_frames
-from .peers import Peers
-from .session import RequestFailed, Session, SessionLost
-from .swarm import FetchFailed, Swarm, bits_of
-from .transfer import write_atomic
 
 log = logging.getLogger("rendernode.results")
 SCHEMA = """
