@@ -193,13 +193,17 @@ class Farm:
         return prefs
 
     async def start(self, name: str = "", peers: list[Member] | None = None,
-                    prefs: config.Preferences | None = None, **overrides: Any) -> Member:
+                    prefs: config.Preferences | None = None,
+                    built: Callable[[daemon.Node], None] | None = None, **overrides: Any) -> Member:
         """Build and start a node whose static peers are ``peers``; returns once its
-        services are ready (not once it has found its peers)."""
+        services are ready (not once it has found its peers).  ``built`` sees the
+        node after it loaded its state dir and before it talks to anyone."""
         name = name or f"n{next(self._names)}"
         if prefs is None:
             prefs = self.prefs(name, peers=[p.address for p in peers or []], **overrides)
         node = daemon.build(prefs, self.token, {})
+        if built is not None:
+            built(node)
         stopped = trio.Event()
 
         async def run(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
@@ -216,13 +220,14 @@ class Farm:
         self.members.append(member)
         return member
 
-    async def restart(self, member: Member, **overrides: Any) -> Member:
+    async def restart(self, member: Member, built: Callable[[daemon.Node], None] | None = None,
+                      **overrides: Any) -> Member:
         """Start ``member``'s node again from its state dir (after ``stop``)."""
         prefs = member.node.prefs
         for key, value in overrides.items():
             setattr(prefs, key, value)
         self.members.remove(member)
-        return await self.start(prefs=prefs)
+        return await self.start(prefs=prefs, built=built)
 
     async def mesh(self, *names: str, **overrides: Any) -> list[Member]:
         """Start nodes that each list every node started before them as static peers,

@@ -11,6 +11,7 @@ import pytest
 import trio
 from jobs_harness import Farm, Member, agreed_server, book_digests, connected, me, wait_until
 
+from node.daemon import Node
 from node.jobs.election import TERM_FILE
 from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART
 
@@ -49,8 +50,10 @@ async def test_a_node_that_was_down_gets_what_it_missed_on_reconnect(
         a.node.jobs.add_log(a.node.jobs.find(big["uuid"]), f"line {i}")
     assert c.node.book.get(made[0]) is None
 
-    c = await farm.restart(c)
-    assert c.node.book.get(before) is not None  # what it had, from its own disk
+    def from_its_own_disk(node: Node) -> None:  # before it talks to anyone
+        assert node.book.get(before) is not None
+
+    c = await farm.restart(c, built=from_its_own_disk)
     with trio.fail_after(5):
         await connected([a, b, c])
         await wait_until(lambda: _converged([a, b, c]), "c to catch up", lambda: _digest_detail([a, b, c]))
