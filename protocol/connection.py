@@ -233,6 +233,22 @@ class PeerConnection:
             self._maybe_open()
         return self._seal(b"C" + codec.encode(message, req_id))
 
+    def encode(self, message: Message, req_id: int = 0) -> bytes:
+        """A control message checked and encoded, not yet encrypted: the half of
+        ``send`` that can refuse a message (unregistered, over the control limit)
+        without touching the session's nonces.  Hand the result to ``send_encoded``."""
+        return b"C" + codec.encode(message, req_id)
+
+    def send_encoded(self, body: bytes) -> bytes:
+        """Encrypt a body from ``encode``: the half of ``send`` that uses a nonce.
+        Only after our Hello (which goes through ``send``)."""
+        self._check_usable()
+        if self.state is ConnectionState.CLOSED:
+            raise LocalProtocolError("the session is closed")
+        if not self._sent_hello:
+            raise LocalProtocolError("the first message of a session must be Hello (send it with send)")
+        return self._seal(body)
+
     def send_bulk(self, stream: int, data: bytes) -> bytes:
         """Encrypt one bulk record of at most 64 KiB on ``stream``."""
         if self.state is not ConnectionState.OPEN:

@@ -143,9 +143,9 @@ class Swarm:
         self._sent: dict[str, int] = {}  #: chunk -> times this node has sent it
         self._turned_away: set[tuple[str, str]] = set()  #: (peer, chunk)
         self._outbox: dict[Session, dict[str, bytes]] = {}  #: Haves waiting for a session
-        peers.handlers[Have] = self._on_have
-        peers.handlers[ManifestRequest] = self._on_manifest_request
-        peers.handlers[ChunkRequest] = self._on_chunk_request
+        peers.register_handler(Have, self._on_have)
+        peers.register_handler(ManifestRequest, self._on_manifest_request)
+        peers.register_handler(ChunkRequest, self._on_chunk_request)
         peers.on_session.append(self._on_session)
 
     def throttle(self, rendering: bool, slots_rendering: int) -> None:

@@ -57,7 +57,7 @@ class Transfers:
         """Stop collecting ``stream``."""
         self._sinks.pop(self._key(session, stream), None)
 
-    async def _on_bulk(self, session: Session, stream: int, data: bytes) -> None:
+    def _on_bulk(self, session: Session, stream: int, data: bytes) -> None:
         sink = self._sinks.get(self._key(session, stream))
         if sink is not None and sink.size + len(data) <= MAX_SINK:
             sink.parts.append(data)

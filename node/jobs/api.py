@@ -70,8 +70,8 @@ class JobsApi:
         self.inbox: deque[dict[str, Any]] = deque(maxlen=INBOX_SIZE)
         self.callers: set[str] = set()
         self._nursery: trio.Nursery | None = None
-        peers.handlers[Chat] = self._on_chat
-        peers.handlers[FetchAssets] = self._on_fetch_assets
+        peers.register_handler(Chat, self._on_chat)
+        peers.register_handler(FetchAssets, self._on_fetch_assets)
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""

@@ -62,7 +62,7 @@ class Election:
         peers.heartbeat_info = self.heartbeat_info
         peers.hello_extra = lambda: {"term": self.term}
         peers.on_change.append(self.poke)
-        peers.handlers[Heartbeat] = self._on_heartbeat
+        peers.register_inline(Heartbeat, self._on_heartbeat)
 
     @property
     def role(self) -> str:
@@ -98,7 +98,7 @@ class Election:
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
 
-    async def _on_heartbeat(self, session: Session, msg: Any, req_id: int) -> None:
+    def _on_heartbeat(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Heartbeat)
         old = self.claims.get(session.uuid)
         new = (msg.term, msg.server)

@@ -82,8 +82,8 @@ class Replication:
         self._nursery: trio.Nursery | None = None
         self._incoming: JobDoc | None = None  #: the peer's delta being merged
         book.listeners.append(self._on_change)
-        peers.handlers[JobDelta] = self._on_delta
-        peers.handlers[JobDigest] = self._on_digest
+        peers.register_handler(JobDelta, self._on_delta)
+        peers.register_handler(JobDigest, self._on_digest)
         peers.on_session.append(self._on_session)
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:

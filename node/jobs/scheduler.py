@@ -135,7 +135,7 @@ class Scheduler:
         self.assigned_count = 0
         self.book.listeners.append(self._on_change)
         peers.on_change.append(self._peers_changed)
-        peers.handlers[TaskUpdate] = self._on_update_msg
+        peers.register_handler(TaskUpdate, self._on_update_msg)
         election.on_role.append(self.poke)
 
     # -- events --------------------------------------------------------------------

@@ -13,12 +13,14 @@ sides keep the one whose initiator has the smaller UUID (the same choice on
 both sides), unless the peer restarted (new ``boot`` in Hello), in which case
 the newer session wins.
 
-Liveness: every message received pushes the session's deadline to
-``heartbeat_interval * heartbeat_misses`` ahead (at most every
-``LIVENESS_STEP`` s: a bulk transfer brings thousands of records a second,
-and each move of a trio deadline leaves an entry its run loop must sweep);
-missing it closes the session and marks the peer OFFLINE.  mDNS is never used
-for liveness.
+Liveness: every record received pushes the session's deadline to
+``heartbeat_interval * heartbeat_misses`` ahead (``Session.run``); missing it
+closes the session and marks the peer OFFLINE.  mDNS is never used for
+liveness.
+
+Messages from peers reach the services through ``register_handler`` (run in
+order by the session's dispatcher) or ``register_inline`` (run by its reader,
+for heartbeats); ``node/membership/session.py`` says who owns the stream.
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ from node.membership.identity import Identity
 from node.membership.machines import MachineTable
 from node.membership.session import Session, SessionLost
 from protocol import (
-    BulkReceived,
-    ConnectionClosed,
     HandshakeComplete,
     HandshakeFailed,
     MessageReceived,
@@ -67,9 +67,9 @@ V = VerificationBits
 CONNECT_TIMEOUT = 1.0
 DIALBACK_TIMEOUT = 2.0
 FAILED_VERIFY_BACKOFF = 30.0  #: a peer that failed verification is retried this rarely (it redials us once fixed)
-LIVENESS_STEP = 0.05  #: the liveness deadline moves at most this often (it may end this much early)
 POLITE_DELAY = 0.3  #: the larger UUID of a pair waits this long before its first dial, so usually one side dials
 Handler = Callable[[Session, Message, int], Awaitable[None]]
+InlineHandler = Callable[[Session, Message, int], None]
 
 
 @dataclass
@@ -110,13 +110,14 @@ class Peers:
         self.facts: dict[str, PeerFacts] = {}
         self.listen_port = 0
         self.advertised: list[str] = []
-        self.handlers: dict[type[Message], Handler] = {}
+        self._handlers: dict[type[Message], Handler] = {}
+        self._inline_handlers: dict[type[Message], InlineHandler] = {}
         self.heartbeat_info: Callable[[], dict[str, Any]] = lambda: {}
         self.hello_extra: Callable[[], dict[str, Any]] = lambda: {}
         self.local_mac = ""  #: this machine's MAC, for Wake-on-LAN (node.power.local_mac)
         self.on_change: list[Callable[[], None]] = []
         self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
-        self.bulk_handler: Callable[[Session, int, bytes], Awaitable[None]] | None = None
+        self.bulk_handler: Callable[[Session, int, bytes], None] | None = None  #: called by the reader
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
         self._cipher = Cipher.AESGCM if prefs.cipher == "aesgcm" else Cipher.CHACHAPOLY
@@ -184,6 +185,25 @@ class Peers:
                 self._nursery.start_soon(self._goodbye, session, "farm token changed")
         for target in self.targets.values():
             target.wake.set()
+
+    def register_handler(self, message_type: type[Message], handler: Handler) -> None:
+        """Have ``handler(session, message, req_id)`` run for every ``message_type``
+        a peer sends.  It runs in the session's dispatcher, one message at a time in
+        the order they arrived, so it must be short: queue replies with
+        ``session.send`` and start long work in a nursery of its own."""
+        self._check_free(message_type)
+        self._handlers[message_type] = handler
+
+    def register_inline(self, message_type: type[Message], handler: InlineHandler) -> None:
+        """Have the synchronous ``handler`` run in the session's reader itself, as
+        each ``message_type`` arrives: for what must not wait behind other
+        messages (heartbeats).  It must never block."""
+        self._check_free(message_type)
+        self._inline_handlers[message_type] = handler
+
+    def _check_free(self, message_type: type[Message]) -> None:
+        if message_type in self._handlers or message_type in self._inline_handlers:
+            raise ValueError(f"a handler for {message_type.__name__} is registered already")
 
     def online_uuids(self) -> list[str]:
         """UUIDs of peers with a live verified session."""
@@ -365,6 +385,7 @@ class Peers:
             self.table.log(hello.uuid, f"verification failed: {reason}")
             await self._goodbye(s, "verification failed")
             return "refused"
+        s.begin()  # sends are queued from here on: the services may send before run() starts
         return "ok" if self._register(s) else "duplicate"
 
     def _row_for_key(self, key_hex: str, hint: dict[str, Any], fallback: str) -> str:
@@ -465,7 +486,8 @@ class Peers:
         with trio.move_on_after(0.5):
             try:
                 await s.send(Goodbye(reason))
-            except (SessionLost, ProtocolError):
+                await s.drain()
+            except SessionLost:
                 pass
         await s.aclose()
 
@@ -473,25 +495,22 @@ class Peers:
 
     async def _run_session(self, s: Session) -> None:
         window = self.prefs.heartbeat_interval * self.prefs.heartbeat_misses
-        reason = "closed"
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guard, s, self._heartbeats(s))
                 if s.initiator:  # a peer that dialed us has shown it can reach us
                     nursery.start_soon(self._guard, s, s.send(DialBack(addresses=self.advertised)))
-                with trio.CancelScope(deadline=trio.current_time() + window) as scope:
-                    s.cancel_scope = scope
-                    reason = await self._read_loop(s, scope, window, nursery)
-                if scope.cancelled_caught:
-                    reason = s.lost_reason or f"missed {self.prefs.heartbeat_misses} heartbeats"
+
+                def inline(session: Session, msg: Message, req_id: int) -> bool:
+                    return self._inline(session, msg, req_id, nursery)
+
+                reason = await s.run(window=window, dispatch=self._dispatch, inline=inline,
+                                     bulk=self.bulk_handler,
+                                     silent=f"missed {self.prefs.heartbeat_misses} heartbeats")
                 nursery.cancel_scope.cancel()
-        except* SessionLost as group:
-            reason = _first_reason(group)
-        except* ProtocolError as group:
-            reason = f"protocol error: {_first_reason(group)}"
-            log.warning("session with %s (%s) failed: %s", s.uuid, s.remote_ip, reason)
+            if s.protocol_error:
+                log.warning("session with %s (%s) failed: %s", s.uuid, s.remote_ip, reason)
         finally:
-            s.fail_pending()
             s.closed.set()
             if self.sessions.get(s.uuid) is s:
                 del self.sessions[s.uuid]
@@ -499,7 +518,7 @@ class Peers:
                 if facts is not None:
                     self.facts[s.uuid] = dataclasses.replace(facts, online=False)
                     self._set_bits(s.uuid)
-                self.table.log(s.uuid, f"offline: {reason}")
+                self.table.log(s.uuid, f"offline: {s.lost_reason or 'closed'}")
                 for callback in self.on_change:
                     callback()
 
@@ -508,38 +527,26 @@ class Peers:
         try:
             await work
         except (SessionLost, ProtocolError) as exc:
-            s.lost_reason = exc.reason
-            if s.cancel_scope is not None:
-                s.cancel_scope.cancel()
+            s.end(exc.reason)
 
-    async def _read_loop(self, s: Session, scope: trio.CancelScope, window: float,
-                         nursery: trio.Nursery) -> str:
-        pushed = trio.current_time()
-        while True:
-            event = await s.next_event()
-            now = trio.current_time()
-            if now - pushed >= LIVENESS_STEP:
-                scope.deadline = now + window
-                pushed = now
-            if isinstance(event, ConnectionClosed):
-                return event.reason
-            if isinstance(event, BulkReceived):
-                if self.bulk_handler is not None:
-                    await self.bulk_handler(s, event.stream, event.data)
-                continue
-            if not isinstance(event, MessageReceived):
-                continue
-            msg, req_id = event.message, event.req_id
-            if s.resolve(msg, req_id):
-                continue
-            if isinstance(msg, DialBack):
-                nursery.start_soon(self._guard, s, self._answer_dialback(s, msg, req_id))
-            elif isinstance(msg, DialBackResult):
-                self._on_dialback_result(s, msg)
-            else:
-                handler = self.handlers.get(type(msg))
-                if handler is not None:
-                    await handler(s, msg, req_id)
+    def _inline(self, s: Session, msg: Message, req_id: int, nursery: trio.Nursery) -> bool:
+        """What the reader handles itself: dial-back and the inline handlers."""
+        if isinstance(msg, DialBack):
+            nursery.start_soon(self._guard, s, self._answer_dialback(s, msg, req_id))
+            return True
+        if isinstance(msg, DialBackResult):
+            self._on_dialback_result(s, msg)
+            return True
+        handler = self._inline_handlers.get(type(msg))
+        if handler is None:
+            return False
+        handler(s, msg, req_id)
+        return True
+
+    async def _dispatch(self, s: Session, msg: Message, req_id: int) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is not None:
+            await handler(s, msg, req_id)
 
     async def _heartbeats(self, s: Session) -> None:
         interval = self.prefs.heartbeat_interval
@@ -582,14 +589,6 @@ class Peers:
         self._set_bits(s.uuid)
         if not msg.reachable:
             self.table.log(s.uuid, f"it cannot dial this node: {msg.reason}")
-
-
-def _first_reason(group: BaseExceptionGroup[Any]) -> str:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_reason(exc)
-        return str(getattr(exc, "reason", exc))
-    return "closed"
 
 
 def _wall_offset() -> float | None:

@@ -105,7 +105,7 @@ class Results:
         os.makedirs(self.outbox_dir, exist_ok=True)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        peers.handlers[ResultReady] = self._on_ready
+        peers.register_handler(ResultReady, self._on_ready)
         peers.on_session.append(lambda s: self.wake())
         election.on_role.append(self.wake)
 

@@ -93,8 +93,8 @@ class Worker:
         self.assets: Assets | None = None  #: fetches job assets before a task renders
         self.rendered = 0
         self._nursery: trio.Nursery | None = None
-        peers.handlers[Assign] = self._on_assign
-        peers.handlers[Cancel] = self._on_cancel
+        peers.register_handler(Assign, self._on_assign)
+        peers.register_handler(Cancel, self._on_cancel)
 
     @property
     def busy(self) -> bool:

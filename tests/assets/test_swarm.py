@@ -152,3 +152,57 @@ async def test_a_stored_chunk_that_rots_is_found_when_read_and_fetched_again(
         await fetcher.node.swarm.fetch(manifest)
     assert [chunk for _, chunk in asked] == [rotten]
     assert same_bytes(fetcher, manifest, asset)
+
+
+async def test_end_games_and_cancelled_fan_outs_lose_no_session(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    """The swarm's end game cancels the slower of two requests for a chunk, and a
+    submit with one replica cancels its leftover replica request: with the
+    session writer, neither cancel can cut a record, so over 20 fetches and 20
+    submits no session ends (the same sessions live throughout)."""
+    farm = Farm(nursery, short_dir, token, defaults={"replicas": 1, "server_priority": 0})
+    fast, slow, fetcher = await farm.mesh("fast", "slow", "f")
+    slow_serving(slow, 0.7)  # past ENDGAME_AFTER: the end game asks the fast holder too
+    members = [fast, slow, fetcher]
+    sessions = {m.name: dict(m.node.peers.sessions) for m in members}
+    offline_before = {m.name: _offline_lines(m) for m in members}
+    asked = record_requests(fetcher)
+    scene = short_dir / "scene.json"
+    scene.write_text((Path(__file__).parents[2] / "examples" / "spheres.json").read_text())
+
+    async def one_round(i: int) -> None:
+        asset = random_file(short_dir / "src" / f"asset{i}.bin", 3 * MiB)
+        manifest = await holding([fast, slow], [asset], short_dir / "src")
+        await sees_holders(fetcher, manifest, [fast, slow])
+        async with trio.open_nursery() as both:
+            both.start_soon(fetcher.node.swarm.fetch, manifest)
+            both.start_soon(fetcher.submit, str(scene))  # replicas=1 of 2 peers: one request cancelled
+        assert has_all(fetcher, manifest) and same_bytes(fetcher, manifest, asset)
+
+    # meanwhile the fetcher's own uplink is busy serving: its requests wait behind bulk data
+    big = random_file(short_dir / "up" / "big.bin", 16 * MiB)
+    uplink = await holding([fetcher], [big], short_dir / "up")
+    with trio.fail_after(120):
+        async with trio.open_nursery() as background:
+            for m in (fast, slow):
+                await sees_holders(m, uplink, [fetcher])
+                background.start_soon(m.node.swarm.fetch, uplink)
+            for start in range(0, 20, 5):
+                async with trio.open_nursery() as rounds:
+                    for i in range(start, start + 5):
+                        rounds.start_soon(one_round, i)
+    assert has_all(fast, uplink) and has_all(slow, uplink)
+    by_chunk: dict[str, set[str]] = {}
+    for peer, chunk in asked:
+        by_chunk.setdefault(chunk, set()).add(peer)
+    assert sum(1 for peers in by_chunk.values() if len(peers) == 2) >= 10, "end games ran"
+    for m in members:
+        assert _offline_lines(m) == offline_before[m.name], f"{m.name} lost a session"
+        assert m.node.peers.sessions == sessions[m.name], f"{m.name}'s sessions changed"
+        assert not any(s.closed.is_set() for s in m.node.peers.sessions.values())
+
+
+def _offline_lines(member: Member) -> int:
+    table = member.node.table
+    return sum(1 for uuid in member.node.peers.sessions
+               for entry in table.log_tail(uuid, -1) if entry["line"].startswith("offline"))

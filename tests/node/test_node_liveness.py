@@ -122,10 +122,10 @@ async def test_heartbeats_keep_a_quiet_session_online_indefinitely(make_side: An
     a, b = make_side("hbA", token), make_side("hbB", token)
     beats: list[int] = []
 
-    async def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
+    def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
         beats.append(msg.seq)
 
-    a.peers.handlers[Heartbeat] = on_heartbeat
+    a.peers.register_inline(Heartbeat, on_heartbeat)
     async with trio.open_nursery() as nursery:
         join(nursery, a, b)
         await until(lambda: b.uuid in a.peers.sessions and a.uuid in b.peers.sessions)
@@ -196,10 +196,11 @@ async def test_a_peer_failing_verification_gets_only_hello_verdict_and_goodbye(
         monkeypatch.setattr(side.peers, "_run_session", run_session)
     fired: list[Any] = []
 
-    async def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
+    def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
         fired.append(msg)
 
-    a.peers.handlers[Heartbeat] = b.peers.handlers[Heartbeat] = on_heartbeat
+    a.peers.register_inline(Heartbeat, on_heartbeat)
+    b.peers.register_inline(Heartbeat, on_heartbeat)
 
     async with trio.open_nursery() as nursery:
         join(nursery, a, b)
@@ -224,10 +225,10 @@ async def test_a_verified_session_does_run_heartbeat_handlers(make_side: Any, au
     a, b = make_side("ctlA", token), make_side("ctlB", token)
     fired: list[str] = []
 
-    async def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
+    def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
         fired.append(session.uuid)
 
-    b.peers.handlers[Heartbeat] = on_heartbeat
+    b.peers.register_inline(Heartbeat, on_heartbeat)
     async with trio.open_nursery() as nursery:
         join(nursery, a, b)
         await until(lambda: len(fired) >= 3)

@@ -4,6 +4,7 @@ a poll under a bound."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,10 @@ from node_harness import (
     wait_until,
 )
 
+from node.membership.session import Session, SessionLost
+from protocol.codec import Message
 from protocol.enums import MachineList
+from protocol.messages import Chat
 
 FIND = 20.0  #: generous bound for mDNS discovery plus handshakes on a busy 2-core box
 
@@ -181,4 +185,46 @@ async def test_removing_a_static_machine_that_never_answered_drops_it_for_good(t
         await a.stop()
         a = await start_node(nursery, prefs, token)  # removed rows are not dialed again
         assert a.node.table.get(dead) is None and not a.node.peers.targets
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_peers_whose_readers_stop_while_both_write_are_ended_and_dialed_again(
+        tmp_path: Path) -> None:
+    """Each side's handler of a message blocks, so its reader stops once the
+    dispatch queue is full, while both keep writing: the liveness deadline ends
+    both sessions within its window, nothing hangs, and the dialer connects the
+    two again once the handlers let go."""
+    token = new_token()
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("stuckA"), mdns=False), token)
+        b = await start_node(nursery, node_prefs(tmp_path, unique("stuckB"), mdns=False,
+                                                 peers=[f"127.0.0.1:{a.port}"]), token)
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), FIND, "a and b connected")
+        first = {a.node.peers.sessions[b.uuid], b.node.peers.sessions[a.uuid]}
+
+        async def stuck(session: Session, msg: Message, req_id: int) -> None:
+            await release.wait()
+
+        for x in (a, b):
+            x.node.peers._handlers[Chat] = stuck  # noqa: SLF001  (a handler that never returns)
+
+        async def flood(x: Running, to: str) -> None:
+            session = x.node.peers.sessions[to]
+            chat = Chat(mid="x", sender="u", text="y" * 30_000, time=0.0, to="", node=x.uuid)
+            with contextlib.suppress(SessionLost):
+                while True:
+                    await session.send(chat)
+
+        async with trio.open_nursery() as floods:
+            floods.start_soon(flood, a, b.uuid)
+            floods.start_soon(flood, b, a.uuid)
+            await wait_until(lambda: all(s.closed.is_set() for s in first), FIND,
+                             "both stuck sessions ended")
+        reasons = [entry["line"] for x, y in ((a, b), (b, a))
+                   for entry in x.node.table.log_tail(y.uuid, 5) if entry["line"].startswith("offline")]
+        assert any("missed" in line for line in reasons), reasons  # the liveness deadline did it
+        release.set()
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), FIND, "a and b dialed again")
+        assert {a.node.peers.sessions[b.uuid], b.node.peers.sessions[a.uuid]}.isdisjoint(first)
         nursery.cancel_scope.cancel()
