@@ -14,7 +14,11 @@ Stamps are hybrid logical clocks ``(millis, counter, node uuid)``: ordered by
 time, then counter, then node, so no two writers ever tie.
 
 A task's state only moves forward on ``(generation, done, attempt, phase)``;
-the writer's stamp breaks ties so the order is total.
+the writer's stamp breaks ties so the order is total.  Within a generation
+two more parts of a task's state are grow-only, joined rather than replaced:
+``seen``, every machine any replica's state listed, and ``runs``, every
+(term, attempt) it was assigned as, so the state that wins a merge (a
+majority server's) never hides the renders a minority server had made.
 """
 
 from __future__ import annotations
@@ -80,20 +84,45 @@ class TaskState:
     lease_until: float = 0.0  #: server clock (wall seconds) when the lease lapses
     term: int = 0  #: the server term that assigned it
     failures: int = 0  #: attempts that failed in the render (a lost worker is not the task's fault)
+    seen: tuple[str, ...] = ()  #: sorted: every machine a state of this generation listed (grow-only)
+    runs: tuple[tuple[int, int], ...] = ()  #: sorted (term, attempt) of every assignment (grow-only)
 
     @property
     def key(self) -> tuple[int, int, int, int, Stamp]:
         """The order in which task states supersede each other."""
         return (self.gen, self.done, self.attempt, self.phase, self.stamp)
 
+    @property
+    def all_machines(self) -> list[str]:
+        """Every machine that worked on the task in this generation: this state's
+        own, in the order it had them (the last is the latest), then the others."""
+        own = list(self.machines)
+        return own + [m for m in self.seen if m not in own]
+
+    @property
+    def attempts(self) -> int:
+        """How many times the task was assigned in this generation, on any server."""
+        return max(len(self.runs), self.attempt + (0 if self.phase == Phase.QUEUED else 1))
+
 
 def merge_task(a: TaskState | None, b: TaskState | None) -> TaskState | None:
-    """The greater of two task states."""
+    """The join of two task states: the greater by ``key``, and within one
+    generation the union of both ``seen`` and ``runs`` and the larger failure
+    count.  The winner itself is returned when the other adds nothing."""
     if a is None:
         return b
     if b is None:
         return a
-    return a if a.key >= b.key else b
+    win, lose = (a, b) if a.key >= b.key else (b, a)
+    if win.gen != lose.gen:
+        return win
+    seen = set(win.seen) | set(win.machines)
+    seen_all = seen | set(lose.seen) | set(lose.machines)
+    runs = set(win.runs) | set(lose.runs)
+    if seen_all == seen and runs == set(win.runs) and win.failures >= lose.failures:
+        return win
+    return replace(win, seen=tuple(sorted(seen_all)), runs=tuple(sorted(runs)),
+                   failures=max(win.failures, lose.failures))
 
 
 @dataclass(frozen=True)
@@ -187,8 +216,10 @@ def absorb(doc: JobDoc | None, delta: JobDoc) -> tuple[JobDoc, Changes]:
             changes.head = True
     for tid, state in delta.tasks.items():
         cur_t = doc.tasks.get(tid)
-        if cur_t is None or state.key > cur_t.key:
-            doc.tasks[tid] = state
+        merged = merge_task(cur_t, state)
+        if merged is not cur_t and merged != cur_t:
+            assert merged is not None
+            doc.tasks[tid] = merged
             changes.tasks.append(tid)
     for stamp, line in delta.log.items():
         if stamp not in doc.log:
@@ -253,17 +284,27 @@ def _stamp(v: Any) -> Stamp:
 
 def task_to_wire(t: TaskState) -> list[Any]:
     """A task state as a msgpack-friendly list."""
-    return [t.gen, t.done, t.attempt, t.phase, list(t.stamp), t.worker, list(t.machines),
-            t.render_time, t.error, t.lease_until, t.term, t.failures]
+    out = [t.gen, t.done, t.attempt, t.phase, list(t.stamp), t.worker, list(t.machines),
+           t.render_time, t.error, t.lease_until, t.term, t.failures]
+    if t.seen or t.runs:
+        out += [list(t.seen), [list(r) for r in t.runs]]
+    return out
 
 
 def task_from_wire(v: Any) -> TaskState:
     """Inverse of ``task_to_wire``; RemoteProtocolError if malformed."""
     try:
-        if not isinstance(v, (list, tuple)) or len(v) not in (11, 12):
-            raise ValueError("expected a list of 11 or 12 fields")
+        if not isinstance(v, (list, tuple)) or len(v) not in (11, 12, 14):
+            raise ValueError("expected a list of 11, 12 or 14 fields")
         gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v[:11]
-        failures = int(v[11]) if len(v) == 12 else 0  # states stored before failures were counted apart
+        failures = int(v[11]) if len(v) >= 12 else 0  # states stored before failures were counted apart
+        seen: tuple[str, ...] = ()
+        runs: tuple[tuple[int, int], ...] = ()
+        if len(v) == 14:  # states stored before seen and runs leave them empty
+            if not isinstance(v[12], (list, tuple)) or not isinstance(v[13], (list, tuple)):
+                raise ValueError("seen and runs must be lists")
+            seen = tuple(sorted({str(m) for m in v[12]}))
+            runs = tuple(sorted({(int(r[0]), int(r[1])) for r in v[13]}))
         if failures < 0:
             raise ValueError(f"failures must not be negative, not {failures!r}")
         if int(done) not in (0, 1):
@@ -271,8 +312,8 @@ def task_from_wire(v: Any) -> TaskState:
         # a phase outside the enum would outrank every real state of its attempt
         state = TaskState(int(gen), int(done), int(attempt), int(Phase(int(phase))), _stamp(stamp), str(worker),
                           tuple(str(m) for m in machines), float(rt), str(err), float(lease), int(term),
-                          failures)
-    except (TypeError, ValueError) as exc:
+                          failures, seen, runs)
+    except (TypeError, ValueError, IndexError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None
     return state
 

@@ -289,7 +289,8 @@ class Jobs:
             out.append({
                 "task": tid, "frame": frames[0], "frames": format_frames(frames),
                 "state": TASK_STATES[Phase(s.phase)] if s.done or s.phase < Phase.FAILED else "queued",
-                "render_time": s.render_time, "machines": list(s.machines), "attempt": s.attempt, "failures": s.failures,
+                "render_time": s.render_time, "machines": s.all_machines, "attempt": s.attempt, "attempts": s.attempts,
+                "failures": s.failures,
                 "worker": s.worker, "error": s.error,
             })
         return out

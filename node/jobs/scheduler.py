@@ -404,7 +404,8 @@ class Scheduler:
         state = TaskState(gen=doc.gen, done=0, attempt=cur.attempt, phase=Phase.ASSIGNED,
                           stamp=self.book.stamp(), worker=worker,
                           machines=tuple(dict.fromkeys((*cur.machines, worker))),
-                          lease_until=time.time() + self.lease_time, term=term, failures=cur.failures)
+                          lease_until=time.time() + self.lease_time, term=term, failures=cur.failures,
+                          runs=tuple(sorted({*cur.runs, (term, cur.attempt)})))
         self.jobs.set_task(doc, tid, state)
         self._add_lease((doc.uuid, tid), Lease(worker, doc.gen, cur.attempt, time.monotonic() + self.lease_time,
                                                prefetched=prefetch))

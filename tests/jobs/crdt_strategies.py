@@ -70,7 +70,11 @@ def events(draw: st.DrawFn, max_events: int = 14, deletes: bool = True) -> list[
                               attempt=draw(st.integers(0, 2)), phase=draw(st.integers(0, 5)),
                               stamp=stamp, worker=draw(st.sampled_from(("", *NODES))),
                               machines=tuple(draw(st.lists(st.sampled_from(NODES), max_size=2))),
-                              render_time=draw(st.sampled_from((0.0, 1.5))))
+                              render_time=draw(st.sampled_from((0.0, 1.5))),
+                              failures=draw(st.integers(0, 2)),
+                              seen=tuple(sorted(set(draw(st.lists(st.sampled_from(NODES), max_size=2))))),
+                              runs=tuple(sorted(set(draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                                                                  max_size=2))))))
             out.append(JobDoc(JOB, tasks={draw(st.integers(0, 3)): state}))
         elif kind == "log":
             out.append(JobDoc(JOB, log={stamp: f"line {stamp}"}))

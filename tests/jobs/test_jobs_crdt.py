@@ -30,6 +30,7 @@ from protocol.crdt import (
     merge_job,
     merge_register,
     merge_task,
+    replace,
     task_current,
     task_from_wire,
     task_to_wire,
@@ -90,6 +91,32 @@ def test_task_state_only_moves_forward_on_gen_done_attempt_phase() -> None:
         assert merge_task(newer, older) is newer
         doc = merge_job(JobDoc(JOB, tasks={7: newer}), JobDoc(JOB, tasks={7: older}))
         assert doc.tasks[7] is newer
+
+
+def test_a_merge_keeps_every_machine_and_assignment_of_the_losing_state() -> None:
+    # a minority server (term 2) assigned the frame to w1 twice and re-queued it;
+    # the majority (term 3) had it rendered by w2, done: the done state wins, and
+    # still shows both machines and all three assignments
+    minority = TaskState(0, 0, 2, Phase.QUEUED, (50, 0, "s2"), machines=("w1",), failures=1,
+                         runs=((2, 0), (2, 1)))
+    majority = TaskState(0, 1, 0, Phase.SUCCEEDED, (40, 0, "s3"), machines=("w2",), runs=((3, 0),))
+    for merged in (merge_task(minority, majority), merge_task(majority, minority)):
+        assert merged is not None
+        assert merged.key == majority.key and merged.phase == Phase.SUCCEEDED
+        assert merged.all_machines == ["w2", "w1"]  # the kept frame's machine first
+        assert merged.attempts == 3 and merged.failures == 1
+        assert merge_task(merged, minority) == merged == merge_task(merged, merged)
+    # a new generation (restart) starts the story again
+    restarted = TaskState(1, 0, 0, Phase.QUEUED, (60, 0, "s3"))
+    assert merge_task(restarted, merge_task(minority, majority)) is restarted
+
+
+def test_task_states_stored_before_seen_and_runs_load_with_them_empty() -> None:
+    state = TaskState(0, 0, 1, Phase.RENDERING, (1, 0, "n"), worker="w", machines=("w",), failures=1)
+    assert len(task_to_wire(state)) == 12
+    assert task_from_wire(task_to_wire(state)) == state
+    full = replace(state, seen=("v", "w"), runs=((1, 0), (1, 1)))
+    assert len(task_to_wire(full)) == 14 and task_from_wire(task_to_wire(full)) == full
 
 
 def test_task_stamp_breaks_a_tie_of_the_same_step() -> None:
