@@ -11,7 +11,7 @@ import protocol
 
 FORBIDDEN = {"trio", "socket", "os", "threading", "asyncio", "sqlite3", "subprocess"}
 PACKAGE = Path(protocol.__file__).parent
-SOURCES = sorted(PACKAGE.glob("*.py"))
+SOURCES = sorted(PACKAGE.rglob("*.py"))  # subpackages too
 
 
 def imported_modules(source: str) -> set[str]:
