@@ -268,3 +268,13 @@ class FetchAssets(Message):
 
     TYPE = "fetch_assets"
     job: str
+
+
+@register
+@dataclass(frozen=True)
+class Overlay(Message):
+    """A membership message (``protocol.membership.messages``, packed) between
+    neighbours of the farm's overlay: joins, views, failure checks, gossip."""
+
+    TYPE = "overlay"
+    data: bytes

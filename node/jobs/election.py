@@ -35,7 +35,7 @@ from typing import Any
 import trio
 
 from node.membership.peers import Peers
-from node.membership.session import Session
+from node.membership.session import Session, SessionLost
 from protocol.messages import Heartbeat
 
 log = logging.getLogger("rendernode.election")
@@ -112,14 +112,34 @@ class Election:
         session = self.peers.sessions.get(uuid)
         if session is not None and session.hello is not None:
             return session.hello.server_priority
-        return 0
+        overlay = self.peers.overlay
+        entry = overlay.member(uuid) if overlay is not None else None
+        return entry.meta.server_priority if entry is not None else 0
+
+    def _gossiped_claims(self, live: set[str]) -> None:
+        """Claims of live members the farm's membership carries (their metadata),
+        where no heartbeat of a session of ours says fresher."""
+        overlay = self.peers.overlay
+        if overlay is None:
+            return
+        for uuid in live:
+            if uuid == self.me or uuid in self.peers.sessions:
+                continue
+            entry = overlay.member(uuid)
+            if entry is not None and entry.meta.name:
+                self.claims[uuid] = (entry.meta.term, entry.meta.server)
+
+    def meta_claim(self) -> tuple[int, str]:
+        """What this node's membership metadata says: the term and server it obeys."""
+        return self.term, self.server or ""
 
     def evaluate(self) -> bool:
         """Apply the rules once; True if the role, term or server changed."""
-        live = set(self.peers.sessions) | {self.me}
+        live = set(self.peers.online_uuids()) | {self.me}
         for uuid in list(self.claims):
             if uuid not in live:
                 del self.claims[uuid]
+        self._gossiped_claims(live)
         seen = max([self.max_term, *(t for t, _ in self.claims.values())])
         followed: set[str] = {server for uuid, (_, server) in self.claims.items() if server != uuid}
         if self.server and self.server != self.me:
@@ -166,7 +186,14 @@ class Election:
                 self._changed = trio.Event()
                 if self.evaluate():
                     info = self.heartbeat_info()
-                    await self.peers.broadcast(Heartbeat(seq=0, term=info["term"], server=info["server"]))
+                    beat = Heartbeat(seq=0, term=info["term"], server=info["server"])
+                    for session in list(self.peers.sessions.values()):  # those next to us, at once
+                        try:
+                            await session.send(beat)
+                        except SessionLost:
+                            pass
+                    if self.peers.overlay is not None:  # the rest of the farm, by gossip
+                        self.peers.overlay.update_meta()
 
     async def _after_grace(self) -> None:
         await trio.sleep(self.grace)

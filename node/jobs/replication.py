@@ -19,6 +19,7 @@ first, then tasks in slices); each part is itself a valid delta.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ class Replication:
         self._incoming: JobDoc | None = None  #: the peer's delta being merged
         book.listeners.append(self._on_change)
         peers.register_handler(JobDelta, self._on_delta)
+        peers.register_delivery(JobDelta, self._on_pushed)
         peers.register_handler(JobDigest, self._on_digest)
         peers.on_session.append(self._on_session)
 
@@ -115,6 +117,16 @@ class Replication:
         if req_id and self._nursery is not None:
             self._nursery.start_soon(self._ack_when_durable, session, req_id)
 
+    def _on_pushed(self, origin: str, msg: Any) -> None:
+        """Deltas another node broadcast through the overlay."""
+        assert isinstance(msg, JobDelta)
+        for wire in msg.jobs:
+            self._incoming = job_from_wire(wire)
+            try:
+                self.book.apply(self._incoming)
+            finally:
+                self._incoming = None
+
     async def _ack_when_durable(self, session: Session, req_id: int) -> None:
         await self.book.durable()
         try:
@@ -141,12 +153,16 @@ class Replication:
             log.debug("anti-entropy with %s stopped: %s", session.uuid, exc)
 
     async def _anti_entropy(self) -> None:
-        """Exchange digests with every peer now and then: a change that reached only
-        some nodes (a peer that knows another only through us) still spreads."""
+        """Exchange digests now and then, so a change that reached only some nodes
+        still spreads: with one random peer at a time when the farm's overlay runs
+        (its cost does not grow with the farm), else with every peer."""
         while True:
             await trio.sleep(ANTI_ENTROPY_INTERVAL)
+            sessions = list(self.peers.sessions.values())
+            if self.peers.overlay is not None and sessions:
+                sessions = [self._random.choice(sessions)]
             digests = JobDigest(self.book.digests())  # once for all: hashing a big busy job takes ~0.1 s
-            for session in list(self.peers.sessions.values()):
+            for session in sessions:
                 await self._send_digest(session, digests)
 
     async def replicate(self, deltas: list[JobDoc], want: int,
@@ -157,6 +173,14 @@ class Replication:
         peer answered, or ``patience`` seconds passed: the count.  Only ``want``
         peers do ``then`` at a time; another takes the place of one that fails."""
         sessions = list(self.peers.sessions.values())
+        if len(sessions) < want:  # too few sessions up: open some to other online members
+            others = [u for u in self.peers.online_uuids() if u not in self.peers.sessions]
+            self._random.shuffle(others)
+            for uuid in others[: want - len(sessions) + 1]:
+                try:
+                    sessions.append(await self.peers.session(uuid))
+                except SessionLost:
+                    continue
         if want <= 0 or not sessions:
             return 0
         messages = batches([p for d in deltas for p in split(d)])

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -41,6 +41,10 @@ from node.errors import ConfigError
 from node.membership.identity import Identity
 from node.membership.machines import MachineTable
 from node.membership.session import Session, SessionLost
+
+if TYPE_CHECKING:
+    from node.membership.overlay import Overlay
+    from protocol.membership.entries import Member
 from protocol import (
     HandshakeComplete,
     HandshakeFailed,
@@ -52,6 +56,7 @@ from protocol import (
 )
 from protocol.codec import Message
 from protocol.messages import DialBack, DialBackResult, Goodbye, Heartbeat, Hello, Verdict
+from protocol.messages import Overlay as OverlayMessage
 from protocol.noise import Cipher, WrongPsk
 from protocol.verification import (
     HandshakeOutcome,
@@ -67,9 +72,12 @@ V = VerificationBits
 CONNECT_TIMEOUT = 1.0
 DIALBACK_TIMEOUT = 2.0
 FAILED_VERIFY_BACKOFF = 30.0  #: a peer that failed verification is retried this rarely (it redials us once fixed)
+IDLE_CLOSE = 15.0  #: a session nobody holds is closed after this long (with an overlay)
+SESSION_WAIT = 3.0  #: how long ``session()`` waits for a dial it started
 POLITE_DELAY = 0.3  #: the larger UUID of a pair waits this long before its first dial, so usually one side dials
 Handler = Callable[[Session, Message, int], Awaitable[None]]
 InlineHandler = Callable[[Session, Message, int], None]
+DeliveryHandler = Callable[[str, Message], None]
 
 
 @dataclass
@@ -112,12 +120,18 @@ class Peers:
         self.advertised: list[str] = []
         self._handlers: dict[type[Message], Handler] = {}
         self._inline_handlers: dict[type[Message], InlineHandler] = {}
+        self._deliveries: dict[type[Message], DeliveryHandler] = {}
         self.heartbeat_info: Callable[[], dict[str, Any]] = lambda: {}
         self.hello_extra: Callable[[], dict[str, Any]] = lambda: {}
         self.local_mac = ""  #: this machine's MAC, for Wake-on-LAN (node.power.local_mac)
         self.on_change: list[Callable[[], None]] = []
         self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
         self.bulk_handler: Callable[[Session, int, bytes], None] | None = None  #: called by the reader
+        self.overlay: Overlay | None = None  #: the farm's membership, once attached
+        self._attached = trio.Event()
+        self._holds: dict[str, set[str]] = {}  #: uuid -> why its session is kept
+        self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
+        self._dialing: dict[str, trio.Event] = {}  #: uuid -> set once its dial ends
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
         self._cipher = Cipher.AESGCM if prefs.cipher == "aesgcm" else Cipher.CHACHAPOLY
@@ -142,6 +156,9 @@ class Peers:
         row = self.table.get(uuid)
         if row is None or "mdns" not in row.via:
             self.table.update(uuid, via="mdns", name=name or (row.name if row else ""))
+        if self.overlay is not None:
+            self.overlay.discovered(uuid, addresses)
+            return
         self._add_target(Target(key=uuid, addresses=addresses, via="mdns", uuid=uuid))
 
     def add_static(self, address: str, replace: str = "") -> Target:
@@ -201,21 +218,179 @@ class Peers:
         self._check_free(message_type)
         self._inline_handlers[message_type] = handler
 
+    def register_delivery(self, message_type: type[Message], handler: DeliveryHandler) -> None:
+        """Have ``handler(origin_uuid, message)`` run for every ``message_type`` that
+        ``broadcast`` carried here through the overlay (once per node, on the trio
+        thread; it must not block).  A message a peer sends on a session goes to
+        ``register_handler``'s handler instead."""
+        if message_type in self._deliveries:
+            raise ValueError(f"a delivery handler for {message_type.__name__} is registered already")
+        self._deliveries[message_type] = handler
+
+    def deliver(self, origin: str, message: Message) -> None:
+        """A broadcast from ``origin`` reached this node: hand it to its handler."""
+        handler = self._deliveries.get(type(message))
+        if handler is not None:
+            handler(origin, message)
+
     def _check_free(self, message_type: type[Message]) -> None:
         if message_type in self._handlers or message_type in self._inline_handlers:
             raise ValueError(f"a handler for {message_type.__name__} is registered already")
 
     def online_uuids(self) -> list[str]:
-        """UUIDs of peers with a live verified session."""
+        """UUIDs of the other members online: ALIVE or SUSPECT in the farm's
+        membership, or (with no overlay attached) those with a live session."""
+        if self.overlay is not None:
+            return sorted(set(self.overlay.online()) | set(self.sessions))
         return list(self.sessions)
 
     async def broadcast(self, message: Message) -> None:
-        """Send ``message`` to every live session, skipping ones that break."""
+        """Send ``message`` to every member: through the overlay's tree (each node
+        gets it once, whatever the farm's size), or with no overlay attached to
+        every live session, skipping ones that break."""
+        if self.overlay is not None:
+            self.overlay.broadcast(message)
+            return
         for session in list(self.sessions.values()):
             try:
                 await session.send(message)
             except (SessionLost, ProtocolError):
                 pass
+
+    # -- sessions on demand ----------------------------------------------------
+
+    def attach(self, overlay: Overlay) -> None:
+        """Let ``overlay`` decide which sessions to keep: from now on sessions are
+        opened on demand and closed when nobody holds them."""
+        self.overlay = overlay
+        self.register_handler(OverlayMessage, overlay.on_message)
+        self._attached.set()
+        for session in list(self.sessions.values()):
+            overlay.connected(session)
+            if not self._holds.get(session.uuid):
+                self._unheld_since[session.uuid] = trio.current_time()
+        for target in list(self.targets.values()):
+            if target.uuid:
+                overlay.discovered(target.uuid, target.addresses)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._reap_idle)
+
+    def hold(self, uuid: str, reason: str) -> None:
+        """Keep the session to ``uuid`` (when there is one) for ``reason``."""
+        self._holds.setdefault(uuid, set()).add(reason)
+        self._unheld_since.pop(uuid, None)
+
+    def release(self, uuid: str, reason: str) -> None:
+        """``reason`` no longer needs the session to ``uuid``; with no hold left it
+        is closed after ``IDLE_CLOSE`` s unless held again."""
+        reasons = self._holds.get(uuid)
+        if reasons is None:
+            return
+        reasons.discard(reason)
+        if not reasons:
+            del self._holds[uuid]
+            if uuid in self.sessions:
+                self._unheld_since[uuid] = trio.current_time()
+
+    def held(self, uuid: str) -> set[str]:
+        """Why the session to ``uuid`` is kept."""
+        return set(self._holds.get(uuid, ()))
+
+    def known_addresses(self, uuid: str) -> list[tuple[str, int]]:
+        """Where ``uuid`` accepts sessions: the membership's word, else the machine table's."""
+        if self.overlay is not None:
+            found = self.overlay.addresses(uuid)
+            if found:
+                return found
+        row = self.table.get(uuid)
+        out = []
+        for text in row.addresses if row is not None else []:
+            try:
+                out.append(parse_hostport(text))
+            except ConfigError:
+                continue
+        return out
+
+    def connect(self, uuid: str, addresses: list[tuple[str, int]] | None = None,
+                on_failure: Callable[[str], None] | None = None) -> None:
+        """Dial ``uuid`` in the background unless a session to it is up or being
+        made; ``on_failure(uuid)`` if the dial gives no session."""
+        if uuid == self.ident.uuid or uuid in self.sessions or uuid in self._dialing:
+            return
+        addresses = addresses or self.known_addresses(uuid)
+        if not addresses or self._nursery is None:
+            if on_failure is not None:
+                on_failure(uuid)
+            return
+        self._dialing[uuid] = trio.Event()
+        self._nursery.start_soon(self._dial_member, uuid, addresses, on_failure)
+
+    async def _dial_member(self, uuid: str, addresses: list[tuple[str, int]],
+                           on_failure: Callable[[str], None] | None) -> None:
+        outcome = "unreachable"
+        try:
+            target = Target(key=uuid, addresses=addresses, via="overlay", uuid=uuid)
+            outcome = await self._dial_once(target)  # returns once the session (if any) ended
+        finally:
+            done = self._dialing.pop(uuid, None)
+            if done is not None:
+                done.set()
+        if outcome not in ("ok", "duplicate", "self") and on_failure is not None:
+            on_failure(uuid)
+
+    async def session(self, uuid: str, hold: str = "") -> Session:
+        """The session to ``uuid``, dialed if need be (``SessionLost`` if it cannot
+        be had within ``SESSION_WAIT`` s); ``hold`` it for that reason if given."""
+        if hold:
+            self.hold(uuid, hold)
+        existing = self.sessions.get(uuid)
+        if existing is not None:
+            return existing
+        self.connect(uuid)
+        dialing = self._dialing.get(uuid)
+        if dialing is not None:
+            with trio.move_on_after(SESSION_WAIT):
+                await dialing.wait()
+        existing = self.sessions.get(uuid)
+        if existing is None:
+            raise SessionLost(f"cannot reach {uuid}")
+        return existing
+
+    def member_changed(self, member: Member) -> None:
+        """The overlay's entry for ``member`` changed: the machine table follows."""
+        uuid, meta = member.uuid, member.meta
+        row = self.table.get(uuid)
+        changes: dict[str, Any] = {"addresses": list(member.addresses)}
+        if meta.name:
+            changes.update(name=meta.name, build_id=meta.build_id, arch=meta.arch,
+                           server_priority=meta.server_priority, term=meta.term)
+        was_online = bool(row and row.online)
+        self.table.update(uuid, via="farm" if row is None else None, **changes)
+        facts = self.facts.get(uuid)
+        online = member.state.online or uuid in self.sessions
+        if facts is not None:
+            self.facts[uuid] = dataclasses.replace(facts, online=online)
+            self._set_bits(uuid)
+        else:
+            self.table.update(uuid, online=online,
+                              bits=int(V.VERIFICATIONBIT_ONLINE if online else V.VERIFICATIONBIT_NONE))
+        if online != was_online:
+            self.table.log(uuid, "online" if online else f"offline: {member.state.name.lower()} in the farm")
+        for callback in self.on_change:
+            callback()
+
+    async def _reap_idle(self) -> None:
+        """Close sessions nobody has held for ``IDLE_CLOSE`` s."""
+        while True:
+            await trio.sleep(IDLE_CLOSE / 3)
+            now = trio.current_time()
+            for uuid, since in list(self._unheld_since.items()):
+                session = self.sessions.get(uuid)
+                if session is None:
+                    del self._unheld_since[uuid]
+                elif now - since >= IDLE_CLOSE and self._nursery is not None:
+                    del self._unheld_since[uuid]
+                    self._nursery.start_soon(self._goodbye, session, "idle")
 
     # -- service ---------------------------------------------------------------
 
@@ -263,9 +438,13 @@ class Peers:
             with trio.move_on_after(POLITE_DELAY):  # the peer dials us first; skip if it did
                 await target.wake.wait()
         while not target.removed:
+            if self.overlay is not None and target.uuid:
+                # a contact: the overlay decides from here on whom to keep sessions with
+                self.overlay.discovered(target.uuid, target.addresses)
+                return
             session = self.sessions.get(target.uuid) if target.uuid else None
             if session is not None:
-                await session.closed.wait()
+                await _first_of(session.closed, self._attached)
                 backoff = 0.05
                 continue
             outcome = await self._dial_once(target)
@@ -442,12 +621,20 @@ class Peers:
             if self._nursery is not None:
                 self._nursery.start_soon(self._goodbye, existing, "duplicate session")
         self.sessions[uuid] = s
+        dialing = self._dialing.pop(uuid, None)
+        if dialing is not None:
+            dialing.set()
+        if not self._holds.get(uuid) and self.overlay is not None:
+            self._unheld_since[uuid] = trio.current_time()
         self.facts[uuid] = dataclasses.replace(self.facts[uuid], online=True)
         row = self.table.get(uuid)
         if row is not None and not row.was_verified:
             self.table.update(uuid, was_verified=True)
         self._set_bits(uuid, reason="")
-        self.table.log(uuid, f"online, verified ({s.remote_ip})")
+        self.table.log(uuid, f"online, verified ({s.remote_ip})" if self.overlay is None
+                       else f"session up, verified ({s.remote_ip})")
+        if self.overlay is not None:
+            self.overlay.connected(s)
         for callback in self.on_change:
             callback()
         for session_callback in self.on_session:
@@ -514,11 +701,18 @@ class Peers:
             s.closed.set()
             if self.sessions.get(s.uuid) is s:
                 del self.sessions[s.uuid]
+                self._unheld_since.pop(s.uuid, None)
+                overlay = self.overlay
                 facts = self.facts.get(s.uuid)
                 if facts is not None:
-                    self.facts[s.uuid] = dataclasses.replace(facts, online=False)
+                    online = overlay is not None and overlay.is_online(s.uuid)
+                    self.facts[s.uuid] = dataclasses.replace(facts, online=online)
                     self._set_bits(s.uuid)
-                self.table.log(s.uuid, f"offline: {s.lost_reason or 'closed'}")
+                if overlay is None:
+                    self.table.log(s.uuid, f"offline: {s.lost_reason or 'closed'}")
+                else:
+                    self.table.log(s.uuid, f"session closed: {s.lost_reason or 'closed'}")
+                    overlay.disconnected(s)
                 for callback in self.on_change:
                     callback()
 
@@ -527,7 +721,7 @@ class Peers:
         try:
             await work
         except (SessionLost, ProtocolError) as exc:
-            s.end(exc.reason)
+            s.end(exc.reason, "closed")
 
     def _inline(self, s: Session, msg: Message, req_id: int, nursery: trio.Nursery) -> bool:
         """What the reader handles itself: dial-back and the inline handlers."""
@@ -589,6 +783,17 @@ class Peers:
         self._set_bits(s.uuid)
         if not msg.reachable:
             self.table.log(s.uuid, f"it cannot dial this node: {msg.reason}")
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
 
 
 def _wall_offset() -> float | None:

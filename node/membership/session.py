@@ -135,6 +135,9 @@ class Session:
         self._live = False
         self._scope: trio.CancelScope | None = None
         self.protocol_error = False  #: the session ended because the peer broke the protocol
+        #: how it ended: "goodbye" (the peer said so), "closed" (the stream ended or broke),
+        #: "timeout" (the liveness deadline), "local" (this node ended it)
+        self.end_kind = ""
 
     # -- sending -----------------------------------------------------------------
 
@@ -199,6 +202,17 @@ class Session:
         self._check_open()
         self._queue(body)
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def send_nowait(self, message: Message, req_id: int = 0) -> bool:
+        """Queue one control message without waiting (no back-pressure): for the few
+        last words of a node on its way out.  False if the session is not live."""
+        if not self._live or self.closed.is_set():
+            return False
+        try:
+            self._queue(self.conn.encode(message, req_id))
+        except (ProtocolError, SessionLost):
+            return False
+        return True
 
     async def send_bulk_data(self, stream_id: int, data: bytes) -> None:
         """Send ``data`` as bulk records on ``stream_id`` and wait until it is written.
@@ -364,7 +378,7 @@ class Session:
                 with trio.CancelScope(deadline=trio.current_time() + window) as liveness:
                     await self._guarded(self._reader(send, inline, bulk, liveness, window))
                 if liveness.cancelled_caught:
-                    self.end(silent)
+                    self.end(silent, "timeout")
                 nursery.cancel_scope.cancel()
         finally:
             self._finish()
@@ -375,10 +389,10 @@ class Session:
         try:
             await work
         except SessionLost as exc:
-            self.end(exc.reason)
+            self.end(exc.reason, "closed")
         except ProtocolError as exc:
             self.protocol_error = True
-            self.end(f"protocol error: {exc.reason}")
+            self.end(f"protocol error: {exc.reason}", "closed")
 
     async def _reader(self, dispatch: trio.MemorySendChannel[tuple[Message, int]], inline: Inline,
                       bulk: BulkSink | None, liveness: trio.CancelScope, window: float) -> None:
@@ -390,7 +404,7 @@ class Session:
                 liveness.deadline = now + window
                 pushed = now
             if isinstance(event, ConnectionClosed):
-                self.end(event.reason)
+                self.end(event.reason, "goodbye" if event.clean else "closed")
                 return
             if isinstance(event, BulkReceived):
                 if bulk is not None:
@@ -416,11 +430,12 @@ class Session:
         finally:
             _DISPATCHERS.discard(me)
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: str, kind: str = "local") -> None:
         """End the live session (from any task): its tasks stop and every waiting
-        caller gets ``SessionLost``."""
+        caller gets ``SessionLost``.  ``kind`` says how (see ``end_kind``)."""
         if not self.lost_reason:
             self.lost_reason = reason
+            self.end_kind = kind
         if self._scope is not None:
             self._scope.cancel()
 

@@ -23,6 +23,7 @@ from .wire import (
     MAX_INT,
     MAX_NAME,
     MAX_SHORT,
+    MAX_UUID,
     as_addresses,
     as_int,
     as_list,
@@ -61,11 +62,12 @@ class Meta:
     term: int = 0
     capabilities: str = ""  #: a digest of the renderers it offers
     sharing: bool = True
+    server: str = ""  #: the server it obeys (itself: it claims the role for ``term``)
 
     def to_wire(self) -> list[Any]:
         """Msgpack-able form."""
         return [self.name, self.build_id, self.arch, self.server_priority, self.term,
-                self.capabilities, self.sharing]
+                self.capabilities, self.sharing, self.server]
 
     @classmethod
     def from_wire(cls, obj: Any, where: str = "meta") -> Meta:
@@ -83,6 +85,7 @@ class Meta:
             term=as_int(obj[4], f"{where}.term"),
             capabilities=as_str(obj[5], f"{where}.capabilities", MAX_SHORT),
             sharing=sharing,
+            server=as_str(obj[7], f"{where}.server", MAX_UUID) if len(obj) > 7 else "",
         )
 
 
