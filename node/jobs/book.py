@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -157,9 +156,6 @@ class JobBook:
             self._new_logs.append((delta.uuid, stamp, new.log[stamp]))
         self._applied += 1
         self._wake.set()
-        if any(new.tasks[tid] is not delta.tasks.get(tid) for tid in changes.tasks):
-            # a task state joined with the one held here (its grow-only parts): pass on the join
-            delta = replace(delta, tasks={**delta.tasks, **{tid: new.tasks[tid] for tid in changes.tasks}})
         for listener in self.listeners:
             listener(delta, new)
         return True
