@@ -37,12 +37,14 @@ from node.membership.api import MembershipApi
 from node.membership.discovery import Discovery
 from node.membership.identity import Identity, load_or_create
 from node.membership.machines import MachineTable
+from node.membership.overlay import Overlay
 from node.membership.peers import Peers
 from node.render.results import Results
 from node.render.worker import Worker
 from node.service import power
 from node.service.token import reload_token
 from protocol.connection import derive_psk
+from protocol.membership.entries import Meta
 from protocol.version import build_id
 
 log = logging.getLogger("rendernode.daemon")
@@ -68,6 +70,7 @@ class Node:
     scheduler: Scheduler
     swarm: Swarm
     assets: Assets
+    overlay: Overlay
     methods: dict[str, Method] = field(default_factory=dict)
 
 
@@ -86,6 +89,14 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     jobs = Jobs(book, ident.uuid, prefs.admins)
     replication = Replication(book, peers)
     election = Election(peers, prefs.state_dir, prefs.server_priority, prefs.election_grace)
+
+    def meta() -> Meta:
+        term, server = election.meta_claim()
+        return Meta(name=prefs.name, build_id=peers.local.build_id, arch=peers.local.arch,
+                    server_priority=prefs.server_priority, term=term,
+                    capabilities=",".join(sorted(versions))[:128], sharing=prefs.share, server=server)
+
+    overlay = Overlay(peers, prefs.state_dir, meta)
     api = MembershipApi(prefs, ident, peers, election.status)
     transfers = Transfers(peers)
     store = ChunkStore(os.path.join(prefs.state_dir, "chunks"), prefs.asset_cache_mb << 20)
@@ -100,7 +111,8 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     worker.report_local = scheduler.on_update
     jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results, assets)
     return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
-                results, worker, scheduler, swarm, assets, {**api.methods(), **jobs_api.methods()})
+                results, worker, scheduler, swarm, assets, overlay,
+                {**api.methods(), **jobs_api.methods()})
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,6 +124,7 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.book.run)
             await nursery.start(node.replication.run)
             await nursery.start(node.peers.run)
+            await nursery.start(node.overlay.run)
             await nursery.start(node.election.run)
             await nursery.start(node.swarm.run)
             await nursery.start(node.assets.run)

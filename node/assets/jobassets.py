@@ -166,18 +166,38 @@ class Assets:
                 if origin != self.me and origin not in self.swarm.holdings.get(mid, {}):
                     n = len(manifest.chunk_ids())
                     self.swarm.holdings.setdefault(mid, {})[origin] = bits_of(range(n), n)
-                for attempt in range(1, FETCH_ROUNDS + 1):
-                    await self.swarm.fetch(manifest, self._sources(doc))
-                    try:
-                        await trio.to_thread.run_sync(self._materialize, manifest, dest)
-                        break
-                    except (KeyError, CorruptChunk) as exc:  # dropped since (damaged, gc): again
-                        if attempt == FETCH_ROUNDS:
-                            raise FetchFailed(f"chunks of {mid[:12]} keep vanishing: {exc}") from None
-                        log.warning("a chunk of %s vanished before it was materialised (%s); "
-                                    "fetching again", mid[:12], exc)
+                held = await self._hold_sources([origin, self.election.server or ""])
+                try:
+                    for attempt in range(1, FETCH_ROUNDS + 1):
+                        await self.swarm.fetch(manifest, self._sources(doc))
+                        try:
+                            await trio.to_thread.run_sync(self._materialize, manifest, dest)
+                            break
+                        except (KeyError, CorruptChunk) as exc:  # dropped since (damaged, gc): again
+                            if attempt == FETCH_ROUNDS:
+                                raise FetchFailed(f"chunks of {mid[:12]} keep vanishing: {exc}") from None
+                            log.warning("a chunk of %s vanished before it was materialised (%s); "
+                                        "fetching again", mid[:12], exc)
+                finally:
+                    for uuid in held:
+                        self.peers.release(uuid, "assets")
         root = str(doc.value("asset_root") or "/")
         return os.path.join(dest, *str(doc.value("scene_rel")).split("/")), {root: dest}
+
+    async def _hold_sources(self, uuids: list[str]) -> list[str]:
+        """Open and hold sessions to ``uuids`` (the job's origin and the server hold
+        every chunk) for a fetch; the ones held, to release after it."""
+        held = []
+        for uuid in dict.fromkeys(uuids):
+            if not uuid or uuid == self.me:
+                continue
+            try:
+                await self.peers.session(uuid, hold="assets")
+            except SessionLost:
+                self.peers.release(uuid, "assets")
+                continue
+            held.append(uuid)
+        return held
 
     def prune(self, live: set[str]) -> int:
         """Remove the materialised copies of manifests not in ``live`` (blocking); how many."""

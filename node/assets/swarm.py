@@ -350,12 +350,10 @@ class Swarm:
         if manifest is not None:
             return manifest
         for uuid in sources:
-            session = self.peers.sessions.get(uuid)
-            if session is None:
-                continue
             try:
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    reply = await session.request(ManifestRequest(manifest_id))
+                async with self.peers.using(uuid, "swarm") as session:
+                    with trio.fail_after(REQUEST_TIMEOUT):
+                        reply = await session.request(ManifestRequest(manifest_id))
             except (SessionLost, ProtocolError, RequestFailed, trio.TooSlowError):
                 continue
             data = reply.result.get("data") if isinstance(reply, Reply) and isinstance(reply.result, dict) else None

@@ -71,6 +71,7 @@ class JobsApi:
         self.callers: set[str] = set()
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Chat, self._on_chat)
+        peers.register_delivery(Chat, lambda origin, msg: self._store(msg))  # type: ignore[arg-type]
         peers.register_handler(FetchAssets, self._on_fetch_assets)
 
     def methods(self) -> dict[str, Method]:
@@ -91,7 +92,7 @@ class JobsApi:
         """Wait until the job is on disk here and on ``replicas`` peers (with its
         assets, when it has some, so it can render if this machine dies)."""
         await self.jobs.book.durable()
-        want = min(self.replicas, len(self.peers.sessions))
+        want = min(self.replicas, len(self.peers.online_uuids()))
         job = deltas[0].uuid
 
         async def fetch_assets(session: Session) -> None:

@@ -82,6 +82,7 @@ class Replication:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._incoming: JobDoc | None = None  #: the peer's delta being merged
+        self._random = random.Random()
         book.listeners.append(self._on_change)
         peers.register_handler(JobDelta, self._on_delta)
         peers.register_delivery(JobDelta, self._on_pushed)

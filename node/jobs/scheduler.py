@@ -67,6 +67,7 @@ log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
 ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
 DEPTH = 2  #: tasks a worker holds at once: the one it renders and one waiting
+UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not offered work
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
 
@@ -133,6 +134,8 @@ class Scheduler:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.assigned_count = 0
+        self._held: set[str] = set()  #: workers whose sessions the server holds
+        self._unreachable: dict[str, float] = {}  #: worker -> when the server last failed to reach it
         self.book.listeners.append(self._on_change)
         peers.on_change.append(self._peers_changed)
         peers.register_handler(TaskUpdate, self._on_update_msg)
@@ -301,7 +304,10 @@ class Scheduler:
     # -- assignment -------------------------------------------------------------------
 
     def workers(self) -> dict[str, set[str]]:
-        """Machines that may render now: uuid -> renderer names."""
+        """Machines that may render now: uuid -> renderer names.  Those with a
+        session say so in their Hello; the farm's other online members in their
+        membership metadata (the server dials them when it assigns).  A member the
+        server could not reach lately is left out for ``UNREACHABLE_WAIT`` s."""
         out: dict[str, set[str]] = {}
         if self.share:
             out[self.me] = set(self.renderers)
@@ -309,13 +315,37 @@ class Scheduler:
             hello = session.hello
             if hello is not None and hello.sharing:
                 out[uuid] = set(hello.capabilities)
+        overlay = self.peers.overlay
+        if overlay is not None:
+            now = time.monotonic()
+            for uuid in overlay.online():
+                entry = overlay.member(uuid)
+                if (uuid in out or uuid in self.peers.sessions or entry is None or not entry.meta.sharing
+                        or now - self._unreachable.get(uuid, -UNREACHABLE_WAIT) < UNREACHABLE_WAIT):
+                    continue
+                out[uuid] = {name for name in entry.meta.capabilities.split(",") if name}
         return out
+
+    def _hold_workers(self, workers: dict[str, set[str]] | None) -> None:
+        """Keep sessions to the farm's workers while this node is the server."""
+        wanted = set(workers or ()) - {self.me}
+        for uuid in self._held - wanted:
+            self.peers.release(uuid, "worker")
+        for uuid in wanted - self._held:
+            self.peers.hold(uuid, "worker")
+        self._held = wanted
 
     def _allowed(self, doc: JobDoc, worker: str, names: dict[str, str]) -> bool:
         return renders_on(doc, worker, names.get(worker, "")) and worker not in self.excluded.get(doc.uuid, ())
 
     def _names(self) -> dict[str, str]:
         names = {self.me: self.peers.prefs.name}
+        overlay = self.peers.overlay
+        if overlay is not None:
+            for uuid in overlay.online():
+                entry = overlay.member(uuid)
+                if entry is not None and entry.meta.name:
+                    names[uuid] = entry.meta.name
         for uuid, session in self.peers.sessions.items():
             if session.hello is not None:
                 names[uuid] = session.hello.name
@@ -333,6 +363,7 @@ class Scheduler:
         to workers rendering one (see Prefetch above)."""
         if self._roster is None:
             self._roster = (self.workers(), self._names())
+            self._hold_workers(self._roster[0])
         workers, names = self._roster
         busy = self.busy
         idle = sum(1 for w in workers if w not in busy)
@@ -444,13 +475,13 @@ class Scheduler:
             else:
                 await self.local.cancel(msg)
             return
-        session = self.peers.sessions.get(worker)
-        if session is None:
-            self._lost_worker(worker, "worker went offline")
-            return
         try:
+            session = await self.peers.session(worker, hold="worker")
             await session.send(msg)
         except (SessionLost, ProtocolError) as exc:
+            self._unreachable[worker] = time.monotonic()
+            self._roster = None
+            self._able.clear()
             self._lost_worker(worker, f"cannot reach worker: {exc}")
 
     # -- reports ----------------------------------------------------------------------
@@ -601,6 +632,7 @@ class Scheduler:
                 elif not is_server and self._active:
                     self._active = False
                     self._reset()
+                    self._hold_workers(None)
                 wait = 3600.0
                 if self._active:
                     self.assign_all()

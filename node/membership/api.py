@@ -64,7 +64,8 @@ class MembershipApi:
             "build_id": self.peers.local.build_id,
             "arch": self.peers.local.arch,
             "listen": self.peers.advertised,
-            "online_peers": len(self.peers.sessions),
+            "online_peers": len(self.peers.online_uuids()),
+            "sessions": len(self.peers.sessions),
             "caller": caller.user,
         }
 

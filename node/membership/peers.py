@@ -30,7 +30,9 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +131,7 @@ class Peers:
         self.bulk_handler: Callable[[Session, int, bytes], None] | None = None  #: called by the reader
         self.overlay: Overlay | None = None  #: the farm's membership, once attached
         self._attached = trio.Event()
-        self._holds: dict[str, set[str]] = {}  #: uuid -> why its session is kept
+        self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)
         self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
         self._dialing: dict[str, trio.Event] = {}  #: uuid -> set once its dial ends
         self._nursery: trio.Nursery | None = None
@@ -276,17 +278,20 @@ class Peers:
             self._nursery.start_soon(self._reap_idle)
 
     def hold(self, uuid: str, reason: str) -> None:
-        """Keep the session to ``uuid`` (when there is one) for ``reason``."""
-        self._holds.setdefault(uuid, set()).add(reason)
+        """Keep the session to ``uuid`` (when there is one) for ``reason``; holds
+        count, so each ``hold`` wants its own ``release``."""
+        self._holds.setdefault(uuid, Counter())[reason] += 1
         self._unheld_since.pop(uuid, None)
 
     def release(self, uuid: str, reason: str) -> None:
-        """``reason`` no longer needs the session to ``uuid``; with no hold left it
-        is closed after ``IDLE_CLOSE`` s unless held again."""
+        """One ``hold`` for ``reason`` is over; with no hold left the session to
+        ``uuid`` is closed after ``IDLE_CLOSE`` s unless held again."""
         reasons = self._holds.get(uuid)
-        if reasons is None:
+        if reasons is None or reasons[reason] <= 0:
             return
-        reasons.discard(reason)
+        reasons[reason] -= 1
+        if reasons[reason] <= 0:
+            del reasons[reason]
         if not reasons:
             del self._holds[uuid]
             if uuid in self.sessions:
@@ -295,6 +300,15 @@ class Peers:
     def held(self, uuid: str) -> set[str]:
         """Why the session to ``uuid`` is kept."""
         return set(self._holds.get(uuid, ()))
+
+    @asynccontextmanager
+    async def using(self, uuid: str, reason: str) -> AsyncIterator[Session]:
+        """The session to ``uuid`` (dialed if need be), held for ``reason`` while
+        the block runs; ``SessionLost`` if it cannot be had."""
+        try:
+            yield await self.session(uuid, hold=reason)
+        finally:
+            self.release(uuid, reason)
 
     def known_addresses(self, uuid: str) -> list[tuple[str, int]]:
         """Where ``uuid`` accepts sessions: the membership's word, else the machine table's."""

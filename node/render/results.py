@@ -159,12 +159,10 @@ class Results:
                     data = await trio.to_thread.run_sync(_read, item.path)
                     await self.store(ready, data)
                 else:
-                    session = self.peers.sessions.get(node)
-                    if session is None:
-                        continue
                     manifest = await trio.to_thread.run_sync(self._chunk, item.path)
-                    with trio.fail_after(FETCH_TIMEOUT):
-                        await session.request(ResultReady(**{**ready.__dict__, "manifest": manifest.id}))
+                    async with self.peers.using(node, "results") as session:
+                        with trio.fail_after(FETCH_TIMEOUT):
+                            await session.request(ResultReady(**{**ready.__dict__, "manifest": manifest.id}))
             except (SessionLost, ProtocolError, RequestFailed, OSError, BadRequest, trio.TooSlowError) as exc:
                 log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
                 continue

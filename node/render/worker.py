@@ -92,6 +92,7 @@ class Worker:
         self.on_busy: list[Callable[[bool], None]] = []  #: told True when a task starts, False when none runs
         self.assets: Assets | None = None  #: fetches job assets before a task renders
         self.rendered = 0
+        self._server_held = ""  #: the server whose session this worker holds
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Assign, self._on_assign)
         peers.register_handler(Cancel, self._on_cancel)
@@ -189,10 +190,12 @@ class Worker:
             if self.report_local is not None:
                 self.report_local(self.me, update)
             return
-        session = self.peers.sessions.get(target)
-        if session is None:
-            return
+        if target != self._server_held:  # keep the session to whoever is the server now
+            if self._server_held:
+                self.peers.release(self._server_held, "server")
+            self._server_held = target
         try:
+            session = await self.peers.session(target, hold="server")
             await session.send(update)
         except (SessionLost, ProtocolError) as exc:
             log.debug("progress report to %s failed: %s", target, exc)

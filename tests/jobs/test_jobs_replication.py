@@ -185,9 +185,6 @@ async def test_concurrent_changes_to_one_job_on_both_sides_merge_into_one_docume
     assert len({tuple(j.uuid for j in m.node.jobs.queue()) for m in everyone}) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="replication and election assume a full mesh: a node "
-                   "that reaches the farm through one peer only gets that peer's own changes "
-                   "(received ones are not forwarded) and may claim the role itself")
 async def test_a_node_linked_to_one_peer_only_still_gets_every_job(
         short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
     farm = Farm(nursery, short_dir, token)
