@@ -9,7 +9,13 @@ against the dataclass annotation.
 msgpack object-count bombs are real: 2 MiB can hold 2 million empty maps,
 about 130 MB of Python dicts.  Besides the per-container length limits the
 decoder counts containers through msgpack's hooks and aborts past
-``MAX_CONTAINERS``, so memory stays a small multiple of the frame size.
+``MAX_CONTAINERS``.  Declared-length bombs are real too: msgpack allocates an
+array's slots (up to about 10,000) the moment it reads the array's header, so
+5 KiB of nested headers each declaring 200,000 items, with no items after
+them, cost 76 MB before the data runs out.  So the decoder first checks,
+without building anything, that the data is one whole object: then every
+declared item is present, a byte at least, and memory stays a small multiple
+of the frame size.
 """
 
 from __future__ import annotations
@@ -107,6 +113,18 @@ def encode(msg: Message, req_id: int = 0) -> bytes:
     return data
 
 
+def _check_whole(data: bytes) -> None:
+    """Refuse ``data`` unless it is exactly one complete msgpack object; builds nothing."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        unpacker.skip()
+    except msgpack.OutOfData:
+        raise RemoteProtocolError("malformed msgpack: the data ends inside an object") from None
+    if unpacker.tell() != len(data):
+        raise RemoteProtocolError("malformed msgpack: extra data after the object")
+
+
 def unpack_limited(data: bytes) -> Any:
     """msgpack-decode ``data`` under the module's limits; ProtocolError otherwise."""
     count = 0
@@ -119,6 +137,7 @@ def unpack_limited(data: bytes) -> Any:
         return obj
 
     try:
+        _check_whole(data)
         return msgpack.unpackb(
             data,
             raw=False,
