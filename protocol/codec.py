@@ -15,7 +15,9 @@ array's slots (up to about 10,000) the moment it reads the array's header, so
 them, cost 76 MB before the data runs out.  So the decoder first checks,
 without building anything, that the data is one whole object: then every
 declared item is present, a byte at least, and memory stays a small multiple
-of the frame size.
+of the frame size.  Nesting is limited to ``MAX_DEPTH``: msgpack reads 1,000
+levels but writes back only 511, and Python's repr and == recurse, so a value
+nested deeper could be received but not stored, passed on or named in an error.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MAX_BIN = 1 << 20
 MAX_ARRAY = 200_000
 MAX_MAP = 20_000
 MAX_CONTAINERS = 50_000
+MAX_DEPTH = 100
 
 
 class Message:
@@ -125,6 +128,18 @@ def _check_whole(data: bytes) -> None:
         raise RemoteProtocolError("malformed msgpack: extra data after the object")
 
 
+def _check_depth(root: Any) -> None:
+    """Refuse a tree nested deeper than ``MAX_DEPTH`` (map keys are never containers)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RemoteProtocolError(f"message nests maps and arrays deeper than {MAX_DEPTH}")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
 def unpack_limited(data: bytes) -> Any:
     """msgpack-decode ``data`` under the module's limits; ProtocolError otherwise."""
     count = 0
@@ -138,7 +153,7 @@ def unpack_limited(data: bytes) -> Any:
 
     try:
         _check_whole(data)
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
@@ -156,6 +171,9 @@ def unpack_limited(data: bytes) -> Any:
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, RecursionError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    if count > MAX_DEPTH:  # fewer containers cannot nest deeper: no walk for most messages
+        _check_depth(value)
+    return value
 
 
 def decode(data: bytes) -> tuple[Message, int]:

@@ -25,7 +25,15 @@ from protocol import (
     codec,
     derive_psk,
 )
-from protocol.codec import MAX_CONTAINERS, PROTO_MAJOR, Message, decode, encode, message_types
+from protocol.codec import (
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    PROTO_MAJOR,
+    Message,
+    decode,
+    encode,
+    message_types,
+)
 from protocol.connection import MAGIC, ConnectionState, prologue
 from protocol.framing import HEADER, HEADER_SIZE, MAX_CONTROL, RecordDecoder
 from protocol.messages import Call, Heartbeat, Hello
@@ -347,6 +355,30 @@ def test_nested_headers_bomb_in_an_unauthenticated_handshake_hint_is_refused_wit
     with peak_memory() as peak, pytest.raises(RemoteProtocolError, match="malformed msgpack"):
         feed(r, HEADER.pack(len(record)) + record)
     assert peak[0] < 1 << 20, f"{peak[0] / 2**20:.1f} MiB for a {len(record)} byte record"
+
+
+def nested(depth: int, leaf: Any = 0) -> Any:
+    """A value nested ``depth`` arrays deep."""
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+@pytest.mark.parametrize("where", ["v", "args"])
+def test_values_nested_deeper_than_max_depth_are_refused(where: str) -> None:
+    # found by bench/fuzz.py: a major nested 1,000 deep raised RecursionError naming it,
+    # and one nested 600 deep decoded but could not be written back (msgpack packs 511)
+    env = {"v": PROTO_MAJOR, "t": "call", "id": 1, "method": "status", "args": {}}
+    env[where] = nested(1000) if where == "v" else {"a": nested(600)}
+    with pytest.raises(RemoteProtocolError, match=f"deeper than {MAX_DEPTH}"):
+        decode(msgpack.packb(env))
+
+
+def test_values_nested_to_max_depth_decode_and_encode_again() -> None:
+    call = Call("status", {"a": nested(MAX_DEPTH - 2)})  # the envelope and args: 2 levels
+    assert decode(encode(call, 1)) == (call, 1)
+    with pytest.raises(RemoteProtocolError, match="deeper"):
+        decode(encode(Call("status", {"a": nested(MAX_DEPTH - 1)}), 1))
 
 
 def test_a_whole_object_then_anything_is_refused_as_extra_data() -> None:
