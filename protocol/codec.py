@@ -30,7 +30,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-from .errors import LocalProtocolError, RemoteProtocolError, UnknownMessageType
+from .errors import LocalProtocolError, RemoteProtocolError, UnknownMessageType, shown
 from .framing import MAX_CONTROL
 
 #: Wire major version: a change here means nodes cannot talk at all.
@@ -185,7 +185,7 @@ def decode(data: bytes) -> tuple[Message, int]:
         raise RemoteProtocolError("message envelope is not a map")
     v, t, req_id = env.get("v"), env.get("t"), env.get("id", 0)
     if type(v) is not int or v != PROTO_MAJOR:  # True == 1 and 1.0 == 1 are not majors
-        raise RemoteProtocolError(f"message of protocol major {v!r}; this node speaks {PROTO_MAJOR}")
+        raise RemoteProtocolError(f"message of protocol major {shown(v)}; this node speaks {PROTO_MAJOR}")
     if not isinstance(t, str):
         raise RemoteProtocolError("message envelope has no type")
     if not isinstance(req_id, int) or isinstance(req_id, bool) or not 0 <= req_id < 1 << 63:

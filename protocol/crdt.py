@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import RemoteProtocolError
+from .errors import RemoteProtocolError, shown
 
 Stamp = tuple[int, int, str]  #: (wall millis, counter, node uuid)
 ZERO: Stamp = (0, 0, "")
@@ -278,7 +278,7 @@ def key_between(lo: str | None, hi: str | None) -> str:
 def _stamp(v: Any) -> Stamp:
     if (not isinstance(v, (list, tuple)) or len(v) != 3 or not isinstance(v[0], int)
             or not isinstance(v[1], int) or not isinstance(v[2], str)):
-        raise RemoteProtocolError(f"bad stamp {v!r}")
+        raise RemoteProtocolError(f"bad stamp {shown(v)}")
     return (v[0], v[1], v[2])
 
 
@@ -287,8 +287,15 @@ def _int(v: Any) -> int:
     would take ``inf`` (OverflowError) or ``1e300`` (an int msgpack cannot write
     back when the document is stored or passed on)."""
     if not isinstance(v, int):
-        raise ValueError(f"expected an integer, not {v!r}")
+        raise ValueError(f"expected an integer, not {shown(v)}")
     return int(v)
+
+
+def _number(v: Any) -> float:
+    """A float field; ``float()`` of a string would take ``"nan"``, and name a bad one whole."""
+    if not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number, not {shown(v)}")
+    return float(v)
 
 
 def task_to_wire(t: TaskState) -> list[Any]:
@@ -315,12 +322,12 @@ def task_from_wire(v: Any) -> TaskState:
             seen = tuple(sorted({str(m) for m in v[12]}))
             runs = tuple(sorted({(_int(r[0]), _int(r[1])) for r in v[13]}))
         if failures < 0:
-            raise ValueError(f"failures must not be negative, not {failures!r}")
+            raise ValueError(f"failures must not be negative, not {shown(failures)}")
         if _int(done) not in (0, 1):
-            raise ValueError(f"done must be 0 or 1, not {done!r}")
+            raise ValueError(f"done must be 0 or 1, not {shown(done)}")
         # a phase outside the enum would outrank every real state of its attempt
         state = TaskState(_int(gen), _int(done), _int(attempt), int(Phase(_int(phase))), _stamp(stamp),
-                          str(worker), tuple(str(m) for m in machines), float(rt), str(err), float(lease),
+                          str(worker), tuple(str(m) for m in machines), _number(rt), str(err), _number(lease),
                           _int(term), failures, seen, runs)
     except (TypeError, ValueError, LookupError, OverflowError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None

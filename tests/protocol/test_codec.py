@@ -23,6 +23,7 @@ from protocol import (
     RemoteProtocolError,
     UnknownMessageType,
     codec,
+    crdt,
     derive_psk,
 )
 from protocol.codec import (
@@ -379,6 +380,20 @@ def test_values_nested_to_max_depth_decode_and_encode_again() -> None:
     assert decode(encode(call, 1)) == (call, 1)
     with pytest.raises(RemoteProtocolError, match="deeper"):
         decode(encode(Call("status", {"a": nested(MAX_DEPTH - 1)}), 1))
+
+
+def test_errors_name_a_peers_values_briefly() -> None:
+    """A reason ends up in a log line or a reply: never the megabyte a peer sent."""
+    huge = "x" * 500_000
+    for data in (msgpack.packb({"v": huge, "t": "hb", "id": 1}), msgpack.packb({"v": 1, "t": huge, "id": 1})):
+        with pytest.raises(RemoteProtocolError) as info:
+            decode(data)
+        assert len(info.value.reason) < 200, info.value.reason[:300]
+    for wire in ({"uuid": "j", "x": [huge]}, {"uuid": "j", "g": huge},
+                 {"uuid": "j", "t": [[0, [0, 0, 0, 0, [1, 0, "a"], "", [], huge, "", 0.0, 0]]]}):
+        with pytest.raises(RemoteProtocolError) as info:
+            crdt.job_from_wire(wire)
+        assert len(info.value.reason) < 200, info.value.reason[:300]
 
 
 def test_a_whole_object_then_anything_is_refused_as_extra_data() -> None:
