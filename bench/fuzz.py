@@ -115,7 +115,10 @@ class Violation(Exception):
 
 
 def error_kind(exc: ProtocolError) -> str:
-    """A ProtocolError's class and reason with numbers and quoted or bracketed values folded."""
+    """A ProtocolError's class and reason with numbers and quoted or bracketed values folded
+    (a reject: its code, not the text the peer chose)."""
+    if isinstance(exc, PeerRejected):
+        return f"PeerRejected: {exc.code.name}"
     reason = exc.reason.encode("ascii", "backslashreplace").decode()
     reason = re.sub(r"b?'[^']*'|b?\"[^\"]*\"|\[.*\]|\{.*\}", "…", reason)
     reason = re.sub(r"major [^;]*;", "major …;", reason)
@@ -838,7 +841,8 @@ class SessionTarget:
         return len(stream), run
 
     def crafted(self, rng: random.Random) -> tuple[int, Run]:
-        """An authenticated peer that encrypts whatever it likes (before its Hello, sometimes)."""
+        """An authenticated peer, dialing or dialed, that encrypts whatever it likes
+        (before its Hello, sometimes)."""
         bodies = []
         for _ in range(rng.choice((1, 1, 2, 3, 5))):
             kind = rng.random()
@@ -855,14 +859,16 @@ class SessionTarget:
             if len(body) <= MAX_CONTROL + 1:
                 bodies.append(body)
         before_hello, eof, cuts = rng.random() < 0.2, rng.random() < 0.3, random.Random(rng.random())
+        attacker_dials = rng.random() < 0.5
 
         def run(probe: Probe) -> None:
-            attacker = Node(connection(True, {}), script=False)
-            victim = Node(connection(False, {}), script=False)
-            attacker.conn.start()
+            attacker = Node(connection(attacker_dials, {}), script=False)
+            victim = Node(connection(not attacker_dials, {}), script=False)
             if before_hello:  # the attacker sends no Hello: only the handshake moves
                 attacker.react = lambda event, probe: None  # type: ignore[method-assign]
-            pump(attacker, victim, probe)
+            initiator, responder = (attacker, victim) if attacker_dials else (victim, attacker)
+            initiator.conn.start()
+            pump(initiator, responder, probe)
             stream = b"".join(attacker.conn._seal(body) for body in bodies)
             deliver(victim, slices(cuts, stream), probe, eof)
 
