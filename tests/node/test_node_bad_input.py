@@ -19,7 +19,7 @@ from node.control.server import ControlServer, bind_unix
 from node.errors import ConfigError
 from protocol import codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
-from protocol.messages import Error, Reply
+from protocol.messages import Error, JobDelta, Reply
 
 CLOSE = 3.0  #: the daemon must drop a bad peer connection well before handshake_timeout (5 s)
 
@@ -103,6 +103,25 @@ async def test_a_silent_peer_connection_is_dropped_after_the_handshake_timeout(t
         nursery.cancel_scope.cancel()
 
 
+async def test_a_verified_peers_malformed_job_document_ends_its_session_not_the_daemon(
+        tmp_path: Path) -> None:
+    """An integer field holding inf (found by bench/fuzz.py) raised OverflowError out of
+    the session's handler; now it is a protocol error: that session ends, the peers
+    meet again, and the daemon goes on."""
+    token = new_token()
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("a"), mdns=False), token)
+        b = await start_node(nursery, node_prefs(tmp_path, unique("b"), mdns=False), token)
+        b.node.peers.add_static(f"127.0.0.1:{a.port}")
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), 10, "the peers verify each other")
+        first = a.node.peers.sessions[b.uuid]
+        await b.node.peers.sessions[a.uuid].send(JobDelta([{"uuid": "job-x", "g": float("inf")}]))
+        await wait_until(lambda: first.closed.is_set(), 5, "the session that carried it ends")
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), 10, "the peers meet again")
+        assert (await call(a.node.prefs.socket, "status"))["uuid"] == a.uuid
+        nursery.cancel_scope.cancel()
+
+
 # -- the control socket -------------------------------------------------------------
 
 
@@ -167,6 +186,22 @@ async def test_a_garbage_control_frame_gets_an_error_and_others_are_served(contr
     assert isinstance(msg, Reply) and req_id == 9 and msg.result["uuid"] == control_node.uuid
     assert (await call(path, "status"))["uuid"] == control_node.uuid
     await raw.stream.aclose()
+
+
+async def test_a_request_nesting_its_major_deep_gets_an_error_and_others_are_served(
+        control_node: Any) -> None:
+    """Found by bench/fuzz.py: naming a major nested 1,000 deep raised RecursionError,
+    which took the control server and the daemon down."""
+    path = control_node.node.prefs.socket
+    raw = await Raw.open(path)
+    deep = b"\x84\xa1t\xa4call\xa2id\x07\xa6method\xa6status\xa1v" + b"\x91" * 1000 + b"\x01"
+    await raw.send_record(deep)
+    msg, _ = await raw.reply()  # type: ignore[misc]
+    assert isinstance(msg, Error) and msg.code == "bad_request" and "deeper" in msg.reason, msg
+    msg, req_id = await raw.call("status", {}, req_id=8)
+    assert isinstance(msg, Reply) and req_id == 8
+    await raw.stream.aclose()
+    assert (await call(path, "status"))["uuid"] == control_node.uuid
 
 
 async def test_an_unknown_method_gets_an_error_naming_it(control_node: Any) -> None:
