@@ -421,7 +421,9 @@ def job_seed(rng: random.Random) -> dict[str, Any]:
     tasks = {tid: crdt.TaskState(gen=1, done=tid % 2, attempt=rng.randrange(3), phase=tid % 6,
                                  stamp=stamp, worker="node-b", machines=("node-b", "node-c"),
                                  render_time=1.25, error="", lease_until=1.7e9, term=4,
-                                 failures=rng.randrange(2))
+                                 failures=rng.randrange(2),
+                                 seen=("node-b", "node-c") if tid % 3 else (),
+                                 runs=((4, 0), (4, 1)) if tid % 3 else ())
              for tid in range(rng.randrange(0, 30))}
     doc = crdt.JobDoc(
         uuid=f"job-{rng.randrange(100)}",
