@@ -15,6 +15,7 @@ import trio
 from node_harness import call, client_do, new_token, node_prefs, start_node, unique, wait_until
 
 from node.client import RemoteError
+from node.control import server
 from node.control.server import ControlServer, bind_unix
 from node.errors import ConfigError
 from protocol import codec
@@ -276,6 +277,34 @@ async def test_a_client_stuck_mid_frame_does_not_block_others(control_node: Any)
     for _ in range(3):
         assert (await call(path, "status"))["uuid"] == control_node.uuid
     await stuck.stream.aclose()
+
+
+async def test_clients_stuck_in_every_slot_do_not_lock_out_a_new_one(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every slot held by a client sending nothing (or stuck mid-record), a new
+    client used to wait IDLE_TIMEOUT (10 minutes); now the longest idle is closed."""
+    monkeypatch.setattr(server, "MAX_CLIENTS", 3)
+    path = str(short_dir / "c.sock")
+
+    async def status(caller: Any, args: dict[str, Any]) -> Any:
+        return {"ok": True}
+
+    control = ControlServer(path, {"status": status})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run)
+        stuck = []
+        for n in range(3):
+            stuck.append(await Raw.open(path))
+            if n == 0:
+                await stuck[0].stream.send_all(HEADER.pack(1000) + b"\x80")  # in the middle of a record
+            await wait_until(lambda n=n: len(control._idle) == n + 1, 2, "the server holds the connection")
+        assert await call(path, "status") == {"ok": True}
+        assert await stuck[0].reply() is None, "the longest idle connection was closed"
+        msg, _ = await stuck[2].call("status", {})  # the others still work
+        assert isinstance(msg, Reply) and msg.result == {"ok": True}
+        for raw in stuck:
+            await raw.stream.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_config_method_never_returns_the_token(tmp_path: Path, short_dir: Path) -> None:
