@@ -361,13 +361,18 @@ async def control_attack(a: argparse.Namespace) -> dict[str, Any]:
                 stuck.add("stuck", "connect-failed")
                 return
             async with stream:
-                await stream.send_all(HEADER.pack(1000) + b"\x80")
+                try:
+                    await stream.send_all(HEADER.pack(1000) + b"\x80")
+                except (trio.BrokenResourceError, OSError):
+                    stuck.add("stuck", "reset")
+                    return
                 stuck.add("stuck", "held")
                 await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        for _ in range(a.stuck):
+        for _ in range(a.stuck):  # one after another: the listener's backlog is short
             nursery.start_soon(stuck_mid_record)
+            await trio.sleep(0.005)
         for w in range(a.workers):
             nursery.start_soon(worker, w)
     return {"control": dict(tally.counts), "control_slowest": round(tally.slowest, 2),

@@ -9,13 +9,14 @@ real first handshake messages, and real handshakes with the wrong token at
 ``FLOOD_RATE`` a second (answered with WRONG_TOKEN once slots are free).  A
 process in the victim's own host runs ``hostile.py control`` against its
 control socket at the same time (garbage and msgpack bombs inside
-well-formed records, oversize lengths, connections stuck mid-record).
+well-formed records, oversize lengths, and ``STUCK`` connections stuck
+mid-record, more than the daemon serves at once).
 ``late`` starts a daemon with the farm's token two seconds into the attack:
 it must join while the slots are held (the victim's own dial waits its turn
 for a slot; the late host's dials are refused until then).
 
-Throughout, every ``POLL`` s, the test asks the victim for ``status`` (each
-answer timed), checks that the victim and both good hosts still list each
+Throughout, every ``POLL`` s, the test asks the victim for ``status`` on a new
+connection (each answer timed), checks that the victim and both good hosts still list each
 other ONLINE+VERIFIED, and watches for the late host to join; a thread samples
 the victim's VmRSS every 50 ms.  Afterwards: every hostile connection was
 answered or closed (none hung), the RSS peak stayed under ``RSS_LIMIT_MB``,
@@ -49,6 +50,7 @@ FLOOD_RATE = 40  #: wrong-token handshakes per second
 LATE_AFTER_S = 2.0
 JOIN_WITHIN_S = 15.0
 RSS_LIMIT_MB = 150.0
+STUCK = 150  #: control connections stuck mid-record: more than the 128 the daemon serves at once
 STATUS_LIMIT_S = 3.0  #: the slowest status answer allowed while under attack
 
 
@@ -130,6 +132,7 @@ def watch_attack(farm: Farm, token: str, attacks: list[Proc], t_attack: float) -
             farm.start([late], token)
             w.late_started = time.monotonic()
         try:
+            farm.forget_client(victim)  # a new connection each time, as the CLI makes
             t0 = time.monotonic()
             assert farm.status(victim)["uuid"] == farm.uuid[victim.name]
             w.worst_status_s = max(w.worst_status_s, time.monotonic() - t0)
@@ -178,7 +181,7 @@ def test_a_daemon_under_attack_answers_keeps_its_peers_and_takes_a_new_one(
                                          "--hold", HOLD_S, "--idle-seconds", IDLE_S,
                                          "--rate", FLOOD_RATE), env=env)
     control_attack = victim.spawn(hostile("control", "--socket", victim.socket_path,
-                                          "--seconds", ATTACK_S), env=env)
+                                          "--seconds", ATTACK_S, "--stuck", STUCK), env=env)
     peer_attack.wait_for_log("ready", 15.0)
     control_attack.wait_for_log("ready", 15.0)
     t_attack = time.monotonic()
