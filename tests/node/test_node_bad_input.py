@@ -353,3 +353,43 @@ async def test_a_live_daemons_socket_is_not_stolen(control_node: Any) -> None:
     with pytest.raises(ConfigError, match="already serving"):
         await ControlServer(path, {}).run()
     assert (await call(path, "status"))["uuid"] == control_node.uuid
+
+
+async def test_wrong_token_handshakes_from_fresh_identities_add_no_machine_rows(tmp_path: Path) -> None:
+    """The UUID in a handshake's hint is not authenticated until the token is: a
+    flood of wrong-token handshakes, each naming a new UUID, must not grow the
+    machine table (before, each added a row for good)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from protocol import NEED_DATA, PeerConnection, PeerRejected, ProtocolError
+    from protocol.connection import derive_psk
+
+    async with trio.open_nursery() as nursery:
+        victim = await start_node(nursery, node_prefs(tmp_path, unique("flooded"), mdns=False), new_token())
+        rows_before = len(victim.node.table.all())
+        rejected = 0
+        for i in range(40):
+            conn = PeerConnection(initiator=True, static_key=X25519PrivateKey.generate(),
+                                  psk=derive_psk(b"not the farm token", victim.node.prefs.farm),
+                                  farm_id=victim.node.prefs.farm,
+                                  hint={"uuid": f"stranger-{i}", "name": "stranger"})
+            stream = await trio.open_tcp_stream("127.0.0.1", victim.port)
+            async with stream:
+                conn.start()
+                with trio.move_on_after(5):
+                    try:
+                        while True:
+                            event = conn.next_event()
+                            out = conn.data_to_send()
+                            if out:
+                                await stream.send_all(out)
+                            assert event is NEED_DATA, "the victim accepted a wrong token"
+                            conn.receive_data(await stream.receive_some(65536))
+                    except PeerRejected:
+                        rejected += 1
+                    except (ProtocolError, trio.BrokenResourceError, OSError):
+                        pass
+        assert rejected >= 30  # the victim answered them (as WRONG_TOKEN), one at a time
+        assert len(victim.node.table.all()) == rows_before
+        assert not any(row.uuid.startswith("stranger-") for row in victim.node.table.all())
+        nursery.cancel_scope.cancel()
