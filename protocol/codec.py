@@ -9,7 +9,15 @@ against the dataclass annotation.
 msgpack object-count bombs are real: 2 MiB can hold 2 million empty maps,
 about 130 MB of Python dicts.  Besides the per-container length limits the
 decoder counts containers through msgpack's hooks and aborts past
-``MAX_CONTAINERS``, so memory stays a small multiple of the frame size.
+``MAX_CONTAINERS``.  Declared-length bombs are real too: msgpack allocates an
+array's slots (up to about 10,000) the moment it reads the array's header, so
+5 KiB of nested headers each declaring 200,000 items, with no items after
+them, cost 76 MB before the data runs out.  So the decoder first checks,
+without building anything, that the data is one whole object: then every
+declared item is present, a byte at least, and memory stays a small multiple
+of the frame size.  Nesting is limited to ``MAX_DEPTH``: msgpack reads 1,000
+levels but writes back only 511, and Python's repr and == recurse, so a value
+nested deeper could be received but not stored, passed on or named in an error.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-from .errors import LocalProtocolError, RemoteProtocolError, UnknownMessageType
+from .errors import LocalProtocolError, RemoteProtocolError, UnknownMessageType, shown
 from .framing import MAX_CONTROL
 
 #: Wire major version: a change here means nodes cannot talk at all.
@@ -35,6 +43,7 @@ MAX_BIN = 1 << 20
 MAX_ARRAY = 200_000
 MAX_MAP = 20_000
 MAX_CONTAINERS = 50_000
+MAX_DEPTH = 100
 
 
 class Message:
@@ -107,6 +116,30 @@ def encode(msg: Message, req_id: int = 0) -> bytes:
     return data
 
 
+def _check_whole(data: bytes) -> None:
+    """Refuse ``data`` unless it is exactly one complete msgpack object; builds nothing."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        unpacker.skip()
+    except msgpack.OutOfData:
+        raise RemoteProtocolError("malformed msgpack: the data ends inside an object") from None
+    if unpacker.tell() != len(data):
+        raise RemoteProtocolError("malformed msgpack: extra data after the object")
+
+
+def _check_depth(root: Any) -> None:
+    """Refuse a tree nested deeper than ``MAX_DEPTH`` (map keys are never containers)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RemoteProtocolError(f"message nests maps and arrays deeper than {MAX_DEPTH}")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
 def unpack_limited(data: bytes) -> Any:
     """msgpack-decode ``data`` under the module's limits; ProtocolError otherwise."""
     count = 0
@@ -119,7 +152,8 @@ def unpack_limited(data: bytes) -> Any:
         return obj
 
     try:
-        return msgpack.unpackb(
+        _check_whole(data)
+        value = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
@@ -137,6 +171,9 @@ def unpack_limited(data: bytes) -> Any:
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, RecursionError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    if count > MAX_DEPTH:  # fewer containers cannot nest deeper: no walk for most messages
+        _check_depth(value)
+    return value
 
 
 def decode(data: bytes) -> tuple[Message, int]:
@@ -148,7 +185,7 @@ def decode(data: bytes) -> tuple[Message, int]:
         raise RemoteProtocolError("message envelope is not a map")
     v, t, req_id = env.get("v"), env.get("t"), env.get("id", 0)
     if type(v) is not int or v != PROTO_MAJOR:  # True == 1 and 1.0 == 1 are not majors
-        raise RemoteProtocolError(f"message of protocol major {v!r}; this node speaks {PROTO_MAJOR}")
+        raise RemoteProtocolError(f"message of protocol major {shown(v)}; this node speaks {PROTO_MAJOR}")
     if not isinstance(t, str):
         raise RemoteProtocolError("message envelope has no type")
     if not isinstance(req_id, int) or isinstance(req_id, bool) or not 0 <= req_id < 1 << 63:

@@ -49,6 +49,7 @@ PSK_SALT: Final = b"rendernode farm psk v1"
 _STREAM = struct.Struct(">I")
 _HANDSHAKE_RECORD_MAX = MAX_NOISE_MESSAGE + 8
 _TRANSPORT_RECORD_MAX = MAX_CONTROL + 1 + TAGLEN
+MAX_REJECT_REASON = 200  #: bytes of a reject's reason kept (the peer's text lands in our machine table)
 
 
 def derive_psk(token: bytes, farm_id: str) -> bytes:
@@ -317,7 +318,7 @@ class PeerConnection:
         return ConnectionClosed("peer closed the connection without a Goodbye")
 
     def _reject(self, code: RejectCode, reason: str) -> None:
-        self._queue_record(b"R" + bytes([code]) + reason.encode()[:200])
+        self._queue_record(b"R" + bytes([code]) + reason.encode()[:MAX_REJECT_REASON])
 
     def _handshake_record(self, body: bytes) -> HandshakeComplete | None:
         kind, rest = body[:1], body[1:]
@@ -328,7 +329,7 @@ class PeerConnection:
                 code = RejectCode(rest[0])
             except ValueError:
                 code = RejectCode.FAILED
-            reason = rest[1:].decode("utf-8", "replace")
+            reason = rest[1:1 + MAX_REJECT_REASON].decode("utf-8", "replace")  # a sender cuts it there too
             raise PeerRejected(code, reason, self.remote_static)
         if kind == b"A":
             if not self.initiator or self._hs is None or not self._hs.complete:

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import RemoteProtocolError
+from .errors import RemoteProtocolError, shown
 
 Stamp = tuple[int, int, str]  #: (wall millis, counter, node uuid)
 ZERO: Stamp = (0, 0, "")
@@ -278,8 +278,24 @@ def key_between(lo: str | None, hi: str | None) -> str:
 def _stamp(v: Any) -> Stamp:
     if (not isinstance(v, (list, tuple)) or len(v) != 3 or not isinstance(v[0], int)
             or not isinstance(v[1], int) or not isinstance(v[2], str)):
-        raise RemoteProtocolError(f"bad stamp {v!r}")
+        raise RemoteProtocolError(f"bad stamp {shown(v)}")
     return (v[0], v[1], v[2])
+
+
+def _int(v: Any) -> int:
+    """An integer field as msgpack carries it.  ``int()`` of a float or a string
+    would take ``inf`` (OverflowError) or ``1e300`` (an int msgpack cannot write
+    back when the document is stored or passed on)."""
+    if not isinstance(v, int):
+        raise ValueError(f"expected an integer, not {shown(v)}")
+    return int(v)
+
+
+def _number(v: Any) -> float:
+    """A float field; ``float()`` of a string would take ``"nan"``, and name a bad one whole."""
+    if not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number, not {shown(v)}")
+    return float(v)
 
 
 def task_to_wire(t: TaskState) -> list[Any]:
@@ -297,23 +313,23 @@ def task_from_wire(v: Any) -> TaskState:
         if not isinstance(v, (list, tuple)) or len(v) not in (11, 12, 14):
             raise ValueError("expected a list of 11, 12 or 14 fields")
         gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v[:11]
-        failures = int(v[11]) if len(v) >= 12 else 0  # states stored before failures were counted apart
+        failures = _int(v[11]) if len(v) >= 12 else 0  # states stored before failures were counted apart
         seen: tuple[str, ...] = ()
         runs: tuple[tuple[int, int], ...] = ()
         if len(v) == 14:  # states stored before seen and runs leave them empty
             if not isinstance(v[12], (list, tuple)) or not isinstance(v[13], (list, tuple)):
                 raise ValueError("seen and runs must be lists")
             seen = tuple(sorted({str(m) for m in v[12]}))
-            runs = tuple(sorted({(int(r[0]), int(r[1])) for r in v[13]}))
+            runs = tuple(sorted({(_int(r[0]), _int(r[1])) for r in v[13]}))
         if failures < 0:
-            raise ValueError(f"failures must not be negative, not {failures!r}")
-        if int(done) not in (0, 1):
-            raise ValueError(f"done must be 0 or 1, not {done!r}")
+            raise ValueError(f"failures must not be negative, not {shown(failures)}")
+        if _int(done) not in (0, 1):
+            raise ValueError(f"done must be 0 or 1, not {shown(done)}")
         # a phase outside the enum would outrank every real state of its attempt
-        state = TaskState(int(gen), int(done), int(attempt), int(Phase(int(phase))), _stamp(stamp), str(worker),
-                          tuple(str(m) for m in machines), float(rt), str(err), float(lease), int(term),
-                          failures, seen, runs)
-    except (TypeError, ValueError, IndexError) as exc:
+        state = TaskState(_int(gen), _int(done), _int(attempt), int(Phase(_int(phase))), _stamp(stamp),
+                          str(worker), tuple(str(m) for m in machines), _number(rt), str(err), _number(lease),
+                          _int(term), failures, seen, runs)
+    except (TypeError, ValueError, LookupError, OverflowError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None
     return state
 
@@ -342,10 +358,10 @@ def job_from_wire(v: Any) -> JobDoc:
         raise RemoteProtocolError("job document without a uuid")
     try:
         fields = {str(k): Register(_stamp(r[0]), r[1]) for k, r in v.get("f", {}).items()}
-        tasks = {int(tid): task_from_wire(t) for tid, t in v.get("t", [])}
+        tasks = {_int(tid): task_from_wire(t) for tid, t in v.get("t", [])}
         log = {_stamp(s): str(line) for s, line in v.get("l", [])}
-        gen = int(v.get("g", 0))
-    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        gen = _int(v.get("g", 0))
+    except (TypeError, ValueError, AttributeError, LookupError, OverflowError) as exc:
         raise RemoteProtocolError(f"bad job document: {exc}") from None
     deleted = _stamp(v["x"]) if v.get("x") is not None else None
     base = _stamp(v["lb"]) if v.get("lb") is not None else None

@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 
 from .codec import unpack_limited
-from .errors import RemoteProtocolError
+from .errors import RemoteProtocolError, shown
 
 CHUNK_SIZE = 1 << 20  #: 1 MiB: small enough to spread a 64 MiB scene over 16 peers
 MAX_FILES = 100_000
@@ -63,7 +63,7 @@ def check_path(path: str) -> str:
     """A safe relative path, or RemoteProtocolError (no escaping the asset root)."""
     if (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path
             or posixpath.normpath(path) != path or path.split("/")[0] == ".."):
-        raise RemoteProtocolError(f"unsafe asset path {path!r}")
+        raise RemoteProtocolError(f"unsafe asset path {shown(path)}")
     return path
 
 
@@ -77,11 +77,11 @@ def decode(data: bytes) -> Manifest:
         files = []
         for path, size, mode, chunks in rows:
             if not isinstance(size, int) or size < 0 or not isinstance(mode, int):
-                raise ValueError(f"bad size or mode for {path!r}")
+                raise ValueError(f"bad size or mode for {shown(path)}")
             if not all(isinstance(c, str) and len(c) == 64 for c in chunks):
-                raise ValueError(f"bad chunk list for {path!r}")
+                raise ValueError(f"bad chunk list for {shown(path)}")
             if len(chunks) != (size + CHUNK_SIZE - 1) // CHUNK_SIZE:
-                raise ValueError(f"chunk count does not match the size of {path!r}")
+                raise ValueError(f"chunk count does not match the size of {shown(path)}")
             files.append(FileEntry(check_path(path), size, mode & 0o777, tuple(chunks)))
     except (ValueError, TypeError, KeyError) as exc:
         raise RemoteProtocolError(f"malformed manifest: {exc}") from None

@@ -4,6 +4,11 @@ connection.  The caller is identified by SO_PEERCRED.
 
 A stale socket file is replaced only if it is a socket and nothing answers on
 it; the socket is mode 0660 (group ``rendernode`` when that group exists).
+
+At most ``MAX_CLIENTS`` connections are served at once.  When all are taken,
+a new connection closes the one that has waited longest for its next request
+(sending nothing, or stuck in the middle of one), so idle or stuck clients
+cannot lock everyone out; a connection whose request is running is never closed.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class ControlServer:
         self.path = path
         self.methods = methods
         self._clients = trio.Semaphore(MAX_CLIENTS)
+        self._idle: dict[trio.CancelScope, None] = {}  #: connections awaiting a request, longest first
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind and serve until cancelled; removes the socket file on exit."""
@@ -115,6 +121,10 @@ class ControlServer:
                 pass
 
     async def _serve(self, stream: trio.SocketStream) -> None:
+        if self._clients.value == 0 and self._idle:  # make room: close the longest idle
+            oldest = next(iter(self._idle))
+            del self._idle[oldest]
+            oldest.cancel()
         async with self._clients, stream:
             try:
                 caller = peer_caller(stream.socket)  # type: ignore[arg-type]
@@ -122,15 +132,20 @@ class ControlServer:
                 return
             decoder = RecordDecoder(MAX_CONTROL)
             while True:
-                try:
-                    with trio.fail_after(IDLE_TIMEOUT):
-                        body = await self._read_record(stream, decoder)
-                except (trio.TooSlowError, trio.BrokenResourceError, OSError):
-                    return
-                except ProtocolError as exc:
-                    await self._reply(stream, Error("bad_request", exc.reason), 0)
-                    return
-                if body is None:
+                body: bytes | None = None
+                with trio.CancelScope() as idle:
+                    self._idle[idle] = None
+                    try:
+                        with trio.fail_after(IDLE_TIMEOUT):
+                            body = await self._read_record(stream, decoder)
+                    except (trio.TooSlowError, trio.BrokenResourceError, OSError):
+                        return
+                    except ProtocolError as exc:
+                        await self._reply(stream, Error("bad_request", exc.reason), 0)
+                        return
+                    finally:
+                        self._idle.pop(idle, None)
+                if idle.cancelled_caught or body is None:  # closed to serve a newer client, or EOF
                     return
                 reply, req_id = await self._handle(caller, body)
                 if not await self._reply(stream, reply, req_id):

@@ -76,6 +76,7 @@ DIALBACK_TIMEOUT = 2.0
 FAILED_VERIFY_BACKOFF = 30.0  #: a peer that failed verification is retried this rarely (it redials us once fixed)
 IDLE_CLOSE = 15.0  #: a session nobody holds is closed after this long (with an overlay)
 SESSION_WAIT = 3.0  #: how long ``session()`` waits for a dial it started
+REFUSED_LOG_EVERY = 10.0  #: seconds between two warnings about refused connections
 POLITE_DELAY = 0.3  #: the larger UUID of a pair waits this long before its first dial, so usually one side dials
 Handler = Callable[[Session, Message, int], Awaitable[None]]
 InlineHandler = Callable[[Session, Message, int], None]
@@ -136,6 +137,9 @@ class Peers:
         self._dialing: dict[str, trio.Event] = {}  #: uuid -> set once its dial ends
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
+        self._accepting: Counter[str] = Counter()  #: remote address -> its connections in handshake
+        self._refused = 0  #: connections refused since the last warning about it
+        self._refused_logged = -REFUSED_LOG_EVERY
         self._cipher = Cipher.AESGCM if prefs.cipher == "aesgcm" else Cipher.CHACHAPOLY
 
     # -- public API -----------------------------------------------------------
@@ -490,11 +494,29 @@ class Peers:
         return "unreachable"
 
     async def _accept(self, stream: trio.SocketStream) -> None:
-        if self._handshakes.value == 0:
-            log.warning("refusing a connection: %d handshakes in flight", self.prefs.max_handshakes)
+        try:
+            ip = str(stream.socket.getpeername()[0])
+        except OSError:
             await stream.aclose()
             return
-        await self._serve_stream(stream, initiator=False, target=None)
+        per_address = max(1, self.prefs.max_handshakes // 4)
+        if self._handshakes.value == 0 or self._accepting[ip] >= per_address:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= REFUSED_LOG_EVERY:  # an attacker sets the rate, not the log
+                log.warning("refused %d connections (from %s last): %d handshakes in flight, at most %d "
+                            "from one address", self._refused, ip, self.prefs.max_handshakes - self._handshakes.value,
+                            per_address)
+                self._refused, self._refused_logged = 0, now
+            await stream.aclose()
+            return
+        self._accepting[ip] += 1
+        try:
+            await self._serve_stream(stream, initiator=False, target=None)
+        finally:
+            self._accepting[ip] -= 1
+            if self._accepting[ip] <= 0:
+                del self._accepting[ip]
 
     async def _serve_stream(self, stream: trio.SocketStream, *, initiator: bool,
                             target: Target | None) -> str:
@@ -676,6 +698,12 @@ class Peers:
         if not row_id or row_id in self.sessions:
             return
         row = self.table.get(row_id)
+        if row is None:
+            # a UUID only the failed handshake's unauthenticated hint named: no row for it,
+            # or any stranger could fill the machine table (rows of machines this node
+            # dialed or heard of exist already)
+            log.debug("handshake with unlisted %s failed: %s", row_id, reason)
+            return
         facts = PeerFacts(outcome=outcome, was_verified=bool(row and row.was_verified))
         previous = self.facts.get(row_id)
         self.facts[row_id] = facts

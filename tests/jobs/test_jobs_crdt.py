@@ -414,6 +414,19 @@ MALFORMED_JOBS: list[Any] = [
     {"uuid": "j", "t": [[0, [*GOOD_TASK, 0, 0]]]}, {"uuid": "j", "t": [[0, "0000000000000"]]},
     {"uuid": "j", "l": 3}, {"uuid": "j", "l": [[[1, 0, "a"]]]}, {"uuid": "j", "l": [[[1, 0], "x"]]},
     {"uuid": "j", "l": [["stamp", "x"]]},
+    # found by bench/fuzz.py: each raised OverflowError or KeyError, or parsed into
+    # a number msgpack cannot write back
+    {"uuid": "j", "g": float("inf")}, {"uuid": "j", "g": 1e300}, {"uuid": "j", "g": 2.0},
+    {"uuid": "j", "f": {"name": {}}}, {"uuid": "j", "f": {"name": {"0": 1}}},
+    {"uuid": "j", "t": [[float("inf"), GOOD_TASK]]}, {"uuid": "j", "t": [[1e300, GOOD_TASK]]},
+    {"uuid": "j", "t": [["7", GOOD_TASK]]},
+    {"uuid": "j", "t": [[0, [float("inf"), *GOOD_TASK[1:]]]]},
+    {"uuid": "j", "t": [[0, [1e300, *GOOD_TASK[1:]]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK[:3], float("-inf"), *GOOD_TASK[4:]]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK[:10], float("inf")]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK, 1e300]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK, 0, [], [{}]]]]}, {"uuid": "j", "t": [[0, [*GOOD_TASK, 0, [], [[1.5, 0]]]]]},
+    {"uuid": "j", "t": [[0, [*GOOD_TASK, 0, [], [[float("inf"), 0]]]]]},
 ]
 
 

@@ -15,11 +15,12 @@ import trio
 from node_harness import call, client_do, new_token, node_prefs, start_node, unique, wait_until
 
 from node.client import RemoteError
+from node.control import server
 from node.control.server import ControlServer, bind_unix
 from node.errors import ConfigError
 from protocol import codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
-from protocol.messages import Error, Reply
+from protocol.messages import Error, JobDelta, Reply
 
 CLOSE = 3.0  #: the daemon must drop a bad peer connection well before handshake_timeout (5 s)
 
@@ -103,6 +104,25 @@ async def test_a_silent_peer_connection_is_dropped_after_the_handshake_timeout(t
         nursery.cancel_scope.cancel()
 
 
+async def test_a_verified_peers_malformed_job_document_ends_its_session_not_the_daemon(
+        tmp_path: Path) -> None:
+    """An integer field holding inf (found by bench/fuzz.py) raised OverflowError out of
+    the session's handler; now it is a protocol error: that session ends, the peers
+    meet again, and the daemon goes on."""
+    token = new_token()
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("a"), mdns=False), token)
+        b = await start_node(nursery, node_prefs(tmp_path, unique("b"), mdns=False), token)
+        b.node.peers.add_static(f"127.0.0.1:{a.port}")
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), 10, "the peers verify each other")
+        first = a.node.peers.sessions[b.uuid]
+        await b.node.peers.sessions[a.uuid].send(JobDelta([{"uuid": "job-x", "g": float("inf")}]))
+        await wait_until(lambda: first.closed.is_set(), 5, "the session that carried it ends")
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), 10, "the peers meet again")
+        assert (await call(a.node.prefs.socket, "status"))["uuid"] == a.uuid
+        nursery.cancel_scope.cancel()
+
+
 # -- the control socket -------------------------------------------------------------
 
 
@@ -167,6 +187,22 @@ async def test_a_garbage_control_frame_gets_an_error_and_others_are_served(contr
     assert isinstance(msg, Reply) and req_id == 9 and msg.result["uuid"] == control_node.uuid
     assert (await call(path, "status"))["uuid"] == control_node.uuid
     await raw.stream.aclose()
+
+
+async def test_a_request_nesting_its_major_deep_gets_an_error_and_others_are_served(
+        control_node: Any) -> None:
+    """Found by bench/fuzz.py: naming a major nested 1,000 deep raised RecursionError,
+    which took the control server and the daemon down."""
+    path = control_node.node.prefs.socket
+    raw = await Raw.open(path)
+    deep = b"\x84\xa1t\xa4call\xa2id\x07\xa6method\xa6status\xa1v" + b"\x91" * 1000 + b"\x01"
+    await raw.send_record(deep)
+    msg, _ = await raw.reply()  # type: ignore[misc]
+    assert isinstance(msg, Error) and msg.code == "bad_request" and "deeper" in msg.reason, msg
+    msg, req_id = await raw.call("status", {}, req_id=8)
+    assert isinstance(msg, Reply) and req_id == 8
+    await raw.stream.aclose()
+    assert (await call(path, "status"))["uuid"] == control_node.uuid
 
 
 async def test_an_unknown_method_gets_an_error_naming_it(control_node: Any) -> None:
@@ -243,6 +279,34 @@ async def test_a_client_stuck_mid_frame_does_not_block_others(control_node: Any)
     await stuck.stream.aclose()
 
 
+async def test_clients_stuck_in_every_slot_do_not_lock_out_a_new_one(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every slot held by a client sending nothing (or stuck mid-record), a new
+    client used to wait IDLE_TIMEOUT (10 minutes); now the longest idle is closed."""
+    monkeypatch.setattr(server, "MAX_CLIENTS", 3)
+    path = str(short_dir / "c.sock")
+
+    async def status(caller: Any, args: dict[str, Any]) -> Any:
+        return {"ok": True}
+
+    control = ControlServer(path, {"status": status})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run)
+        stuck = []
+        for n in range(3):
+            stuck.append(await Raw.open(path))
+            if n == 0:
+                await stuck[0].stream.send_all(HEADER.pack(1000) + b"\x80")  # in the middle of a record
+            await wait_until(lambda n=n: len(control._idle) == n + 1, 2, "the server holds the connection")
+        assert await call(path, "status") == {"ok": True}
+        assert await stuck[0].reply() is None, "the longest idle connection was closed"
+        msg, _ = await stuck[2].call("status", {})  # the others still work
+        assert isinstance(msg, Reply) and msg.result == {"ok": True}
+        for raw in stuck:
+            await raw.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_config_method_never_returns_the_token(tmp_path: Path, short_dir: Path) -> None:
     token_file = tmp_path / "token"
     token = new_token()
@@ -289,3 +353,43 @@ async def test_a_live_daemons_socket_is_not_stolen(control_node: Any) -> None:
     with pytest.raises(ConfigError, match="already serving"):
         await ControlServer(path, {}).run()
     assert (await call(path, "status"))["uuid"] == control_node.uuid
+
+
+async def test_wrong_token_handshakes_from_fresh_identities_add_no_machine_rows(tmp_path: Path) -> None:
+    """The UUID in a handshake's hint is not authenticated until the token is: a
+    flood of wrong-token handshakes, each naming a new UUID, must not grow the
+    machine table (before, each added a row for good)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from protocol import NEED_DATA, PeerConnection, PeerRejected, ProtocolError
+    from protocol.connection import derive_psk
+
+    async with trio.open_nursery() as nursery:
+        victim = await start_node(nursery, node_prefs(tmp_path, unique("flooded"), mdns=False), new_token())
+        rows_before = len(victim.node.table.all())
+        rejected = 0
+        for i in range(40):
+            conn = PeerConnection(initiator=True, static_key=X25519PrivateKey.generate(),
+                                  psk=derive_psk(b"not the farm token", victim.node.prefs.farm),
+                                  farm_id=victim.node.prefs.farm,
+                                  hint={"uuid": f"stranger-{i}", "name": "stranger"})
+            stream = await trio.open_tcp_stream("127.0.0.1", victim.port)
+            async with stream:
+                conn.start()
+                with trio.move_on_after(5):
+                    try:
+                        while True:
+                            event = conn.next_event()
+                            out = conn.data_to_send()
+                            if out:
+                                await stream.send_all(out)
+                            assert event is NEED_DATA, "the victim accepted a wrong token"
+                            conn.receive_data(await stream.receive_some(65536))
+                    except PeerRejected:
+                        rejected += 1
+                    except (ProtocolError, trio.BrokenResourceError, OSError):
+                        pass
+        assert rejected >= 30  # the victim answered them (as WRONG_TOKEN), one at a time
+        assert len(victim.node.table.all()) == rows_before
+        assert not any(row.uuid.startswith("stranger-") for row in victim.node.table.all())
+        nursery.cancel_scope.cancel()

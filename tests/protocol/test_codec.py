@@ -12,15 +12,33 @@ from typing import Any
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sansio_pair import feed, make_pair, open_pair
+from sansio_pair import FARM, feed, make_pair, open_pair
 
-from protocol import LocalProtocolError, RemoteProtocolError, UnknownMessageType, codec
-from protocol.codec import MAX_CONTAINERS, PROTO_MAJOR, Message, decode, encode, message_types
-from protocol.connection import ConnectionState
+from protocol import (
+    Cipher,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnknownMessageType,
+    codec,
+    crdt,
+    derive_psk,
+)
+from protocol.codec import (
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    PROTO_MAJOR,
+    Message,
+    decode,
+    encode,
+    message_types,
+)
+from protocol.connection import MAGIC, ConnectionState, prologue
 from protocol.framing import HEADER, HEADER_SIZE, MAX_CONTROL, RecordDecoder
 from protocol.messages import Call, Heartbeat, Hello
+from protocol.noise import XXpsk3
 
 PEAK_LIMIT = 16 * 1024 * 1024
 
@@ -307,6 +325,82 @@ def test_flat_array_longer_than_max_array_is_refused_before_allocation() -> None
     with peak_memory() as peak, pytest.raises(RemoteProtocolError, match="max_array_len"):
         decode(bomb)
     assert peak[0] < PEAK_LIMIT
+
+
+def nested_headers_bomb(depth: int, header: bytes = b"\xdd" + (200_000).to_bytes(4, "big")) -> bytes:
+    """``depth`` array headers, each declaring 200 000 items, and no items: msgpack
+    used to allocate ~10 000 slots per header before noticing the data ends
+    (found by bench/fuzz.py: 76 MB for these 5 KB)."""
+    return header * depth
+
+
+@pytest.mark.parametrize("bomb", [
+    nested_headers_bomb(1000),
+    nested_headers_bomb(1000) + b"\x80" * 1000,  # some items, far from all
+    nested_headers_bomb(1600, b"\xdc\xff\xff"),  # array16 headers
+    nested_headers_bomb(5000),  # deeper than msgpack's stack
+])
+def test_nested_headers_declaring_absent_items_are_refused_before_allocation(bomb: bytes) -> None:
+    for fn in (codec.unpack_limited, decode):
+        with peak_memory() as peak, pytest.raises(RemoteProtocolError, match="malformed msgpack"):
+            fn(bomb)
+        assert peak[0] < 1 << 20, f"{peak[0] / 2**20:.1f} MiB for {len(bomb)} bytes"
+
+
+def test_nested_headers_bomb_in_an_unauthenticated_handshake_hint_is_refused_with_little_memory() -> None:
+    r = make_pair().responder
+    hs = XXpsk3(initiator=True, static=X25519PrivateKey.generate(), psk=derive_psk(b"any", FARM),
+                prologue=prologue(PROTO_MAJOR, Cipher.CHACHAPOLY, FARM))
+    bomb = nested_headers_bomb(800)  # within the 4 KiB a hint may take
+    record = b"H" + MAGIC + bytes([PROTO_MAJOR, Cipher.CHACHAPOLY]) + hs.write_message(bomb)
+    with peak_memory() as peak, pytest.raises(RemoteProtocolError, match="malformed msgpack"):
+        feed(r, HEADER.pack(len(record)) + record)
+    assert peak[0] < 1 << 20, f"{peak[0] / 2**20:.1f} MiB for a {len(record)} byte record"
+
+
+def nested(depth: int, leaf: Any = 0) -> Any:
+    """A value nested ``depth`` arrays deep."""
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+@pytest.mark.parametrize("where", ["v", "args"])
+def test_values_nested_deeper_than_max_depth_are_refused(where: str) -> None:
+    # found by bench/fuzz.py: a major nested 1,000 deep raised RecursionError naming it,
+    # and one nested 600 deep decoded but could not be written back (msgpack packs 511)
+    env = {"v": PROTO_MAJOR, "t": "call", "id": 1, "method": "status", "args": {}}
+    env[where] = nested(1000) if where == "v" else {"a": nested(600)}
+    with pytest.raises(RemoteProtocolError, match=f"deeper than {MAX_DEPTH}"):
+        decode(msgpack.packb(env))
+
+
+def test_values_nested_to_max_depth_decode_and_encode_again() -> None:
+    call = Call("status", {"a": nested(MAX_DEPTH - 2)})  # the envelope and args: 2 levels
+    assert decode(encode(call, 1)) == (call, 1)
+    with pytest.raises(RemoteProtocolError, match="deeper"):
+        decode(encode(Call("status", {"a": nested(MAX_DEPTH - 1)}), 1))
+
+
+def test_errors_name_a_peers_values_briefly() -> None:
+    """A reason ends up in a log line or a reply: never the megabyte a peer sent."""
+    huge = "x" * 500_000
+    for data in (msgpack.packb({"v": huge, "t": "hb", "id": 1}), msgpack.packb({"v": 1, "t": huge, "id": 1})):
+        with pytest.raises(RemoteProtocolError) as info:
+            decode(data)
+        assert len(info.value.reason) < 200, info.value.reason[:300]
+    for wire in ({"uuid": "j", "x": [huge]}, {"uuid": "j", "g": huge},
+                 {"uuid": "j", "t": [[0, [0, 0, 0, 0, [1, 0, "a"], "", [], huge, "", 0.0, 0]]]}):
+        with pytest.raises(RemoteProtocolError) as info:
+            crdt.job_from_wire(wire)
+        assert len(info.value.reason) < 200, info.value.reason[:300]
+
+
+def test_a_whole_object_then_anything_is_refused_as_extra_data() -> None:
+    with pytest.raises(RemoteProtocolError, match="extra data"):
+        decode(envelope("hb", seq=1) + b"\x90")
+    with pytest.raises(RemoteProtocolError, match="ends inside"):
+        decode(envelope("hb", seq=1)[:-1])
 
 
 def test_container_budget_counts_nested_containers_just_past_the_limit() -> None:

@@ -19,6 +19,7 @@ from protocol import (
     ProtocolError,
     RemoteProtocolError,
     codec,
+    crdt,
 )
 from protocol.connection import _HANDSHAKE_RECORD_MAX, _TRANSPORT_RECORD_MAX, MAGIC
 from protocol.framing import HEADER, HEADER_SIZE, RecordDecoder
@@ -142,6 +143,43 @@ def test_decode_of_a_mutated_valid_message_raises_only_protocol_errors(
         codec.decode(bytes(wire))
     except ProtocolError:
         pass
+
+
+# -- job documents a peer sends (protocol.crdt) ----------------------------------------
+
+_STAMP = (1_700_000_000_000, 2, "node-a")
+GOOD_JOB = crdt.job_to_wire(crdt.JobDoc(
+    "job-1", fields={"scene": crdt.Register(_STAMP, "/p/s.blend")}, gen=2,
+    tasks={0: crdt.TaskState(1, 0, 1, 2, _STAMP, "w", ("w", "v"), 1.5, "", 1.7e9, 3, 1)},
+    log={_STAMP: "submitted"}, log_base=_STAMP))
+
+
+def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every value inside a decoded msgpack tree."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    out = []
+    for key, value in items:
+        out.append((*prefix, key))
+        out += paths(value, (*prefix, key))
+    return out
+
+
+@FUZZ
+@given(data=st.data(), value=msgpack_values)
+def test_a_job_document_with_any_value_anywhere_parses_or_raises_a_protocol_error(
+    data: st.DataObject, value: Any
+) -> None:
+    wire = msgpack.unpackb(msgpack.packb(GOOD_JOB), raw=False)
+    *parent, key = data.draw(st.sampled_from(paths(wire)))
+    node = wire
+    for k in parent:
+        node = node[k]
+    node[key] = value
+    try:
+        doc = crdt.job_from_wire(msgpack.unpackb(msgpack.packb(wire), raw=False))
+    except ProtocolError:
+        return
+    crdt.digest(doc)  # what parsed can be stored and passed on (msgpack writes it back)
 
 
 # -- PeerConnection on garbage --------------------------------------------------------

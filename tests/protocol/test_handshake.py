@@ -336,6 +336,14 @@ def test_busy_reject_is_reported_with_its_reason() -> None:
     assert err.value.code is RejectCode.BUSY
 
 
+def test_a_rejects_reason_is_kept_to_200_bytes_whatever_the_peer_sends() -> None:
+    pair = make_pair()
+    pair.initiator.start()
+    with pytest.raises(PeerRejected) as err:
+        feed(pair.initiator, as_record(bytes([ord("R"), RejectCode.FAILED]) + b"x" * 60_000))
+    assert err.value.reason.endswith(": " + "x" * 200)
+
+
 @pytest.mark.parametrize("body", [b"R\x01nope", b"R", b"", b"X123"])
 def test_responder_refuses_a_first_record_that_is_not_a_handshake(body: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
