@@ -34,6 +34,7 @@ class Hello(Message):
     features: list[str] = field(default_factory=list)
     mac: str = ""  #: hardware address, for Wake-on-LAN
     boot: str = ""  #: random per daemon start: tells a restarted peer from a duplicate
+    added: bool = False  #: the dialer dials because a user added this machine (AddMachine)
 
 
 @register

@@ -131,6 +131,7 @@ class Peers:
         self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
         self.bulk_handler: Callable[[Session, int, bytes], None] | None = None  #: called by the reader
         self.overlay: Overlay | None = None  #: the farm's membership, once attached
+        self.blocked: set[str] = set()  #: machines removed here: not members for this node
         self._attached = trio.Event()
         self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)
         self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
@@ -157,7 +158,7 @@ class Peers:
 
     def hint(self, uuid: str, addresses: list[tuple[str, int]], name: str = "") -> None:
         """mDNS saw ``uuid`` at ``addresses``: dial it unless it is us."""
-        if uuid == self.ident.uuid or not addresses:
+        if uuid == self.ident.uuid or not addresses or uuid in self.blocked:
             return
         row = self.table.get(uuid)
         if row is None or "mdns" not in row.via:
@@ -180,8 +181,13 @@ class Peers:
         return target
 
     def remove(self, uuid_or_address: str) -> bool:
-        """Forget a machine: stop dialing it, close its session, drop its row."""
+        """Forget a machine: stop dialing it, close its session, drop its row.  With
+        the overlay, this node also stops counting it as a member (whatever the
+        others say) and refuses its automatic sessions, until a user adds one of the
+        two to the other again (AddMachine)."""
         found = False
+        if self.table.get(uuid_or_address) is not None or uuid_or_address in self.sessions:
+            self.blocked.add(uuid_or_address)
         for key, target in list(self.targets.items()):
             if uuid_or_address in (target.uuid, key, key.removeprefix("static:")):
                 target.removed = True
@@ -195,6 +201,9 @@ class Peers:
         self.facts.pop(uuid_or_address, None)
         if self.table.remove(uuid_or_address):
             found = True
+        if found:
+            for callback in self.on_change:
+                callback()
         return found
 
     def replace_psk(self, psk: bytes) -> None:
@@ -247,7 +256,7 @@ class Peers:
         """UUIDs of the other members online: ALIVE or SUSPECT in the farm's
         membership, or (with no overlay attached) those with a live session."""
         if self.overlay is not None:
-            return sorted(set(self.overlay.online()) | set(self.sessions))
+            return sorted((set(self.overlay.online()) | set(self.sessions)) - self.blocked)
         return list(self.sessions)
 
     async def broadcast(self, message: Message) -> None:
@@ -336,6 +345,8 @@ class Peers:
         if uuid == self.ident.uuid or uuid in self.sessions or uuid in self._dialing:
             return
         addresses = addresses or self.known_addresses(uuid)
+        if uuid in self.blocked:
+            addresses = []
         if not addresses or self._nursery is None:
             if on_failure is not None:
                 on_failure(uuid)
@@ -377,13 +388,15 @@ class Peers:
     def member_changed(self, member: Member) -> None:
         """The overlay's entry for ``member`` changed: the machine table follows."""
         uuid, meta = member.uuid, member.meta
+        if uuid in self.blocked:
+            return
         row = self.table.get(uuid)
         changes: dict[str, Any] = {"addresses": list(member.addresses)}
         if meta.name:
             changes.update(name=meta.name, build_id=meta.build_id, arch=meta.arch,
                            server_priority=meta.server_priority, term=meta.term)
         was_online = bool(row and row.online)
-        self.table.update(uuid, via="farm" if row is None else None, **changes)
+        self.table.update(uuid, **changes)
         facts = self.facts.get(uuid)
         online = member.state.online or uuid in self.sessions
         if facts is not None:
@@ -553,14 +566,18 @@ class Peers:
                 if not isinstance(event, HandshakeComplete):
                     raise HandshakeFailed("handshake did not complete")
                 row_hint = self._row_for_key(event.remote_static.hex(), event.hint, row_hint)
-                await s.send(self.hello())
+                hello_out = self.hello()
+                if target is not None and target.via == "static":
+                    s.added = True
+                    hello_out = dataclasses.replace(hello_out, added=True)
+                await s.send(hello_out)
                 event = await s.next_event()
                 if not isinstance(event, MessageReceived) or not isinstance(event.message, Hello):
                     raise HandshakeFailed("peer sent no Hello")
                 hello = event.message
                 if hello.uuid == self.ident.uuid:
                     return "self"
-                ours = self._verify_hello(hello, event_static=conn.remote_static or b"")
+                facts, ours = self._verify_hello(hello, event_static=conn.remote_static or b"")
                 await s.send(Verdict(ours.verified, int(ours.bits), ours.reason))
                 event = await s.next_event()
                 if not isinstance(event, MessageReceived) or not isinstance(event.message, Verdict):
@@ -589,9 +606,7 @@ class Peers:
             return "unreachable"
         s.hello, s.uuid = hello, hello.uuid
         self._adopt(hello, s, target)
-        facts = self.facts[hello.uuid]
         facts = dataclasses.replace(facts, peer_verified_us=theirs.ok)
-        self.facts[hello.uuid] = facts
         if not ours.verified or not theirs.ok:
             reason = ours.reason if not ours.verified else f"it refused us: {theirs.reason}"
             # no session follows this one: ONLINE only if another, verified one is up
@@ -601,7 +616,7 @@ class Peers:
             await self._goodbye(s, "verification failed")
             return "refused"
         s.begin()  # sends are queued from here on: the services may send before run() starts
-        return "ok" if self._register(s) else "duplicate"
+        return "ok" if self._register(s, facts) else "duplicate"
 
     def _row_for_key(self, key_hex: str, hint: dict[str, Any], fallback: str) -> str:
         row = self.table.by_key(key_hex) if key_hex else None
@@ -612,7 +627,10 @@ class Peers:
             return fallback if fallback.startswith("static:") and not self.table.get(uuid) else uuid
         return fallback
 
-    def _verify_hello(self, hello: Hello, event_static: bytes) -> VerifyResult:
+    def _verify_hello(self, hello: Hello, event_static: bytes) -> tuple[PeerFacts, VerifyResult]:
+        """The facts this handshake showed, and the verdict on them (stored by the
+        caller once the handshake ends: a second handshake with a peer whose
+        session is up must not overwrite that session's facts)."""
         row = self.table.get(hello.uuid)
         pinned = bytes.fromhex(row.pinned_key) if row and row.pinned_key else None
         facts = PeerFacts(
@@ -621,8 +639,7 @@ class Peers:
             remote_static=event_static, pinned_static=pinned,
             was_verified=bool(row and row.was_verified),
         )
-        self.facts[hello.uuid] = facts
-        return verify(self.local, facts)
+        return facts, verify(self.local, facts)
 
     def _adopt(self, hello: Hello, s: Session, target: Target | None) -> None:
         """Record what the Hello says in the machine table."""
@@ -635,7 +652,7 @@ class Peers:
         row = self.table.get(hello.uuid)
         if row is None or not row.pinned_key:
             changes["pinned_key"] = (s.conn.remote_static or b"").hex()
-        via = target.via if target else None
+        via = target.via if target is not None and target.via != "overlay" else None
         self.table.update(hello.uuid, via=via, **changes)
         if target is not None and not target.uuid:
             synthetic = target.row_id
@@ -646,8 +663,16 @@ class Peers:
                 self.table.remove(target.replace)
                 self.table.log(hello.uuid, f"replaces machine {target.replace}")
 
-    def _register(self, s: Session) -> bool:
+    def _register(self, s: Session, facts: PeerFacts) -> bool:
         uuid = s.uuid
+        if uuid in self.blocked:
+            added_here = s.added  # we dialed it because a user added it here again
+            added_there = not s.initiator and s.hello is not None and s.hello.added
+            if not (added_here or added_there):
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._goodbye, s, "removed from the machine table")
+                return False
+            self.blocked.discard(uuid)
         existing = self.sessions.get(uuid)
         if existing is not None and not existing.closed.is_set():
             if self._keep_existing(existing, s):
@@ -657,6 +682,7 @@ class Peers:
             if self._nursery is not None:
                 self._nursery.start_soon(self._goodbye, existing, "duplicate session")
         self.sessions[uuid] = s
+        self.facts[uuid] = facts
         dialing = self._dialing.pop(uuid, None)
         if dialing is not None:
             dialing.set()

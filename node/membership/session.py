@@ -123,6 +123,7 @@ class Session:
         self.hello: Hello | None = None
         self.uuid = ""
         self.closed = trio.Event()
+        self.added = False  #: dialed because a user added the machine (AddMachine)
         self.lost_reason = ""
         self.records_sent = 0  #: records the writer wrote (control + bulk), for tests and benches
         self._ids = itertools.count(1)
