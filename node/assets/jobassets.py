@@ -33,6 +33,7 @@ from node.jobs.election import Election
 from node.jobs.operations import renders_on
 from node.membership.peers import Peers
 from node.membership.session import SessionLost
+from node.nursery import service_nursery
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import NetRenderFlags
@@ -256,8 +257,7 @@ class Assets:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery pushes run in; announce the manifests we hold."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self):
             for doc in self.book.live():
                 mid = str(doc.value("assets") or "")
                 if mid:

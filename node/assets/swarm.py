@@ -47,6 +47,7 @@ from node.assets.store import ChunkStore, CorruptChunk
 from node.assets.transfer import Transfers, requested_stream
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
+from node.nursery import service_nursery
 from protocol import ProtocolError
 from protocol.manifest import Manifest, decode
 from protocol.messages import ChunkRequest, Error, Have, ManifestRequest, Reply
@@ -514,8 +515,7 @@ class Swarm:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve requests and send coalesced Have announcements."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self) as nursery:
             nursery.start_soon(self._dispatch, nursery)
             task_status.started()
             while True:

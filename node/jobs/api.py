@@ -23,6 +23,7 @@ from node.jobs.operations import CREATE_OK, Jobs, JobSpec
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
+from node.nursery import service_nursery
 from node.render.results import Results
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
@@ -127,8 +128,7 @@ class JobsApi:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery that answers peers' asset requests."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self):
             task_status.started()
             await trio.sleep_forever()
 

@@ -29,6 +29,7 @@ import trio
 from node.jobs.book import JobBook
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
+from node.nursery import service_nursery
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, absorb, job_from_wire, job_to_wire
 from protocol.messages import JobDelta, JobDigest, Reply
@@ -219,8 +220,7 @@ class Replication:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Push local deltas as they happen."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self) as nursery:
             nursery.start_soon(self._anti_entropy)
             task_status.started()
             while True:

@@ -58,6 +58,7 @@ from node.jobs.election import Election
 from node.jobs.operations import Jobs, job_state, renders_on, task_frames
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
+from node.nursery import service_nursery
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags, RenderResult
@@ -621,8 +622,7 @@ class Scheduler:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Assign whenever something changes while this node is the server."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self):
             task_status.started()
             while True:
                 is_server = self.election.role == "server"

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from node.nursery import service_nursery
 from protocol import ProtocolError, codec
 from protocol.codec import Message
 from protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -127,6 +128,7 @@ class Overlay:
     def disconnected(self, session: Session) -> None:
         """The session to ``session.uuid`` ended (and no other to it is up)."""
         kind = session.end_kind if session.end_kind in ("goodbye", "closed", "timeout") else "local"
+        log.debug("session to %s ended (%s: %s)", session.uuid, kind, session.lost_reason)
         self._input(lambda m, now: m.disconnected(session.uuid, now, kind))
 
     def discovered(self, uuid: str, addresses: list[tuple[str, int]]) -> None:
@@ -175,6 +177,8 @@ class Overlay:
     def _carry_out(self) -> None:
         assert self.machine is not None
         for effect in self.machine.effects():
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s", self.me[:8], _describe(effect))
             if isinstance(effect, Send):
                 self._send_soon(effect.to, effect.msg)
             elif isinstance(effect, Connect):
@@ -288,8 +292,7 @@ class Overlay:
             addresses=list(self.peers.advertised), meta=self._meta(), incarnation=incarnation,
             config=self.config)
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+            async with service_nursery(self):
                 self._input(lambda m, now: m.start(now))
                 self.peers.attach(self)
                 task_status.started()
@@ -301,11 +304,11 @@ class Overlay:
                     if deadline is not None and trio.current_time() >= deadline:
                         self._input(lambda m, now: m.tick(now))
         finally:
-            self._nursery = None
-            self._leave()
+            self.leave()
 
-    def _leave(self) -> None:
-        """Say LEFT to the neighbours on the way out (best effort, no waiting)."""
+    def leave(self) -> None:
+        """Say LEFT to the neighbours on the way out (queued at once, no waiting:
+        the peers service calls this before its goodbyes, so LEFT goes first)."""
         machine = self.machine
         if machine is None or not machine.started or machine.left:
             return
@@ -315,3 +318,12 @@ class Overlay:
                 session = self.peers.sessions.get(effect.to)
                 if session is not None:
                     session.send_nowait(OverlayMessage(mm.pack(effect.msg)))
+
+
+def _describe(effect: object) -> str:
+    """A short line for the debug log."""
+    if isinstance(effect, Send):
+        return f"send {type(effect.msg).__name__} to {effect.to[:8]}"
+    if isinstance(effect, Deliver):
+        return f"deliver {len(effect.payload)} bytes from {effect.origin[:8]}"
+    return repr(effect)

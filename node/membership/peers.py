@@ -43,6 +43,7 @@ from node.errors import ConfigError
 from node.membership.identity import Identity
 from node.membership.machines import MachineTable
 from node.membership.session import Session, SessionLost
+from node.nursery import service_nursery
 
 if TYPE_CHECKING:
     from node.membership.overlay import Overlay
@@ -136,6 +137,7 @@ class Peers:
         self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)
         self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
         self._dialing: dict[str, trio.Event] = {}  #: uuid -> set once its dial ends
+        self._on_dial_failure: dict[str, list[Callable[[str], None]]] = {}  #: told if that dial fails
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
         self._accepting: Counter[str] = Counter()  #: remote address -> its connections in handshake
@@ -342,7 +344,11 @@ class Peers:
                 on_failure: Callable[[str], None] | None = None) -> None:
         """Dial ``uuid`` in the background unless a session to it is up or being
         made; ``on_failure(uuid)`` if the dial gives no session."""
-        if uuid == self.ident.uuid or uuid in self.sessions or uuid in self._dialing:
+        if uuid == self.ident.uuid or uuid in self.sessions:
+            return
+        if uuid in self._dialing:  # one dial at a time; its failure is told to every asker
+            if on_failure is not None:
+                self._on_dial_failure.setdefault(uuid, []).append(on_failure)
             return
         addresses = addresses or self.known_addresses(uuid)
         if uuid in self.blocked:
@@ -352,10 +358,10 @@ class Peers:
                 on_failure(uuid)
             return
         self._dialing[uuid] = trio.Event()
-        self._nursery.start_soon(self._dial_member, uuid, addresses, on_failure)
+        self._on_dial_failure[uuid] = [on_failure] if on_failure is not None else []
+        self._nursery.start_soon(self._dial_member, uuid, addresses)
 
-    async def _dial_member(self, uuid: str, addresses: list[tuple[str, int]],
-                           on_failure: Callable[[str], None] | None) -> None:
+    async def _dial_member(self, uuid: str, addresses: list[tuple[str, int]]) -> None:
         outcome = "unreachable"
         try:
             target = Target(key=uuid, addresses=addresses, via="overlay", uuid=uuid)
@@ -364,8 +370,10 @@ class Peers:
             done = self._dialing.pop(uuid, None)
             if done is not None:
                 done.set()
-        if outcome not in ("ok", "duplicate", "self") and on_failure is not None:
-            on_failure(uuid)
+            callbacks = self._on_dial_failure.pop(uuid, [])
+        if outcome not in ("ok", "duplicate", "self"):
+            for callback in callbacks:
+                callback(uuid)
 
     async def session(self, uuid: str, hold: str = "") -> Session:
         """The session to ``uuid``, dialed if need be (``SessionLost`` if it cannot
@@ -431,8 +439,7 @@ class Peers:
         listeners = await trio.open_tcp_listeners(port, host=None if host in ("0.0.0.0", "*") else host)
         self.listen_port = listeners[0].socket.getsockname()[1]
         self.advertised = advertised_addresses(host, self.listen_port, self.prefs.mdns_interfaces)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self) as nursery:
             await nursery.start(trio.serve_listeners, self._accept, listeners)
             for peer in self.prefs.peers:
                 self.add_static(peer)
@@ -445,6 +452,8 @@ class Peers:
             try:
                 await trio.sleep_forever()
             finally:
+                if self.overlay is not None:  # LEFT to the neighbours first, then the goodbyes
+                    self.overlay.leave()
                 with trio.move_on_after(1) as scope:
                     scope.shield = True
                     for session in list(self.sessions.values()):
@@ -686,6 +695,7 @@ class Peers:
         dialing = self._dialing.pop(uuid, None)
         if dialing is not None:
             dialing.set()
+        self._on_dial_failure.pop(uuid, None)
         if not self._holds.get(uuid) and self.overlay is not None:
             self._unheld_since[uuid] = trio.current_time()
         self.facts[uuid] = dataclasses.replace(self.facts[uuid], online=True)

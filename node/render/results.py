@@ -34,6 +34,7 @@ from node.jobs.election import Election
 from node.jobs.operations import Jobs, task_frames
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
+from node.nursery import service_nursery
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags
@@ -186,8 +187,7 @@ class Results:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver the outbox whenever something changes, retrying what failed."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self):
             task_status.started()
             while True:
                 self._wake = trio.Event()

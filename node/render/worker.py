@@ -42,6 +42,7 @@ from node.jobs.election import Election
 from node.jobs.operations import Jobs
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
+from node.nursery import service_nursery
 from node.render.results import Results
 from node.renderers.base import Outcome, Renderer, TaskSpec
 from node.renderers.command import reads_assets
@@ -346,8 +347,7 @@ class Worker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery tasks run in."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with service_nursery(self):
             task_status.started()
             await trio.sleep_forever()
 
