@@ -128,7 +128,8 @@ class Worker:
                                                   error=refuse))
             return
         running = Running(msg, server)
-        assert self._nursery is not None
+        if self._nursery is None:  # shutting down: the server gets it back when our session ends
+            return
         if self.current is None:
             self._start(running)
         else:
@@ -136,9 +137,11 @@ class Worker:
             self._nursery.start_soon(self._prepare, running)  # its folder is ready when it starts
 
     def _start(self, running: Running) -> None:
+        if self._nursery is None:  # shutting down: it goes back to the server with our session
+            self._busy(False)
+            return
         self.current = running
         self._busy(True)
-        assert self._nursery is not None
         self._nursery.start_soon(self._run, running)
 
     def _handoff(self, running: Running) -> None:
@@ -174,8 +177,8 @@ class Worker:
         waiting = self.waiting
         if waiting is not None and waiting.msg.job == msg.job and msg.task in (-1, waiting.msg.task):
             self.waiting = None
-            assert self._nursery is not None
-            self._nursery.start_soon(self._discard, waiting)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._discard, waiting)
             w = waiting.msg
             await self._report(waiting.server, TaskUpdate(
                 job=w.job, task=w.task, gen=w.gen, attempt=w.attempt, finished=True,
