@@ -338,8 +338,9 @@ class PingReqResult(Message):
 @dataclass(frozen=True)
 class Gossip(Message):
     """A broadcast on a tree link: member entries (``kind`` "m", ``by`` the node that
-    suspects them if it is a suspicion), an application payload ("a"), or a payload
-    for the one node ``dst`` flooded because no route to it was known ("r")."""
+    suspects them if it is a suspicion, ``refused`` if its dial was refused), an
+    application payload ("a"), or a payload for the one node ``dst`` flooded
+    because no route to it was known ("r")."""
 
     TYPE = "gsp"
     msg_id: bytes
@@ -350,11 +351,13 @@ class Gossip(Message):
     entries: tuple[Member, ...] = ()
     by: str = ""
     dst: str = ""
+    refused: bool = False
 
     def fields(self) -> dict[str, Any]:
         return {"id": self.msg_id, "origin": self.origin, "round": self.round,
                 "kind": self.kind, "data": self.data,
-                "entries": [e.to_wire() for e in self.entries], "by": self.by, "dst": self.dst}
+                "entries": [e.to_wire() for e in self.entries], "by": self.by, "dst": self.dst,
+                "refused": self.refused}
 
     @classmethod
     def read(cls, obj: dict[str, Any]) -> Gossip:
@@ -371,6 +374,7 @@ class Gossip(Message):
             entries=members_from_wire(obj.get("entries", []), "gsp.entries", MAX_ENTRIES),
             by=as_str(obj.get("by", ""), "gsp.by", 64),
             dst=as_str(obj.get("dst", ""), "gsp.dst", 64),
+            refused=as_bool(obj.get("refused", False), "gsp.refused"),
         )
         if (kind == KIND_MEMBERS) != bool(msg.entries) or (kind == KIND_RELAY) != bool(msg.dst):
             raise RemoteProtocolError(f"gsp of kind {kind!r} has the wrong fields filled")
