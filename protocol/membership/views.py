@@ -320,6 +320,7 @@ class Views:
             self.outbox.emit(Disconnect(victim))
             self._remove_active(victim, now)
         self.active[uuid] = now
+        self.attempts.pop(uuid, None)  # whoever asked first, the link is up
         self.passive.pop(uuid, None)
         self.backoff = self.config.fill_interval
         self.on_up(uuid, now)
