@@ -13,7 +13,8 @@ The model of the node layer (what docs/membership.md asks of it):
 *   ``Connect`` takes ``connect_delay`` to a live node; it fails after one
     round trip to a killed process (refused), ``handshake_timeout`` to a
     frozen one, ``connect_timeout`` across a cut.
-*   A killed node's sessions close at once ("closed" on the far side); a
+*   A session closed on purpose (``Disconnect``) delivers what was sent on it
+    first, then "goodbye".  A killed node's sessions close at once ("closed" on the far side); a
     frozen node's (SIGSTOP) or a cut one's time out.  A frozen node handles
     nothing until thawed, and then hears its sessions closed.
 
@@ -88,6 +89,7 @@ class SimNet:
         self.dialing: set[tuple[str, str]] = set()
         self.group: dict[str, int] = {}  #: partition group per node (equal: reachable)
         self.blocked: set[frozenset[str]] = set()  #: pairs that cannot reach each other
+        self._draining: set[tuple[int, str]] = set()  #: (link epoch, closer) closed on purpose
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._epochs = 0
@@ -256,7 +258,8 @@ class SimNet:
     def _arrive(self, to: str, sender: str, epoch: int, msg: Message) -> None:
         link = self.links.get(frozenset((to, sender)))
         target = self.nodes.get(to)
-        if link is None or link.epoch != epoch or target is None:
+        live = link is not None and link.epoch == epoch
+        if target is None or not (live or (epoch, sender) in self._draining):
             return
         if target.state == "frozen":
             target.inbox.append((sender, epoch, msg))
@@ -310,6 +313,8 @@ class SimNet:
             return
         del self.links[frozenset((link.a, link.b))]
         other = link.other(by)
+        if reason == "goodbye":  # a close on purpose: what ``by`` sent still arrives
+            self._draining.add((link.epoch, by))
         if notify_self:
             n = self.nodes[by]
             self._input(n, lambda: n.machine.disconnected(other, self.now, self_reason))
