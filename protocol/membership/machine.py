@@ -218,10 +218,12 @@ class Membership:
         """When ``tick`` should next run (None: nothing scheduled)."""
         if not self._live():
             return None
-        times = [self.views.next_deadline(), self.sync.next_deadline()]
-        times += [t for t in (self.table.next_deadline(), self.detector.next_deadline(),
-                              self.tree.next_deadline()) if t is not None]
-        return min(times)
+        t = min(self.views.next_deadline(), self.sync.next_deadline())
+        for part in (self.table.next_deadline(), self.detector.next_deadline(),
+                     self.tree.next_deadline()):
+            if part is not None and part < t:
+                t = part
+        return t
 
     @property
     def me(self) -> Member:
