@@ -120,3 +120,18 @@ def test_a_node_cut_off_from_everyone_is_dead_and_comes_back_when_the_cable_is_b
     net.heal()
     until(net, lambda: all(held(net, u) == {State.ALIVE} for u in net.up()), 30.0)
     assert not deaths.false
+
+
+def test_a_node_that_leaves_is_left_for_everyone_at_once_and_suspected_by_nobody() -> None:
+    net = farm(30)
+    deaths = Deaths(net)
+    states: list[State] = []
+    net.on_change.append(lambda o, e, t: states.append(e.member.state)
+                         if e.member.uuid == "n11" else None)
+    node = net.nodes["n11"]
+    node.machine.leave(net.now)
+    net._settle(node)
+    took = until(net, lambda: held(net, "n11") == {State.LEFT}, 1.0)
+    assert took < 0.3 and State.SUSPECT not in states and State.DEAD not in states
+    net.run_until(net.now + 8.0)
+    assert held(net, "n11") == {State.LEFT} and not deaths.false
