@@ -43,7 +43,7 @@ def test_every_message_round_trips_through_its_wire_form_and_msgpack(msg: m.Mess
 
 
 def test_every_registered_type_has_an_example() -> None:
-    assert {type(x) for x in EXAMPLES} == set(m._REGISTRY.values())
+    assert {type(x) for x in EXAMPLES} == set(m.message_types().values())
 
 
 def test_unknown_keys_are_ignored() -> None:
@@ -116,7 +116,7 @@ FIELDS = sorted({k for x in EXAMPLES for k in x.to_wire()})
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(FIELDS), values, max_size=8),
-       st.sampled_from(sorted(m._REGISTRY)))
+       st.sampled_from(sorted(m.message_types())))
 def test_random_fields_under_a_real_type_raise_only_protocol_errors(
         fields: dict[str, Any], type_name: str) -> None:
     try:
