@@ -15,7 +15,8 @@ announcer stays silent too, the next one is asked after ``graft_retry``.
     receive Gossip(id) again  -> Prune the sender's link
     receive IHave(id) unseen  -> timer; on expiry Graft(id) to an announcer
     receive Graft(id)         -> link eager; send the cached message
-    neighbour up / down       -> the link starts eager / its announcements go,
+    neighbour up / down       -> the link starts eager, and is told the ids of
+                                 the last catchup_window / its announcements go,
                                  and if it was a tree link a lazy one is grafted
 
 Each node delivers a message id once (ids are remembered ``seen_ttl``) and
@@ -69,10 +70,24 @@ class Plumtree:
 
     # -- links -----------------------------------------------------------------------
 
-    def neighbor_up(self, uuid: str) -> None:
-        """A new active neighbour: its link starts eager."""
+    def neighbor_up(self, uuid: str, now: float) -> None:
+        """A new active neighbour: its link starts eager, and it hears of the
+        messages of the last ``catchup_window`` (one of them may have been in flight
+        on the link whose loss made room for this one)."""
         self.lazy.discard(uuid)
         self.eager.add(uuid)
+        since = now - self.config.catchup_window + self.config.seen_ttl
+        recent: list[tuple[bytes, int]] = []
+        for msg_id in reversed(self.seen):
+            if self.seen[msg_id] < since:
+                break
+            cached = self.cache.get(msg_id)
+            if cached is not None:
+                recent.append((msg_id, cached[0].round))
+        if recent:
+            self._lazy_queue.setdefault(uuid, []).extend(reversed(recent))
+            if self._flush_at is None:
+                self._flush_at = now + self.config.lazy_interval
 
     def neighbor_down(self, uuid: str) -> None:
         """An active neighbour is gone.  If its link was a tree link, one lazy link

@@ -22,6 +22,15 @@ depends on how the session ended (``reason`` from the node layer):
                          helper that reaches it hands it the news in its Ping
                          (Lifeguard's buddy system), so it refutes at once.
 
+Partitions: only neighbours watch a member, so after a split a member whose
+neighbours are all on its own side is not suspected on the other side.  A
+dial that fails to a member held ONLINE (a refill, a sweep, the node layer's
+own dial) is evidence too and starts a check (with no redial of our own);
+and while several members have died within ``SWEEP_WINDOW`` (what a
+partition looks like) every node dials a random ALIVE member it has no
+session to every ``SWEEP_INTERVAL``, which finds those members in seconds.
+A single crash starts no sweep.
+
 Local health (Lifeguard's idea, simplified): several neighbours timing out
 within ``TIMEOUT_SETTLE`` of each other mean *this* node stalled (a freeze, a
 starved CPU), so those are all checked before any is suspected.  Timeouts are
@@ -37,12 +46,15 @@ import random
 from dataclasses import dataclass, field
 
 from .effects import Config, Connect, Disconnect, Outbox
-from .entries import Member
+from .entries import Member, State
 from .members import MemberTable
 from .messages import Ack, Ping, PingReq, PingReqResult
 from .views import Views
 
 TIMEOUT_SETTLE = 0.05
+SWEEP_DEATHS = 3  #: this many deaths within SWEEP_WINDOW look like a partition ...
+SWEEP_WINDOW = 10.0
+SWEEP_INTERVAL = 0.5  #: ... and make the node dial a random ALIVE member this often
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Check:
     helpers: set[str] = field(default_factory=set)
     nacks: int = 0
     redial_failed: bool = False
+    refused: bool = False  #: our redial was refused: the process is gone
     suspected: bool = False  #: suspected at once (timeout); the check only spreads word
 
 
@@ -83,6 +96,8 @@ class Detector:
         self.checks: dict[str, Check] = {}
         self.probes: dict[int, Probe] = {}  #: by the nonce of our Ping
         self._timeouts: dict[str, float] = {}  #: timed-out neighbours not yet acted on
+        self._sweeping: set[str] = set()  #: members dialed by the partition sweep
+        self._next_sweep = 0.0
 
     # -- node layer inputs -----------------------------------------------------------
 
@@ -98,20 +113,37 @@ class Detector:
 
     def connected(self, uuid: str, now: float) -> bool:
         """A session to ``uuid`` is up; True if that ended our check of it (it lives)."""
+        if uuid in self._sweeping:
+            self._sweeping.discard(uuid)
+            if uuid not in self.views.active and uuid not in self.views.attempts:
+                self.outbox.emit(Disconnect(uuid))
         for nonce, p in list(self.probes.items()):
             if p.target == uuid and p.dialed:
                 self.outbox.send(uuid, Ping(nonce, p.suspect))
         return self.checks.pop(uuid, None) is not None
 
-    def connect_failed(self, uuid: str, now: float) -> None:
-        """A dial to ``uuid`` failed."""
+    def connect_failed(self, uuid: str, now: float, *, dial: bool = True,
+                       refused: bool = False) -> None:
+        """A dial to ``uuid`` failed.  Ours for a check or a probe: that check or probe
+        has its answer.  Any other (a refill, or the node layer's own dial) is evidence
+        too: an ONLINE member we cannot reach is checked through the helpers, which is
+        how a member with no neighbour on our side of a partition is found out.
+        ``dial=False``: a session that was not an active link ended (no evidence)."""
+        probed = False
+        self._sweeping.discard(uuid)
+        for nonce, p in list(self.probes.items()):
+            if p.target == uuid and p.dialed:
+                probed = True
+                self._answer(nonce, alive=False)
         check = self.checks.get(uuid)
         if check is not None:
             check.redial_failed = True
+            check.refused = check.refused or refused
             self._settle(uuid, check, now)
-        for nonce, p in list(self.probes.items()):
-            if p.target == uuid and p.dialed:
-                self._answer(nonce, alive=False)
+            return
+        member = self.table.get(uuid)
+        if dial and not probed and member is not None and member.state.online:
+            self._check(uuid, now, suspect_first=False, redial=False)
 
     # -- messages --------------------------------------------------------------------
 
@@ -175,19 +207,37 @@ class Detector:
         for nonce, p in list(self.probes.items()):
             if p.deadline <= now:
                 self._answer(nonce, alive=False)
+        sweep = self._sweep_at()
+        if sweep is not None and now >= sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            skip = self.outbox.sessions | set(self.checks) | self._sweeping
+            member = self.table.choose(self.rng, (State.ALIVE,), skip)
+            if member is not None and member.addresses:
+                self._sweeping.add(member.uuid)
+                self.outbox.emit(Connect(member.uuid, member.addresses))
+
+    def _sweep_at(self) -> float | None:
+        """When to dial the next member for the partition sweep (None: no sweep)."""
+        deaths = self.table.deaths
+        if len(deaths) < SWEEP_DEATHS:
+            return None
+        at = max(self._next_sweep, deaths[-1] + SWEEP_INTERVAL / 10)
+        return at if at < deaths[-SWEEP_DEATHS] + SWEEP_WINDOW else None
 
     def next_deadline(self) -> float | None:
-        """The earliest check, probe or settle deadline."""
-        if not (self.checks or self.probes or self._timeouts):
+        """The earliest check, probe, settle or sweep deadline."""
+        sweep = self._sweep_at()
+        if not (self.checks or self.probes or self._timeouts) and sweep is None:
             return None
-        times = [c.deadline for c in self.checks.values()]
+        times = [] if sweep is None else [sweep]
+        times += [c.deadline for c in self.checks.values()]
         times += [p.deadline for p in self.probes.values()]
         times += [t + TIMEOUT_SETTLE for t in self._timeouts.values()]
         return min(times, default=None)
 
     # -- internals -------------------------------------------------------------------
 
-    def _check(self, uuid: str, now: float, *, suspect_first: bool) -> None:
+    def _check(self, uuid: str, now: float, *, suspect_first: bool, redial: bool = True) -> None:
         if uuid in self.checks:
             return
         if suspect_first:
@@ -195,21 +245,24 @@ class Detector:
         helpers = [n for n in self.views.active if n != uuid]
         chosen = self.rng.sample(helpers, min(self.config.indirect_checks, len(helpers)))
         check = Check(self.rng.getrandbits(62), now + self.config.indirect_timeout, set(chosen),
-                      suspected=suspect_first)
+                      suspected=suspect_first, redial_failed=not redial)
         self.checks[uuid] = check
         suspect = self.table.get(uuid) if suspect_first else None
         for h in chosen:
             self.outbox.send(h, PingReq(uuid, check.nonce, suspect))
-        if not suspect_first:
+        if redial and not suspect_first:
             member = self.table.get(uuid)
             self.outbox.emit(Connect(uuid, member.addresses if member else ()))
 
     def _settle(self, uuid: str, check: Check, now: float) -> None:
-        """Suspect once every helper and our own redial have failed."""
-        if check.suspected or not check.redial_failed or check.nacks < len(check.helpers):
+        """Suspect once every helper and our own redial have failed (a refused redial
+        is enough: nothing listens where the member was)."""
+        if check.suspected or not check.redial_failed:
+            return
+        if check.nacks < len(check.helpers) and not check.refused:
             return
         del self.checks[uuid]
-        self.table.suspect(uuid, now)
+        self.table.suspect(uuid, now, refused=check.refused)
 
     def _answer(self, nonce: int, *, alive: bool) -> None:
         p = self.probes.pop(nonce)

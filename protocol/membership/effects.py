@@ -86,12 +86,13 @@ class Config:
     ping_timeout: float = 0.4
     suspicion_min: float = 1.0  #: with suspicion_k independent confirmations
     suspicion_max: float = 5.0  #: with none
-    suspicion_k: int = 3
+    suspicion_k: int = 2
     bystander_grace: float = 0.25  #: a node that did not suspect itself waits this much more
     # Plumtree
     graft_timeout: float = 0.1  #: wait for the tree's copy after an IHave
     graft_retry: float = 0.1  #: wait before asking the next announcer
     lazy_interval: float = 0.05  #: IHaves are batched this long
+    catchup_window: float = 1.0  #: a new neighbour is told the ids seen this recently
     seen_ttl: float = 120.0  #: a broadcast's id is remembered this long (exactly once)
     cache_ttl: float = 30.0  #: a broadcast's body is kept this long to answer Grafts
     cache_max_bytes: int = 64 << 20

@@ -7,7 +7,7 @@ Design.  The node layer feeds inputs and carries out the effects they leave:
     discovered(uuid, addrs, now)    mDNS or a static peer found a member
     connected(uuid, now)            a verified session to uuid is up
     disconnected(uuid, now, why)    it ended: "closed", "timeout", "goodbye", "local"
-    connect_failed(uuid, now)       a Connect could not be carried out
+    connect_failed(uuid, now, refused)  a dial failed (refused: nothing listens)
     receive(uuid, msg, now)         a message on the session to uuid
     tick(now)                       at next_deadline() (or later)
     broadcast(payload, now)         an application payload for every node
@@ -39,7 +39,7 @@ from .broadcast import Plumtree
 from .detector import Detector
 from .effects import Config, Deliver, Effect, Outbox
 from .entries import Member, Meta, State
-from .members import MemberTable
+from .members import MemberTable, Update
 from .relay import Router
 from .sync import AntiEntropy
 from .views import Views
@@ -119,14 +119,15 @@ class Membership:
         if self.views.lost(uuid, now):
             self.detector.lost(uuid, now, reason)
         else:
-            self.detector.connect_failed(uuid, now)
+            self.detector.connect_failed(uuid, now, dial=False)
         self._after(now)
 
-    def connect_failed(self, uuid: str, now: float) -> None:
-        """A ``Connect(uuid)`` could not open a session."""
+    def connect_failed(self, uuid: str, now: float, *, refused: bool = False) -> None:
+        """A dial to ``uuid`` (ours, or the node layer's own) could not open a session;
+        ``refused``: every address refused the connection (no process listens)."""
         if self._live():
             self.views.failed(uuid, now)
-            self.detector.connect_failed(uuid, now)
+            self.detector.connect_failed(uuid, now, refused=refused)
             self._after(now)
 
     def receive(self, sender: str, msg: m.Message, now: float) -> None:
@@ -160,12 +161,12 @@ class Membership:
         """Run every timer due at ``now``."""
         if not self._live():
             return
-        self.table.tick(now)
         self.detector.tick(now)
         self.views.tick(now)
         self.tree.tick(now)
         self.sync.tick(now)
         self.router.expire(now)
+        self.table.tick(now)  # last: the parts above may have confirmed a suspicion
         self._after(now)
 
     def broadcast(self, payload: bytes, now: float, msg_id: bytes | None = None) -> bytes:
@@ -217,10 +218,12 @@ class Membership:
         """When ``tick`` should next run (None: nothing scheduled)."""
         if not self._live():
             return None
-        times = [self.views.next_deadline(), self.sync.next_deadline()]
-        times += [t for t in (self.table.next_deadline(), self.detector.next_deadline(),
-                              self.tree.next_deadline()) if t is not None]
-        return min(times)
+        t = min(self.views.next_deadline(), self.sync.next_deadline())
+        for part in (self.table.next_deadline(), self.detector.next_deadline(),
+                     self.tree.next_deadline()):
+            if part is not None and part < t:
+                t = part
+        return t
 
     @property
     def me(self) -> Member:
@@ -262,10 +265,11 @@ class Membership:
 
     def _neighbor_up(self, uuid: str, now: float) -> None:
         alone = not (self.tree.eager or self.tree.lazy)
-        self.tree.neighbor_up(uuid)
+        self.tree.neighbor_up(uuid, now)
         self.sync.begin(uuid)
         if alone:  # first link (a join, or back from isolation): announce ourselves
-            self.table.pending.append((self.table.me, "", False))
+            self.table.forgive()
+            self.table.pending.append(Update(self.table.me))
 
     def _neighbor_down(self, uuid: str, now: float) -> None:
         self.tree.neighbor_down(uuid)
@@ -274,31 +278,33 @@ class Membership:
         self.router.learn(msg.origin, sender, now)
         if msg.kind == m.KIND_MEMBERS:
             for entry in msg.entries:
-                self.table.apply(entry, now, by=msg.by)
+                self.table.apply(entry, now, by=msg.by, refused=msg.refused)
         elif msg.kind == m.KIND_APP:
             self.outbox.emit(Deliver(msg.data, msg.origin, msg.msg_id))
         else:
             self.router.on_flooded(msg, now)
 
     def _after(self, now: float) -> None:
-        """Broadcast the member updates the input produced, one Gossip per suspecter."""
+        """Broadcast the member updates the input produced: one Gossip per suspecter
+        (a death alone, under an id every declarer computes alike)."""
         if not self.table.pending:
             return
         pending, self.table.pending = self.table.pending, []
-        groups: dict[str, dict[str, Member]] = {}
-        for entry, by, dedup in pending:
-            if dedup:
-                key = f"{entry.uuid}\0{entry.incarnation}\0{int(entry.state)}".encode()
+        groups: dict[tuple[str, bool], dict[str, Member]] = {}
+        for u in pending:
+            if u.dedup:
+                e = u.entry
+                key = f"{e.uuid}\0{e.incarnation}\0{int(e.state)}".encode()
                 msg_id = hashlib.blake2b(key, digest_size=16).digest()
                 self.tree.broadcast(m.Gossip(msg_id, self.uuid, 0, m.KIND_MEMBERS,
-                                             entries=(entry,)), now)
-            else:
-                group = groups.setdefault(by, {})
-                if entry.newer_than(group.get(entry.uuid)):
-                    group[entry.uuid] = entry
-        for by, entries in groups.items():
+                                             entries=(e,)), now)
+                continue
+            group = groups.setdefault((u.by, u.refused), {})
+            if u.entry.newer_than(group.get(u.entry.uuid)):
+                group[u.entry.uuid] = u.entry
+        for (by, refused), entries in groups.items():
             batch = list(entries.values())
             for i in range(0, len(batch), self.config.sync_chunk):
                 self.tree.broadcast(m.Gossip(self._new_id(), self.uuid, 0, m.KIND_MEMBERS,
                                              entries=tuple(batch[i : i + self.config.sync_chunk]),
-                                             by=by), now)
+                                             by=by, refused=refused), now)

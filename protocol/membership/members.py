@@ -20,9 +20,15 @@ the same entries hold the same list.  Failure detection itself is elsewhere
     at a higher incarnation, from a previous run) takes ``i + 1`` and says so:
     that is the only refutation.
 *   Entries learnt by anti-entropy (``via="sync"``) never kill: a DEAD entry
-    about a member we hold ALIVE becomes our own suspicion instead.  When a
+    about a member we hold ONLINE becomes our own suspicion instead.  When a
     partition heals, each side holds the other dead; this rule makes every
     member hear of it and refute, instead of the merge killing live nodes.
+*   A suspicion learnt by anti-entropy is broadcast again, so the member hears
+    it and refutes, and so is a member back from the dead (after a partition,
+    one whose entry already beat its death on its side has nothing to refute); a node that was cut off from all its neighbours drops the
+    suspicions only it held when it gets a neighbour back (``forgive``); a timer
+    that runs out on a member we still have a session to sends it the news in
+    a Ping instead of killing it.
 *   Nothing is forgotten: DEAD and LEFT entries stay (OFFLINE machines).
 
 Anti-entropy compares bucket hashes: each entry hashes to 8 bytes and a
@@ -34,10 +40,13 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .effects import Config, MemberChanged, Outbox
 from .entries import Member, Meta, State
+from .messages import Ping
 
 
 @dataclass
@@ -48,7 +57,17 @@ class Suspicion:
     start: float
     confirmers: set[str] = field(default_factory=set)
     local: bool = False  #: this node suspects it itself
+    refused: bool = False  #: a suspecter's dial was refused: the process is gone
     deadline: float = 0.0
+
+
+class Update(NamedTuple):
+    """An entry to broadcast."""
+
+    entry: Member
+    by: str = ""  #: the node suspecting it, for a suspicion
+    dedup: bool = False  #: the same id from whichever node declares it (a death)
+    refused: bool = False  #: the suspecter's dial was refused
 
 
 def _digest(m: Member) -> int:
@@ -65,9 +84,9 @@ class MemberTable:
         self.outbox = outbox
         self.entries: dict[str, Member] = {}
         self.suspicions: dict[str, Suspicion] = {}
-        #: (entry, suspecter, same-id-everywhere) to broadcast; drained by the machine
-        self.pending: list[tuple[Member, str, bool]] = []
+        self.pending: list[Update] = []  #: to broadcast; drained by the machine
         self.leaving = False
+        self.deaths: deque[float] = deque(maxlen=16)  #: when members died, latest last
         self._bucket_of: dict[str, int] = {}
         self._bucket_hash = [0] * config.sync_buckets
         self._bucket_members: list[set[str]] = [set() for _ in range(config.sync_buckets)]
@@ -122,24 +141,34 @@ class MemberTable:
 
     # -- changing --------------------------------------------------------------------
 
-    def apply(self, entry: Member, now: float, *, by: str = "", via: str = "gossip") -> bool:
-        """Merge ``entry`` (heard by gossip or sync; ``by``: the node suspecting it).
-        True if it changed our list (or our own incarnation)."""
+    def apply(self, entry: Member, now: float, *, by: str = "", via: str = "gossip",
+              refused: bool = False) -> bool:
+        """Merge ``entry`` (heard by gossip or sync; ``by``: the node suspecting it,
+        ``refused``: its dial was refused).  True if it changed our list (or our own
+        incarnation)."""
         if entry.uuid == self.me_uuid:
             return self._about_me(entry)
         old = self.entries.get(entry.uuid)
         if (via == "sync" and entry.state == State.DEAD and old is not None
-                and old.state == State.ALIVE and entry.incarnation >= old.incarnation):
+                and old.state.online and entry.incarnation >= old.incarnation):
+            if old.state == State.SUSPECT and old.incarnation == entry.incarnation:
+                return False  # our own timer decides
             entry, by = old.with_state(State.SUSPECT, entry.incarnation), self.me_uuid
-            self.pending.append((entry, by, False))
+            self.pending.append(Update(entry, by))
         if not entry.newer_than(old):
             if (old is not None and old.state == State.SUSPECT and entry.state == State.SUSPECT
                     and entry.incarnation == old.incarnation and by):
-                self._confirm(entry.uuid, by)
+                self._confirm(entry.uuid, by, refused)
             return False
         self._store(entry, old)
+        if entry.state == State.DEAD and (old is None or old.state.online):
+            self.deaths.append(now)
+        if via == "sync" and entry.state == State.SUSPECT and by != self.me_uuid:
+            self.pending.append(Update(entry))  # so the member hears it and refutes
+        elif via == "sync" and old is not None and entry.state.online and not old.state.online:
+            self.pending.append(Update(entry))  # back from the dead: news the broadcast missed
         if entry.state == State.SUSPECT:
-            s = Suspicion(entry.incarnation, now, local=by == self.me_uuid)
+            s = Suspicion(entry.incarnation, now, local=by == self.me_uuid, refused=refused)
             if by:
                 s.confirmers.add(by)
             self.suspicions[entry.uuid] = s
@@ -148,19 +177,21 @@ class MemberTable:
             self.suspicions.pop(entry.uuid, None)
         return True
 
-    def suspect(self, uuid: str, now: float) -> None:
-        """This node suspects ``uuid`` (lost its session and could not reach it)."""
+    def suspect(self, uuid: str, now: float, *, refused: bool = False) -> None:
+        """This node suspects ``uuid`` (lost its session and could not reach it;
+        ``refused``: a dial to it was refused, so no process listens there)."""
         m = self.entries.get(uuid)
         if m is None or uuid == self.me_uuid or m.state not in (State.ALIVE, State.SUSPECT):
             return
         if m.state == State.ALIVE:
-            self.apply(m.with_state(State.SUSPECT), now, by=self.me_uuid, via="local")
-            self.pending.append((self.entries[uuid], self.me_uuid, False))
+            self.apply(m.with_state(State.SUSPECT), now, by=self.me_uuid, via="local",
+                       refused=refused)
+            self.pending.append(Update(self.entries[uuid], self.me_uuid, refused=refused))
             return
         s = self.suspicions[uuid]
         s.local = True
-        if self._confirm(uuid, self.me_uuid):
-            self.pending.append((m, self.me_uuid, False))
+        if self._confirm(uuid, self.me_uuid, refused):
+            self.pending.append(Update(m, self.me_uuid, refused=refused))
 
     def bump(self, at_least: int = 0, *, addresses: tuple[str, ...] | None = None,
              meta: Meta | None = None) -> Member:
@@ -171,20 +202,35 @@ class MemberTable:
                      me.addresses if addresses is None else addresses,
                      me.meta if meta is None else meta)
         self._store(new, me)
-        self.pending.append((new, "", False))
+        self.pending.append(Update(new))
         return new
 
+    def forgive(self) -> None:
+        """This node was cut off from every neighbour: drop the suspicions only it
+        holds (it could reach nobody, so they say nothing about the members)."""
+        for uuid, s in list(self.suspicions.items()):
+            if s.confirmers <= {self.me_uuid}:
+                del self.suspicions[uuid]
+                m = self.entries[uuid]
+                self._store(m.with_state(State.ALIVE), m)
+
     def tick(self, now: float) -> None:
-        """Declare DEAD every suspect whose timer ran out."""
+        """Declare DEAD every suspect whose timer ran out (one with a session up to
+        us gets the news in a Ping and another ``suspicion_min`` instead)."""
         for uuid, s in list(self.suspicions.items()):
             if s.deadline > now:
                 continue
-            del self.suspicions[uuid]
             m = self.entries[uuid]
+            if uuid in self.outbox.sessions and m.state == State.SUSPECT:
+                self.outbox.send(uuid, Ping(0, m))
+                s.deadline = now + self.config.suspicion_min
+                continue
+            del self.suspicions[uuid]
             if m.state == State.SUSPECT and m.incarnation == s.incarnation:
                 dead = m.with_state(State.DEAD)
                 self._store(dead, m)
-                self.pending.append((dead, "", True))
+                self.deaths.append(now)
+                self.pending.append(Update(dead, dedup=True))
 
     def next_deadline(self) -> float | None:
         """When the next suspicion runs out."""
@@ -214,10 +260,15 @@ class MemberTable:
         self.bump(entry.incarnation)
         return True
 
-    def _confirm(self, uuid: str, by: str) -> bool:
+    def _confirm(self, uuid: str, by: str, refused: bool = False) -> bool:
         s = self.suspicions.get(uuid)
-        if s is None or by in s.confirmers:
+        if s is None or (by in s.confirmers and (s.refused or not refused)):
             return False
+        if refused and not s.refused:
+            s.refused = True
+            s.confirmers.add(by)
+            self._reschedule(s)
+            return True
         fresh = len(s.confirmers) <= self.config.suspicion_k
         s.confirmers.add(by)
         self._reschedule(s)
@@ -225,7 +276,8 @@ class MemberTable:
 
     def _reschedule(self, s: Suspicion) -> None:
         grace = 0.0 if s.local else self.config.bystander_grace
-        s.deadline = s.start + self.timeout(max(0, len(s.confirmers) - 1)) + grace
+        confirmations = self.config.suspicion_k if s.refused else len(s.confirmers) - 1
+        s.deadline = s.start + self.timeout(max(0, confirmations)) + grace
 
     def _store(self, new: Member, old: Member | None) -> None:
         self.entries[new.uuid] = new

@@ -13,7 +13,8 @@ The model of the node layer (what docs/membership.md asks of it):
 *   ``Connect`` takes ``connect_delay`` to a live node; it fails after one
     round trip to a killed process (refused), ``handshake_timeout`` to a
     frozen one, ``connect_timeout`` across a cut.
-*   A killed node's sessions close at once ("closed" on the far side); a
+*   A session closed on purpose (``Disconnect``) delivers what was sent on it
+    first, then "goodbye".  A killed node's sessions close at once ("closed" on the far side); a
     frozen node's (SIGSTOP) or a cut one's time out.  A frozen node handles
     nothing until thawed, and then hears its sessions closed.
 
@@ -87,6 +88,8 @@ class SimNet:
         self.links: dict[frozenset[str], Link] = {}
         self.dialing: set[tuple[str, str]] = set()
         self.group: dict[str, int] = {}  #: partition group per node (equal: reachable)
+        self.blocked: set[frozenset[str]] = set()  #: pairs that cannot reach each other
+        self._draining: set[tuple[int, str]] = set()  #: (link epoch, closer) closed on purpose
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._epochs = 0
@@ -115,7 +118,7 @@ class SimNet:
         self.at(self.now if at is None else at, start)
         if not self._keepalive_started:
             self._keepalive_started = True
-            self.at(self.now + self.keepalive, self._keepalives)
+            self.at(self.now + self.keepalive / 4, self._keepalives)
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` at simulated time ``t``."""
@@ -160,9 +163,14 @@ class SimNet:
                 self.group[u] = i
 
     def heal(self) -> None:
-        """Undo every partition."""
+        """Undo every partition and block."""
         for u in self.group:
             self.group[u] = 0
+        self.blocked.clear()
+
+    def block(self, a: str, b: str) -> None:
+        """``a`` and ``b`` cannot reach each other (both still reach everyone else)."""
+        self.blocked.add(frozenset((a, b)))
 
     def up(self) -> list[str]:
         """Nodes whose process runs and is not frozen."""
@@ -171,7 +179,8 @@ class SimNet:
     # -- the model -------------------------------------------------------------------
 
     def _reachable(self, a: str, b: str) -> bool:
-        return self.group.get(a, 0) == self.group.get(b, 0)
+        return (self.group.get(a, 0) == self.group.get(b, 0)
+                and (not self.blocked or frozenset((a, b)) not in self.blocked))
 
     def _latency(self) -> float:
         d = self.delay * (1 + self.jitter * (2 * self.rng.random() - 1))
@@ -219,6 +228,13 @@ class SimNet:
             return
         node.timer_at = None
         self._input(node, lambda: node.machine.tick(self.now))
+        after = node.machine.next_deadline()
+        if node.state == "up" and after is not None and after <= self.now:
+            mc = node.machine
+            parts = {"views": mc.views.next_deadline(), "sync": mc.sync.next_deadline(),
+                     "members": mc.table.next_deadline(), "detector": mc.detector.next_deadline(),
+                     "broadcast": mc.tree.next_deadline()}
+            raise RuntimeError(f"{node.uuid}: tick({self.now}) left a deadline at {after}: {parts}")
 
     def _send(self, node: SimNode, to: str, msg: Message) -> None:
         link = self.links.get(frozenset((node.uuid, to)))
@@ -242,7 +258,8 @@ class SimNet:
     def _arrive(self, to: str, sender: str, epoch: int, msg: Message) -> None:
         link = self.links.get(frozenset((to, sender)))
         target = self.nodes.get(to)
-        if link is None or link.epoch != epoch or target is None:
+        live = link is not None and link.epoch == epoch
+        if target is None or not (live or (epoch, sender) in self._draining):
             return
         if target.state == "frozen":
             target.inbox.append((sender, epoch, msg))
@@ -262,21 +279,23 @@ class SimNet:
         if target is None or not self._reachable(node.uuid, to):
             self.at(self.now + self.connect_timeout, lambda: self._dial_done(node, to, False))
         elif target.state == "killed":
-            self.at(self.now + 2 * self.delay, lambda: self._dial_done(node, to, False))
+            self.at(self.now + 2 * self.delay,
+                    lambda: self._dial_done(node, to, False, refused=True))
         elif target.state == "frozen":
             self.at(self.now + self.handshake_timeout, lambda: self._dial_done(node, to, False))
         else:
             self.at(self.now + self.connect_delay + self._latency(),
                     lambda: self._dial_done(node, to, True))
 
-    def _dial_done(self, node: SimNode, to: str, ok: bool) -> None:
+    def _dial_done(self, node: SimNode, to: str, ok: bool, refused: bool = False) -> None:
         self.dialing.discard((node.uuid, to))
         target = self.nodes.get(to)
         key = frozenset((node.uuid, to))
         ok = (ok and target is not None and target.state == "up" and node.state == "up"
               and self._reachable(node.uuid, to))
         if not ok:
-            self._input(node, lambda: node.machine.connect_failed(to, self.now))
+            refused = refused and target is not None and target.state == "killed"
+            self._input(node, lambda: node.machine.connect_failed(to, self.now, refused=refused))
             return
         assert target is not None
         if key not in self.links:
@@ -294,6 +313,8 @@ class SimNet:
             return
         del self.links[frozenset((link.a, link.b))]
         other = link.other(by)
+        if reason == "goodbye":  # a close on purpose: what ``by`` sent still arrives
+            self._draining.add((link.epoch, by))
         if notify_self:
             n = self.nodes[by]
             self._input(n, lambda: n.machine.disconnected(other, self.now, self_reason))
@@ -302,22 +323,24 @@ class SimNet:
             return
         if not self._reachable(by, other):
             self.at(link.last_arrival.get(other, self.now) + self.window,
-                    lambda: self._notify(far, by, "timeout"))
+                    partial(self._notify, far, by, "timeout"))
             return
         when = max(self.now + self.delay, link.last_arrival.get(other, 0.0))
-        self.at(when, lambda: self._notify(far, by, reason))
+        self.at(when, partial(self._notify, far, by, reason))
 
     def _notify(self, node: SimNode, peer: str, reason: str) -> None:
-        if node.state == "killed":
+        """Tell ``node`` its session to ``peer`` ended (unless a new one is up by then:
+        the node layer keeps one session per pair and reports the pair's state)."""
+        if node.state == "killed" or frozenset((node.uuid, peer)) in self.links:
             return
         if node.state == "frozen":
-            self.at(self.now + 0.01, lambda: self._notify(node, peer, reason))
+            self.at(self.now + 0.01, partial(self._notify, node, peer, reason))
             return
         self._input(node, lambda: node.machine.disconnected(peer, self.now, reason))
 
     def _keepalives(self) -> None:
-        """Every ``keepalive``: heartbeats where a side sent nothing; timeouts where
-        a side heard nothing for ``window``."""
+        """Every quarter ``keepalive``: a heartbeat where a side sent nothing for
+        ``keepalive``; a timeout where a side will have heard nothing for ``window``."""
         for link in list(self.links.values()):
             for src in (link.a, link.b):
                 dst = link.other(src)
@@ -337,7 +360,7 @@ class SimNet:
                     link.doomed = True
                     t = link.last_arrival.get(dst, self.now) + self.window
                     self.at(max(t, self.now), partial(self._timeout, link, dst))
-        self.at(self.now + self.keepalive, self._keepalives)
+        self.at(self.now + self.keepalive / 4, self._keepalives)
 
     def _timeout(self, link: Link, side: str) -> None:
         """``side`` heard nothing for a window: it closes the session."""

@@ -43,6 +43,7 @@ from .entries import Member, State
 from .members import MemberTable
 
 ATTEMPT_TIMEOUT = 5.0  #: an attempt with no answer by then is given up
+CONTACT_RETRY = 30.0  #: a contact we could not join through is tried after the others
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Views:
         self.active: dict[str, float] = {}  #: neighbour -> since when
         self.passive: dict[str, tuple[str, ...]] = {}  #: uuid -> addresses
         self.contacts: dict[str, tuple[str, ...]] = {}  #: discovered by the node layer
+        self.unreachable: dict[str, float] = {}  #: contact -> when a join through it failed
         self.attempts: dict[str, Attempt] = {}
         self.on_up: Callable[[str, float], None] = lambda uuid, now: None
         self.on_down: Callable[[str, float], None] = lambda uuid, now: None
@@ -112,6 +114,7 @@ class Views:
             return
         self.passive.pop(uuid, None)
         if a.kind == "join":
+            self.unreachable[uuid] = now
             self.next_join = now + self.config.join_retry * self.rng.uniform(0.5, 1.0)
         self._back_off(now)
 
@@ -198,7 +201,7 @@ class Views:
     def tick(self, now: float) -> None:
         """Give up stale attempts; join, refill, shuffle and reconnect when due."""
         for uuid, a in list(self.attempts.items()):
-            if now - a.since > ATTEMPT_TIMEOUT:
+            if a.since + ATTEMPT_TIMEOUT <= now:
                 self.failed(uuid, now)
                 if uuid not in self.active:
                     self.outbox.emit(Disconnect(uuid))
@@ -207,8 +210,9 @@ class Views:
         links = len(self.active) + sum(a.kind == "neighbor" for a in self.attempts.values())
         if self.active and links < self.config.active_max and now >= self.next_fill:
             self._fill(now)
-        if self.active and now >= self.next_shuffle:
-            self._shuffle(now)
+        if now >= self.next_shuffle:
+            if self.active:
+                self._shuffle(now)
             self.next_shuffle = now + self.config.shuffle_interval * self.rng.uniform(0.5, 1.5)
         if now >= self.next_reconnect:
             self._reconnect(now)
@@ -236,7 +240,9 @@ class Views:
     # -- internals -------------------------------------------------------------------
 
     def _join(self, now: float) -> None:
-        pool = [u for u in self.contacts if u in self.outbox.sessions] or list(self.contacts)
+        fresh = [u for u in self.contacts
+                 if self.unreachable.get(u, -CONTACT_RETRY) + CONTACT_RETRY <= now]
+        pool = [u for u in self.contacts if u in self.outbox.sessions] or fresh or list(self.contacts)
         if not pool:
             pool = [u for u in self.passive if self._usable(u)]
         if pool:
@@ -314,6 +320,7 @@ class Views:
             self.outbox.emit(Disconnect(victim))
             self._remove_active(victim, now)
         self.active[uuid] = now
+        self.attempts.pop(uuid, None)  # whoever asked first, the link is up
         self.passive.pop(uuid, None)
         self.backoff = self.config.fill_interval
         self.on_up(uuid, now)

@@ -1,4 +1,5 @@
-"""Typed checks for fields that come from a peer, and the wire limits.
+"""The base of the overlay's messages, typed checks for fields that come from
+a peer, and the wire limits.
 
 Every ``from_wire`` in this package reads a peer's msgpack-decoded object
 through these helpers: each checks the type *and* the bound of one field and
@@ -10,11 +11,13 @@ message is refused with a reason and never reaches the state machines.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from ..errors import RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError
 
 T = TypeVar("T")
+M = TypeVar("M", bound="Message")
+REGISTRY: dict[str, type[Message]] = {}  #: wire type -> class (messages.decode reads it)
 
 MAX_UUID = 64  #: characters of a node uuid
 MAX_ADDRESSES = 8  #: addresses one member advertises
@@ -98,3 +101,30 @@ def as_addresses(value: Any, where: str) -> tuple[str, ...]:
 def as_msg_id(value: Any, where: str) -> bytes:
     """A broadcast's id: 1 to ``MAX_MSG_ID`` bytes."""
     return as_bytes(value, where, MAX_MSG_ID, min_len=1)
+
+
+class Message:
+    """Base of the overlay's messages."""
+
+    TYPE: ClassVar[str] = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The msgpack-able fields (without the type)."""
+        return {}
+
+    @classmethod
+    def read(cls: type[M], obj: dict[str, Any]) -> M:
+        """Build from a peer's checked map; subclasses with fields override."""
+        return cls()
+
+    def to_wire(self) -> dict[str, Any]:
+        """Msgpack-able form ``{"t": TYPE, **fields}``."""
+        return {"t": self.TYPE, **self.fields()}
+
+
+def register(cls: type[M]) -> type[M]:
+    """Class decorator: make ``cls`` decodable by ``decode``."""
+    if not cls.TYPE or cls.TYPE in REGISTRY:
+        raise LocalProtocolError(f"overlay message type {cls.TYPE!r} is empty or taken")
+    REGISTRY[cls.TYPE] = cls
+    return cls

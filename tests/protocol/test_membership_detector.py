@@ -1,0 +1,137 @@
+"""Failure detection: a dead node is dead for everyone within the goals, a live
+one is not (a closed session, a stalled observer, a cut link), and a node that
+comes back (restart with the same uuid, thaw) rejoins with a higher incarnation."""
+
+from __future__ import annotations
+
+import random
+
+from protocol.membership import MemberChanged, State
+from protocol.membership.simnet import SimNet
+
+
+def farm(n: int, *, seed: int = 1, **kw: float) -> SimNet:
+    net = SimNet(seed=seed, **kw)  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    names = [f"n{i:02d}" for i in range(n)]
+    for i, u in enumerate(names):
+        net.add(u, contacts=[names[rng.randrange(i)]] if i else [], at=i * 0.01)
+    net.run_until(n * 0.01 + 5.0)
+    return net
+
+
+class Deaths:
+    """Members declared DEAD while their process ran and could be reached."""
+
+    def __init__(self, net: SimNet) -> None:
+        self.net = net
+        self.false: list[tuple[float, str, str]] = []
+        net.on_change.append(self._changed)
+
+    def _changed(self, observer: str, eff: MemberChanged, now: float) -> None:
+        node = self.net.nodes.get(eff.member.uuid)
+        if (eff.member.state == State.DEAD and node is not None and node.state == "up"
+                and self.net._reachable(observer, eff.member.uuid)):
+            self.false.append((now, observer, eff.member.uuid))
+
+
+def held(net: SimNet, uuid: str) -> set[State]:
+    """The states every running node other than ``uuid`` holds it in."""
+    return {net.nodes[u].machine.member(uuid).state  # type: ignore[union-attr]
+            for u in net.up() if u != uuid}
+
+
+def until(net: SimNet, cond: object, limit: float) -> float:
+    start = net.now
+    while net.now - start < limit:
+        net.run_until(net.now + 0.01)
+        if cond():  # type: ignore[operator]
+            return net.now - start
+    raise AssertionError(f"not within {limit} s")
+
+
+def test_a_killed_node_is_dead_for_everyone_within_two_seconds() -> None:
+    net = farm(30)
+    deaths = Deaths(net)
+    net.kill("n11")
+    took = until(net, lambda: held(net, "n11") == {State.DEAD}, 5.0)
+    assert took < 2.0 and not deaths.false
+
+
+def test_a_frozen_node_is_dead_for_everyone_within_the_window_plus_two_seconds() -> None:
+    net = farm(30)
+    net.freeze("n11")
+    took = until(net, lambda: held(net, "n11") == {State.DEAD}, 10.0)
+    assert took < net.window + 2.0
+
+
+def test_a_thawed_node_refutes_and_is_alive_again_everywhere() -> None:
+    net = farm(30)
+    deaths = Deaths(net)
+    before = net.nodes["n11"].machine.me.incarnation
+    net.freeze("n11")
+    until(net, lambda: held(net, "n11") == {State.DEAD}, 10.0)
+    net.thaw("n11")
+    until(net, lambda: held(net, "n11") == {State.ALIVE}, 5.0)
+    assert net.nodes["n11"].machine.me.incarnation > before
+    # the thawed node found every session gone at once: it did not kill its neighbours
+    net.run_until(net.now + 8.0)
+    assert all(held(net, u) == {State.ALIVE} for u in net.up())
+    assert [d for d in deaths.false if d[2] != "n11"] == []
+
+
+def test_a_restart_with_the_same_uuid_rejoins_with_a_higher_incarnation() -> None:
+    net = farm(30)
+    net.kill("n11")
+    until(net, lambda: held(net, "n11") == {State.DEAD}, 5.0)
+    net.add("n11", contacts=["n03"], incarnation=0)  # nothing persisted: it learns and rises
+    until(net, lambda: held(net, "n11") == {State.ALIVE}, 3.0)
+    assert net.nodes["n11"].machine.me.incarnation >= 1
+
+
+def test_a_closed_session_to_a_live_node_is_no_suspicion() -> None:
+    net = farm(20)
+    suspected: list[str] = []
+    net.on_change.append(lambda o, e, t: suspected.append(e.member.uuid)
+                         if e.member.state == State.SUSPECT else None)
+    for peer in net.nodes["n05"].machine.active_view():
+        link = net.links[frozenset(("n05", peer))]
+        net._close(link, peer, "closed", notify_self=True, self_reason="closed")
+    net.run_until(net.now + 5.0)
+    assert "n05" not in suspected and held(net, "n05") == {State.ALIVE}
+
+
+def test_a_cut_link_between_two_live_nodes_kills_neither() -> None:
+    net = farm(20, loss=0.01)
+    deaths = Deaths(net)
+    a = "n04"
+    b = net.nodes[a].machine.active_view()[0]
+    net.block(a, b)
+    net.run_until(net.now + 12.0)
+    assert not deaths.false
+    assert held(net, a) == {State.ALIVE} and held(net, b) == {State.ALIVE}
+
+
+def test_a_node_cut_off_from_everyone_is_dead_and_comes_back_when_the_cable_is_back() -> None:
+    net = farm(20)
+    deaths = Deaths(net)
+    net.partition([[u for u in net.nodes if u != "n09"], ["n09"]])
+    until(net, lambda: held(net, "n09") == {State.DEAD}, 6.0)
+    net.heal()
+    until(net, lambda: all(held(net, u) == {State.ALIVE} for u in net.up()), 30.0)
+    assert not deaths.false
+
+
+def test_a_node_that_leaves_is_left_for_everyone_at_once_and_suspected_by_nobody() -> None:
+    net = farm(30)
+    deaths = Deaths(net)
+    states: list[State] = []
+    net.on_change.append(lambda o, e, t: states.append(e.member.state)
+                         if e.member.uuid == "n11" else None)
+    node = net.nodes["n11"]
+    node.machine.leave(net.now)
+    net._settle(node)
+    took = until(net, lambda: held(net, "n11") == {State.LEFT}, 1.0)
+    assert took < 0.3 and State.SUSPECT not in states and State.DEAD not in states
+    net.run_until(net.now + 8.0)
+    assert held(net, "n11") == {State.LEFT} and not deaths.false
