@@ -66,6 +66,7 @@ class MembershipApi:
             "listen": self.peers.advertised,
             "online_peers": len(self.peers.online_uuids()),
             "sessions": len(self.peers.sessions),
+            "traffic": self.peers.traffic(),
             "caller": caller.user,
         }
 

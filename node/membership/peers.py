@@ -133,6 +133,9 @@ class Peers:
         self.bulk_handler: Callable[[Session, int, bytes], None] | None = None  #: called by the reader
         self.overlay: Overlay | None = None  #: the farm's membership, once attached
         self.blocked: set[str] = set()  #: machines removed here: not members for this node
+        self.sent_before = 0  #: records written on sessions that have ended (see ``traffic``)
+        self.sessions_opened = 0
+        self.received_before = 0  #: messages read on sessions that have ended
         self._attached = trio.Event()
         self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)
         self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
@@ -273,6 +276,14 @@ class Peers:
                 await session.send(message)
             except (SessionLost, ProtocolError):
                 pass
+
+    def traffic(self) -> dict[str, int]:
+        """Records written and control messages read on every session so far, and
+        sessions opened: for ``rendernode status`` and the scale bench."""
+        live = list(self.sessions.values())
+        return {"records_sent": self.sent_before + sum(s.records_sent for s in live),
+                "messages_received": self.received_before + sum(s.messages_received for s in live),
+                "sessions_opened": self.sessions_opened}
 
     # -- sessions on demand ----------------------------------------------------
 
@@ -691,6 +702,7 @@ class Peers:
             if self._nursery is not None:
                 self._nursery.start_soon(self._goodbye, existing, "duplicate session")
         self.sessions[uuid] = s
+        self.sessions_opened += 1
         self.facts[uuid] = facts
         dialing = self._dialing.pop(uuid, None)
         if dialing is not None:
@@ -778,6 +790,8 @@ class Peers:
         finally:
             s.closed.set()
             if self.sessions.get(s.uuid) is s:
+                self.sent_before += s.records_sent
+                self.received_before += s.messages_received
                 del self.sessions[s.uuid]
                 self._unheld_since.pop(s.uuid, None)
                 overlay = self.overlay

@@ -126,6 +126,7 @@ class Session:
         self.added = False  #: dialed because a user added the machine (AddMachine)
         self.lost_reason = ""
         self.records_sent = 0  #: records the writer wrote (control + bulk), for tests and benches
+        self.messages_received = 0  #: control messages the reader read
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[trio.Event, list[Message]]] = {}
         self._control: deque[bytes | _Flush] = deque()  #: encoded control messages for the writer
@@ -414,6 +415,7 @@ class Session:
             if not isinstance(event, MessageReceived):
                 continue
             msg, req_id = event.message, event.req_id
+            self.messages_received += 1
             if self.resolve(msg, req_id) or inline(self, msg, req_id):
                 continue
             await dispatch.send((msg, req_id))
