@@ -40,8 +40,8 @@ class Preferences:
     server_priority: int = 50  #: 0 = never server; highest (priority, uuid) wins
     share: bool = True  #: offer this machine's cores to the farm
     require_same_arch: bool = False  #: peers of another architecture are refused
-    heartbeat_interval: float = 0.5  #: seconds between heartbeats
-    heartbeat_misses: int = 3  #: missed heartbeats before a peer is OFFLINE
+    heartbeat_interval: float = 0.75  #: a session quiet this long sends a heartbeat
+    heartbeat_misses: int = 2  #: heartbeats missed before a session ends (window 1.5 s)
     handshake_timeout: float = 5.0  #: seconds a handshake may take
     max_handshakes: int = 64  #: incoming connections in handshake at once
     reconnect_max: float = 1.0  #: cap of the reconnect backoff, seconds

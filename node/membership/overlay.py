@@ -138,9 +138,10 @@ class Overlay:
         texts = [f"{h}:{p}" for h, p in addresses]
         self._input(lambda m, now: m.discovered(uuid, texts, now))
 
-    def connect_failed(self, uuid: str) -> None:
-        """A dial the overlay asked for did not give a session."""
-        self._input(lambda m, now: m.connect_failed(uuid, now))
+    def connect_failed(self, uuid: str, refused: bool = False) -> None:
+        """A dial the overlay asked for did not give a session (``refused``: no
+        process listens at its addresses)."""
+        self._input(lambda m, now: m.connect_failed(uuid, now, refused=refused))
 
     async def on_message(self, session: Session, msg: Message, req_id: int) -> None:
         """An ``Overlay`` message from a neighbour (run by the session's dispatcher)."""

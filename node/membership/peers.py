@@ -140,7 +140,8 @@ class Peers:
         self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)
         self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
         self._dialing: dict[str, trio.Event] = {}  #: uuid -> set once its dial ends
-        self._on_dial_failure: dict[str, list[Callable[[str], None]]] = {}  #: told if that dial fails
+        #: told if that dial fails (with True when no process listened at its addresses)
+        self._on_dial_failure: dict[str, list[Callable[[str, bool], None]]] = {}
         self._nursery: trio.Nursery | None = None
         self._handshakes = trio.Semaphore(prefs.max_handshakes)
         self._accepting: Counter[str] = Counter()  #: remote address -> its connections in handshake
@@ -352,7 +353,7 @@ class Peers:
         return out
 
     def connect(self, uuid: str, addresses: list[tuple[str, int]] | None = None,
-                on_failure: Callable[[str], None] | None = None) -> None:
+                on_failure: Callable[[str, bool], None] | None = None) -> None:
         """Dial ``uuid`` in the background unless a session to it is up or being
         made; ``on_failure(uuid)`` if the dial gives no session."""
         if uuid == self.ident.uuid or uuid in self.sessions:
@@ -366,7 +367,7 @@ class Peers:
             addresses = []
         if not addresses or self._nursery is None:
             if on_failure is not None:
-                on_failure(uuid)
+                on_failure(uuid, False)
             return
         self._dialing[uuid] = trio.Event()
         self._on_dial_failure[uuid] = [on_failure] if on_failure is not None else []
@@ -384,7 +385,7 @@ class Peers:
             callbacks = self._on_dial_failure.pop(uuid, [])
         if outcome not in ("ok", "duplicate", "self"):
             for callback in callbacks:
-                callback(uuid)
+                callback(uuid, outcome == "nobody")
 
     async def session(self, uuid: str, hold: str = "") -> Session:
         """The session to ``uuid``, dialed if need be (``SessionLost`` if it cannot
@@ -514,17 +515,22 @@ class Peers:
             backoff = min(backoff * 2, cap)
 
     async def _dial_once(self, target: Target) -> str:
+        """Dial ``target`` and serve the session until it ends: "ok", "duplicate",
+        "self", "refused" (its handshake or verification failed), "unreachable", or
+        "nobody" (every address refused the connection: no process listens)."""
+        refusals = 0
         for host, port in list(target.addresses):
             try:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
                 log.debug("dial %s:%d failed: %s", host, port, exc)
+                refusals += _refused_connection(exc)
                 continue
             return await self._serve_stream(stream, initiator=True, target=target)
         self._record_failure(target.row_id, HandshakeOutcome.UNREACHABLE,
                              "cannot connect to " + ", ".join(f"{h}:{p}" for h, p in target.addresses))
-        return "unreachable"
+        return "nobody" if refusals == len(target.addresses) else "unreachable"
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         try:
@@ -839,10 +845,11 @@ class Peers:
         wall = _wall_offset()
         seq = 0
         while True:
-            info = self.heartbeat_info()
-            await s.send(Heartbeat(seq=seq, term=int(info.get("term", 0)),
-                                   server=str(info.get("server", "")), busy=bool(info.get("busy", False))))
-            seq += 1
+            if trio.current_time() - s.last_write >= interval * 0.9:  # keepalive: only when idle
+                info = self.heartbeat_info()
+                await s.send(Heartbeat(seq=seq, term=int(info.get("term", 0)),
+                                       server=str(info.get("server", "")), busy=bool(info.get("busy", False))))
+                seq += 1
             if wall is None:
                 await trio.sleep(interval)
             else:  # the next wall-clock multiple of the interval: a gap <= interval
@@ -875,6 +882,14 @@ class Peers:
         self._set_bits(s.uuid)
         if not msg.reachable:
             self.table.log(s.uuid, f"it cannot dial this node: {msg.reason}")
+
+
+def _refused_connection(exc: BaseException) -> bool:
+    """True if a connect failed because nothing listens there (every attempt refused)."""
+    causes = getattr(exc.__cause__, "exceptions", None)
+    if causes:
+        return all(isinstance(c, ConnectionRefusedError) for c in causes)
+    return isinstance(exc, ConnectionRefusedError)
 
 
 async def _first_of(*events: trio.Event) -> None:

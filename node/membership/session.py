@@ -127,6 +127,7 @@ class Session:
         self.lost_reason = ""
         self.records_sent = 0  #: records the writer wrote (control + bulk), for tests and benches
         self.messages_received = 0  #: control messages the reader read
+        self.last_write = -1e9  #: trio time the writer last wrote (keepalives skip busy sessions)
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[trio.Event, list[Message]]] = {}
         self._control: deque[bytes | _Flush] = deque()  #: encoded control messages for the writer
@@ -292,6 +293,7 @@ class Session:
                 if records:
                     await self._write(b"".join(records))
                     self.records_sent += len(records)
+                    self.last_write = trio.current_time()
                 continue
             b = bulk[0]
             end = min(b.offset + BULK_BATCH, len(b.data))
@@ -304,6 +306,7 @@ class Session:
             b.offset = end
             await self._write(b"".join(records))
             self.records_sent += len(records)
+            self.last_write = trio.current_time()
             if b.offset >= len(b.data):
                 bulk.popleft()
                 b.written = True
