@@ -92,19 +92,26 @@ class Overlay:
             self._input(lambda m, now: m.update(now, meta=self._meta()))
 
     def online(self) -> list[str]:
-        """Members ALIVE or SUSPECT, this node left out."""
+        """Members this node counts as ONLINE (see ``counts_online``), itself left out."""
         if self.machine is None:
             return []
-        return [e.uuid for e in self.machine.members() if e.state.online and e.uuid != self.me]
+        return [e.uuid for e in self.machine.members() if e.uuid != self.me and self._counts(e)]
+
+    def _counts(self, entry: Member) -> bool:
+        """ONLINE here: ALIVE, or SUSPECT while a session to it is still up.  A
+        suspect this node cannot talk to shows OFFLINE at once (as a lost session
+        did before the overlay), though the farm waits out the suspicion before it
+        holds it DEAD: a suspicion refuted brings it back ONLINE."""
+        return entry.state == State.ALIVE or (entry.state == State.SUSPECT and entry.uuid in self.peers.sessions)
 
     def member(self, uuid: str) -> Member | None:
         """What this node knows of ``uuid``."""
         return self.machine.member(uuid) if self.machine is not None else None
 
     def is_online(self, uuid: str) -> bool:
-        """True if ``uuid`` is ALIVE or SUSPECT here."""
+        """True if this node counts ``uuid`` ONLINE (``online``)."""
         entry = self.member(uuid)
-        return entry is not None and entry.state.online
+        return entry is not None and self._counts(entry)
 
     def addresses(self, uuid: str) -> list[tuple[str, int]]:
         """Where ``uuid`` accepts sessions, as the membership knows it."""

@@ -418,7 +418,7 @@ class Peers:
         was_online = bool(row and row.online)
         self.table.update(uuid, **changes)
         facts = self.facts.get(uuid)
-        online = member.state.online or uuid in self.sessions
+        online = uuid in self.sessions or (self.overlay is not None and self.overlay.is_online(uuid))
         if facts is not None:
             self.facts[uuid] = dataclasses.replace(facts, online=online)
             self._set_bits(uuid)

@@ -151,7 +151,8 @@ def test_a_named_config_file_that_does_not_exist_is_an_error(tmp_path: Path) -> 
 def test_without_a_file_the_defaults_hold(tmp_path: Path) -> None:
     prefs = load(None, env={})
     assert prefs.listen == f"0.0.0.0:{config.DEFAULT_PORT}" and prefs.mdns is True
-    assert prefs.heartbeat_interval == 0.5 and prefs.heartbeat_misses == 3
+    # a keepalive after 0.75 s of silence, 2 missed: the same 1.5 s window as 0.5 s x 3 was
+    assert prefs.heartbeat_interval == 0.75 and prefs.heartbeat_misses == 2
 
 
 def test_the_default_file_is_read_when_it_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
