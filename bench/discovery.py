@@ -193,7 +193,7 @@ def daemon_env(token: str, pycache: Path | None) -> dict[str, str]:
 
 
 #: Imported once before the clock starts so that the bytecode cache is warm.
-WARM_IMPORTS = "import node.cli, node.daemon, node.discovery, zeroconf.asyncio, trio"
+WARM_IMPORTS = "import node.cli, node.daemon, node.membership.discovery, zeroconf.asyncio, trio"
 
 
 def warm_bytecode(env: dict[str, str]) -> float:
