@@ -845,7 +845,10 @@ class Peers:
         wall = _wall_offset()
         seq = 0
         while True:
-            if trio.current_time() - s.last_write >= interval * 0.9:  # keepalive: only when idle
+            # keepalive unless the session wrote in the last half interval: the ticks are
+            # an interval apart, so the peer never waits more than 1.5 intervals (a
+            # window of 2 keeps half an interval for a late wake-up of a loaded machine)
+            if trio.current_time() - s.last_write >= interval / 2:
                 info = self.heartbeat_info()
                 await s.send(Heartbeat(seq=seq, term=int(info.get("term", 0)),
                                        server=str(info.get("server", "")), busy=bool(info.get("busy", False))))

@@ -5,6 +5,7 @@ exact timing and no real sleeping."""
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,8 +84,9 @@ class Side:
 def make_side(tmp_path: Path) -> Iterator[Any]:
     dbs: list[Database] = []
 
-    def make(name: str, token: bytes, build: str = "test-build") -> Side:
-        prefs = node_prefs(tmp_path, name, heartbeat_interval=INTERVAL, heartbeat_misses=MISSES,
+    def make(name: str, token: bytes, build: str = "test-build", interval: float = INTERVAL,
+             misses: int = MISSES) -> Side:
+        prefs = node_prefs(tmp_path, name, heartbeat_interval=interval, heartbeat_misses=misses,
                            mdns=False)
         ident = load_or_create(prefs.state_dir)
         db = Database(prefs.state_dir)
@@ -137,6 +139,38 @@ async def test_heartbeats_keep_a_quiet_session_online_indefinitely(make_side: An
             V.VERIFICATIONBIT_ONLINE | V.VERIFICATIONBIT_VERIFIED)
         # one heartbeat per interval, give or take the one in flight
         assert abs(len(beats) - 60 / INTERVAL) <= 2, (len(beats), trio.current_time() - start)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_session_is_never_quiet_longer_than_one_and_a_half_keepalive_intervals(
+        make_side: Any, autojump_clock: trio.testing.MockClock) -> None:
+    """Keepalives go out only on idle sessions; other traffic at any moment must
+    still leave the peer half an interval of slack before its liveness window
+    (the defaults: 0.75 s, 2 misses), or one late wake-up of a loaded machine
+    ends a live session and the farm suspects a healthy node."""
+    interval, misses = 0.75, 2
+    token = secrets.token_urlsafe(32).encode()
+    a = make_side("busyA", token, interval=interval, misses=misses)
+    b = make_side("busyB", token, interval=interval, misses=misses)
+    arrivals: list[float] = []
+
+    def on_heartbeat(session: Session, msg: Any, req_id: int) -> None:
+        arrivals.append(trio.current_time())
+
+    b.peers.register_inline(Heartbeat, on_heartbeat)
+    rng = random.Random(18)
+    async with trio.open_nursery() as nursery:
+        join(nursery, a, b)
+        await until(lambda: b.uuid in a.peers.sessions and a.uuid in b.peers.sessions)
+        session = a.peers.sessions[b.uuid]
+        await trio.sleep(2 * interval)
+        start = trio.current_time()
+        while trio.current_time() - start < 60:  # other traffic, now and then, at any phase
+            await session.send(Heartbeat(seq=1_000_000))
+            await trio.sleep(rng.uniform(interval, 2 * interval))
+        assert a.peers.sessions.get(b.uuid) is session
+        gaps = [y - x for x, y in zip(arrivals, arrivals[1:], strict=False) if x >= start]
+        assert max(gaps) <= 1.5 * interval + 0.01, max(gaps)
         nursery.cancel_scope.cancel()
 
 
