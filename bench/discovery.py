@@ -299,22 +299,25 @@ def pin_neighbours(bed: Any) -> None:
     bed.run_in(None, ["sh", "-e"], input="".join(script), timeout=120)  # too long for an argv
 
 
-def start_netns(bed: Any, env: dict[str, str], log_level: str,
-                renderer_cache: Path | None = None) -> list[Daemon]:
-    """Start one daemon in each host of the bed."""
-    daemons = []
+def start_host(host: Any, env: dict[str, str], log_level: str,
+               renderer_cache: Path | None = None) -> Daemon:
+    """Start a daemon in one host of the bed (returns at once)."""
     extra = {k: v for k, v in env.items() if k.startswith("PYTHONPYCACHE")}
     # Host.start_daemon layers ``extra`` over os.environ: drop the caller's
     # RENDERNODE_* there, as daemon_env does for loopback daemons.
     for key in [k for k in os.environ if k.startswith("RENDERNODE_")]:
         del os.environ[key]
-    for host in bed.hosts:
-        seed_state(Path(host.state_dir), renderer_cache)
-        proc = host.start_daemon(env["RENDERNODE_TOKEN"], extra_args=["--log-level", log_level],
-                                 env=extra)
-        daemons.append(Daemon(host.name, str(host.socket_path), Path(proc.log_path), proc,
-                              proc.terminate, proc.kill))
-    return daemons
+    seed_state(Path(host.state_dir), renderer_cache)
+    proc = host.start_daemon(env["RENDERNODE_TOKEN"], extra_args=["--log-level", log_level],
+                             env=extra)
+    return Daemon(host.name, str(host.socket_path), Path(proc.log_path), proc,
+                  proc.terminate, proc.kill)
+
+
+def start_netns(bed: Any, env: dict[str, str], log_level: str,
+                renderer_cache: Path | None = None) -> list[Daemon]:
+    """Start one daemon in each host of the bed."""
+    return [start_host(host, env, log_level, renderer_cache) for host in bed.hosts]
 
 
 # -- measuring -------------------------------------------------------------------------

@@ -26,8 +26,13 @@ run, in this order:
 
 ``--loss`` is packet loss (TCP turns it into retransmission delay, as on a
 LAN), ``--drop`` drops whole overlay messages, ``--delay-ms`` is the one-way
-delay.  The last lines are the wall time and CPU of the simulation.  Other
-modes (``--netns``) use the same parser: add them to ``MODES``.
+delay.  The last lines are the wall time and CPU of the simulation.
+
+``python bench/scale.py --netns --hosts 8,16,32,64`` runs real daemons, one
+per host of the netlab bed, and measures each size's idle cost; the last line
+is ``idle cost 64/8: R`` (median CPU per daemon at the largest size over that
+at the smallest).  ``--netns --hosts 100`` also renders a 500-frame command job
+across the farm.  ``bench/scale_netns.py`` says what is measured and how.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def run_sim(args: argparse.Namespace) -> int:
     net.run_until(n / args.join_rate)
     formed = wait(net, lambda: watch.formed(n), 300.0, 0.1)
     print(f"farm formed (all {n} hold all ALIVE): {fmt(formed)} s after the last node started")
-    net.run_until(net.now + args.settle)
+    net.run_until(net.now + (10.0 if args.settle is None else args.settle))
 
     # -- at rest -----------------------------------------------------------------------
     sent0 = {u: (x.sent, x.dials, x.heartbeats) for u, x in net.nodes.items()}
@@ -207,7 +212,24 @@ def run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-MODES = {"sim": run_sim}
+def run_netns(args: argparse.Namespace) -> int:
+    import scale_netns  # bench/: the bed's helpers load only for this mode
+
+    return scale_netns.run_netns(args)
+
+
+def sizes(text: str) -> list[int]:
+    """``8,16,32`` -> [8, 16, 32]."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of sizes: {text!r}") from None
+    if not out or not all(2 <= x <= 250 for x in out):
+        raise argparse.ArgumentTypeError("sizes must be between 2 and 250")
+    return out
+
+
+MODES = {"sim": run_sim, "netns": run_netns}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,12 +245,33 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--keepalive", type=float, default=0.75, help="idle seconds before a keepalive")
     sim.add_argument("--window", type=float, default=1.5, help="liveness window (s)")
     sim.add_argument("--join-rate", type=float, default=100.0, help="nodes started per second")
-    sim.add_argument("--settle", type=float, default=10.0, help="seconds between forming and rest")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds between forming and rest (default 10 with --sim, 15 with --netns)")
     sim.add_argument("--rest", type=float, default=30.0, help="seconds measured at rest")
     sim.add_argument("--changes", type=int, default=100, help="application payloads broadcast")
     sim.add_argument("--spacing", type=float, default=0.1, help="seconds between payloads")
     sim.add_argument("--payload", type=int, default=1000, help="bytes per payload")
     sim.add_argument("--seed", type=int, default=1)
+    mode.add_argument("--netns", action="store_true",
+                      help="real daemons, one per network-namespace host of the netlab bed")
+    net = parser.add_argument_group("--netns options")
+    net.add_argument("--hosts", type=sizes, default=[8, 16, 32, 64],
+                     help="farm sizes, one after the other (default 8,16,32,64)")
+    net.add_argument("--starting", type=int, default=8,
+                     help="daemons starting (control socket not yet answering) at once (default 8)")
+    net.add_argument("--idle-window", type=float, default=20.0,
+                     help="seconds of the quiet window (default 20)")
+    net.add_argument("--frames", type=int, default=None,
+                     help="frames of the command job rendered after the window (default 500 with "
+                          "one size, else none)")
+    net.add_argument("--timeout", type=float, default=300.0,
+                     help="seconds allowed to start the daemons, and again to become one farm")
+    net.add_argument("--job-timeout", type=float, default=600.0, help="seconds allowed for the job")
+    net.add_argument("--poll", type=float, default=0.25, help="seconds between polling rounds")
+    net.add_argument("--stop-timeout", type=float, default=15.0,
+                     help="seconds after SIGTERM before SIGKILL")
+    net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    net.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args(argv)
     name = next(k for k in MODES if getattr(args, k) not in (None, False))
     return MODES[name](args)
