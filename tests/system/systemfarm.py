@@ -21,7 +21,7 @@ from netlab import Bed, Host
 from node.client import Client
 from node.errors import NodeError
 
-__all__ = ["MEASUREMENTS", "POLL", "Farm", "new_token", "poll_until", "report"]
+__all__ = ["MEASUREMENTS", "POLL", "Farm", "new_token", "online", "poll_until", "report"]
 
 POLL = 0.1
 #: Lines printed by :func:`report`, repeated in the terminal summary.
@@ -65,6 +65,12 @@ def poll_until(check: Callable[[], tuple[bool, str]], timeout: float, what: str,
 def good(row: Mapping[str, Any] | None) -> bool:
     """A machine row that is ONLINE and VERIFIED."""
     return row is not None and "ONLINE" in row["bits"] and "VERIFIED" in row["bits"]
+
+
+def online(row: Mapping[str, Any] | None) -> bool:
+    """A machine row that is ONLINE, verified or not (a node of a farm larger than
+    its overlay's active view verifies only the peers it has had a session with)."""
+    return row is not None and "ONLINE" in row["bits"]
 
 
 def offline(row: Mapping[str, Any] | None) -> bool:
@@ -163,6 +169,26 @@ class Farm:
 
         def check() -> tuple[bool, str]:
             missing = self.mesh_missing(hosts)
+            return not missing, f"missing (observer: peers) {missing}"
+
+        return poll_until(check, timeout, what, since)
+
+    def online_missing(self, hosts: Sequence[Host]) -> dict[str, list[str]]:
+        """For each host, the others of ``hosts`` it does not list ONLINE."""
+        missing: dict[str, list[str]] = {}
+        for h in hosts:
+            rows = self.rows(h)
+            lacks = [o.name for o in hosts if o is not h and not online(rows.get(self.uuid[o.name]))]
+            if lacks:
+                missing[h.name] = lacks
+        return missing
+
+    def wait_online(self, hosts: Sequence[Host], timeout: float, what: str = "all ONLINE",
+                    since: float | None = None) -> float:
+        """Until every host lists every other ONLINE, all in one round."""
+
+        def check() -> tuple[bool, str]:
+            missing = self.online_missing(hosts)
             return not missing, f"missing (observer: peers) {missing}"
 
         return poll_until(check, timeout, what, since)
