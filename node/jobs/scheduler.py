@@ -10,7 +10,8 @@ lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
 after ``retries`` attempts that failed in the render the task fails.  An
 attempt lost with its worker (gone, silent, or giving the task up as it shuts
 down) is not the task's fault and does not count, up to ``LOST_LIMIT`` times
-the retries in all.  A worker whose session ends loses its leases at once.
+the retries in all.  A worker that goes offline (no longer online in the
+farm's membership; with no overlay, its session ends) loses its leases at once.
 Every Assign and Cancel carries the server's term.
 
 Prefetch (queue depth ``DEPTH`` = 2): a worker holds at most one task waiting
@@ -589,7 +590,9 @@ class Scheduler:
         now = time.monotonic()
         if self._membership:
             self._membership = False
-            online = set(self.peers.sessions) | {self.me}
+            # online in the farm, not "has a session here": with the overlay the
+            # server assigns to members it is still dialing
+            online = set(self.peers.online_uuids()) | {self.me}
             for key, lease in list(self.leases.items()):
                 if lease.worker not in online and self.leases.get(key) is lease:
                     self._lapse(key, "worker went offline")

@@ -6,9 +6,11 @@ frame when a worker dies in the middle of one."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
-from jobs_harness import wait_until
+from jobs_harness import agreed_server, wait_until
 from render_harness import (
     SLOW,
     SMALL,
@@ -25,6 +27,9 @@ from render_harness import (
     tasks,
     wait_state,
 )
+
+from node.membership import peers as peers_module
+from protocol.membership.effects import Config
 
 
 async def test_a_job_renders_on_several_machines_exactly_as_on_one(
@@ -119,3 +124,50 @@ async def test_a_task_its_worker_gives_up_while_shutting_down_goes_back_to_the_q
     assert row["state"] == "done" and row["attempt"] >= 1 and row["failures"] == 0, row
     assert f"task {given_up} on {victim.uuid}: the worker gave it up (stopped); re-queued" \
         in log_lines(server, uuid)
+
+
+async def test_leases_of_online_workers_the_server_is_still_dialing_do_not_lapse(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a farm larger than the overlay's active view the server assigns tasks to
+    members it has no session with and dials them.  A session coming up
+    meanwhile (another worker's) must not lapse the leases of the workers still
+    being dialed as "worker went offline": they are online in the farm.  (With
+    100 hosts this re-queued the tasks of every undialed worker at each job
+    start, again and again, until the farm drowned in re-assignments.)"""
+    monkeypatch.setattr(peers_module, "IDLE_CLOSE", 0.5)  # sessions outside the active view close soon
+    small_views = Config(active_max=2)
+
+    def built(node: Any) -> None:
+        node.overlay.config = small_views
+
+    first = await farm.start("a", built=built)
+    members = [first] + [await farm.start(f"w{i}", peers=[first], built=built) for i in range(5)]
+    with trio.fail_after(30):
+        await wait_until(lambda: all(len(m.node.peers.online_uuids()) == 5 for m in members),
+                         "every node counts the five others ONLINE",
+                         lambda: {m.name: len(m.node.peers.online_uuids()) for m in members})
+        server = await agreed_server(members)
+        want = {m.uuid for m in members}
+        await wait_until(lambda: set(server.node.scheduler.workers()) == want,
+                         "the server counts every node as a worker",
+                         lambda: server.node.scheduler.workers())
+        undialed = lambda: [m for m in members if m is not server  # noqa: E731
+                            and m.uuid not in server.node.peers.sessions]
+        await wait_until(lambda: len(undialed()) >= 2, "the server has no session with two workers",
+                         lambda: sorted(server.node.peers.sessions))
+    strangers = {m.uuid for m in undialed()}
+    real_dial = server.node.peers._dial_member
+    delays = iter([0.0, 0.5, 1.0, 1.5])
+
+    async def staggered(uuid: str, addresses: list[tuple[str, int]]) -> None:
+        await trio.sleep(next(delays, 0.0))  # one session comes up while other dials are in flight
+        await real_dial(uuid, addresses)
+
+    monkeypatch.setattr(server.node.peers, "_dial_member", staggered)
+    uuid = await submit(first, farm.scene, frames="1-30", renderer="command", rdata={"command": "true"})
+    with trio.fail_after(60):
+        assert await wait_state(first, uuid, "done", "failed") == "done", "\n".join(log_lines(first, uuid))
+    lines = log_lines(first, uuid)
+    assert not [ln for ln in lines if "worker went offline" in ln], lines
+    rows = tasks(first, uuid)
+    assert strangers & {m for r in rows for m in r["machines"]}, "no undialed worker got a task"
