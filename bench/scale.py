@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import statistics
 import sys
 import time
@@ -214,6 +215,8 @@ def run_sim(args: argparse.Namespace) -> int:
 
 def run_netns(args: argparse.Namespace) -> int:
     import scale_netns  # bench/: the bed's helpers load only for this mode
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the daemons too
 
     return scale_netns.run_netns(args)
 

@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,13 @@ from typing import Any
 import discovery
 from discovery import BenchError, Daemon
 
+from node.client import Client
 from node.errors import NodeError
 
 ONE_FARM_TARGET_S = 20.0
 IDLE_RATIO_TARGET = 1.5
 AFTER_JOB_SETTLE_S = 5.0
+SUBMIT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -163,7 +166,10 @@ def wait_one_farm(daemons: Sequence[Daemon], deadline: float, poll: float) -> fl
 
 
 def sample(d: Daemon) -> tuple[Sample, dict[str, Any]]:
-    status = d.call("status")
+    try:
+        status = d.call("status")
+    except NodeError as exc:
+        raise BenchError(f"{d.name} does not answer: {exc}") from exc
     traffic = status["traffic"]
     cpu = discovery.cpu_seconds(d.proc.pid)
     if cpu is None:
@@ -220,14 +226,19 @@ def print_table(n: int, rows: Sequence[Row], window: float, when: str = "idle") 
               f"{s.sessions / (n - 1):.2f} sessions, {s.sent / (n - 1):.2f} sent/s")
 
 
-def run_job(daemons: Sequence[Daemon], bed: Any, frames: int, timeout: float, poll: float) -> None:
-    """Submit a command job of ``frames`` frames on the first host and wait for it."""
+def run_job(daemons: Sequence[Daemon], bed: Any, frames: int, timeout: float, poll: float) -> bool:
+    """Submit a command job of ``frames`` frames on the first host and wait for it;
+    True if it ended done."""
     scene = Path(bed.dir) / "scale-scene.txt"
     scene.write_text("a scene the command job never opens\n")
     origin = daemons[0]
     cpu0, t0 = farm_cpu(daemons), time.monotonic()
-    ack = origin.call("submit", scene=str(scene), renderer="command", frames=f"1-{frames}",
-                      rdata={"command": "true"}, name="scale bench")
+    try:  # a submit waits for its replicas: more than a status call may
+        with Client(origin.socket, timeout=SUBMIT_TIMEOUT_S) as client:
+            ack = client.create_render_job(str(scene), frames=f"1-{frames}", renderer="command",
+                                           rdata={"command": "true"}, name="scale bench")
+    except NodeError as exc:
+        raise BenchError(f"submit on {origin.name} failed: {exc}") from exc
     if ack.get("result_name") != "OK":
         raise BenchError(f"submit refused: {ack}")
     job = ack["uuid"]
@@ -238,15 +249,19 @@ def run_job(daemons: Sequence[Daemon], bed: Any, frames: int, timeout: float, po
         discovery.check_alive(daemons)
         try:
             summary = origin.call("jobs", job=job, selected_only=True)[0]
+            state = summary["state"]
         except (NodeError, IndexError):
-            summary = {"state": "?"}
-        state = summary["state"]
+            pass  # a busy daemon may miss a poll
         if state in ("done", "failed"):
             break
         time.sleep(poll)
     took = time.monotonic() - t0
     cpu = farm_cpu(daemons) - cpu0
-    tasks = origin.call("tasks", job=job)
+    try:
+        with Client(origin.socket, timeout=SUBMIT_TIMEOUT_S) as client:
+            tasks = client.copy_render_task_from(job)
+    except NodeError as exc:
+        raise BenchError(f"cannot read the job's tasks on {origin.name}: {exc}") from exc
     machines = {m for t in tasks for m in t["machines"]}
     lost = sum(1 for t in tasks if t["state"] != "done")
     again = sum(1 for t in tasks if t["attempts"] > 1)
@@ -254,7 +269,11 @@ def run_job(daemons: Sequence[Daemon], bed: Any, frames: int, timeout: float, po
           f"(acknowledged after {t_ack - t0:.2f} s; daemons' CPU {cpu:.0f} s)")
     print(f"machines that rendered frames: {len(machines)} of {len(daemons)}; "
           f"frames rendered more than once: {again}")
+    errors = Counter(f"{t['state']}: {(t['error'] or '')[:70]}" for t in tasks if t["state"] != "done")
+    for text, count in errors.most_common(4):
+        print(f"  {count} frames {text}")
     print(f"frames lost: {lost}")
+    return state == "done"
 
 
 def run_size(netlab: Any, n: int, env: dict[str, str], cache: Path | None, base: Path,
@@ -289,8 +308,7 @@ def run_size(netlab: Any, n: int, env: dict[str, str], cache: Path | None, base:
         print_table(n, result.rows, args.idle_window)
         print(f"  daemons' CPU from the first start: {farm_cpu(daemons):.0f} s over "
               f"{time.monotonic() - t0:.0f} s wall", flush=True)
-        if args.frames:
-            run_job(daemons, bed, args.frames, args.job_timeout, args.poll)
+        if args.frames and run_job(daemons, bed, args.frames, args.job_timeout, args.poll):
             # the server now holds a session to every worker it assigned to
             time.sleep(AFTER_JOB_SETTLE_S)
             print_table(n, measure_idle(daemons, args.idle_window), args.idle_window,
