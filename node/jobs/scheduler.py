@@ -26,7 +26,9 @@ queued tasks for it.  A waiting task is an ordinary lease: ASSIGNED in the
 book, renewed by the worker's reports (it reports its waiting task with each
 report of its current one), lapsed, lost with the session, retried and
 cancelled like any other.  A worker that refuses a second task as busy is not
-sent one again until the membership changes.
+sent one again until the membership changes; one that refuses its first (it
+holds tasks this server does not count: a former server's, or lapsed here)
+gets nothing until it ends a task or a lease time passes.
 
 State written to the job book: ASSIGNED (here), DELIVERING or SUCCEEDED (by
 the worker / the submitter), QUEUED of the next attempt or FAILED (here).
@@ -116,6 +118,9 @@ class Scheduler:
         self.leases: dict[tuple[str, int], Lease] = {}
         self.busy: dict[str, list[tuple[str, int]]] = {}  #: worker -> tasks it holds, oldest first
         self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
+        #: worker -> until when it gets no task: it refused one as busy while counted free
+        #: (it holds tasks this server does not count), so it is not asked again at once
+        self._full: dict[str, float] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
         self.failed_on: dict[tuple[str, int], set[str]] = {}  #: task -> workers it failed on
@@ -269,6 +274,7 @@ class Scheduler:
         self.leases.clear()
         self.busy.clear()
         self._no_prefetch.clear()
+        self._full.clear()
         self._deadlines.clear()
         self._membership = True
 
@@ -368,7 +374,9 @@ class Scheduler:
             self._hold_workers(self._roster[0])
         workers, names = self._roster
         busy = self.busy
-        idle = sum(1 for w in workers if w not in busy)
+        now = time.monotonic()
+        resting = {w for w, until in self._full.items() if until > now}
+        idle = sum(1 for w in workers if w not in busy and w not in resting)
         jobs: list[tuple[JobDoc, list[str]]] = []
         for uuid in self._queue_order():
             doc = self.book.get(uuid)
@@ -382,14 +390,15 @@ class Scheduler:
             self._mark_nomachine(doc, not able)
             jobs.append((doc, able))
             if idle:
-                idle -= self._hand_out(doc, [w for w in able if w not in busy], keep=0, able=able)
+                idle -= self._hand_out(doc, [w for w in able if w not in busy and w not in resting],
+                                       keep=0, able=able)
         blocked: set[str] = set()  # workers a job ahead still has queued tasks for
         for doc, able in jobs:
             if not self._queued.get(doc.uuid):
                 continue
             if len(self._queued[doc.uuid]) > len(able):
                 self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
-                                     and w not in blocked and w not in self._no_prefetch], keep=len(able),
+                                     and w not in resting and w not in blocked and w not in self._no_prefetch], keep=len(able),
                                able=able)
             if self._queued.get(doc.uuid):  # queued tasks left: later jobs may not overtake them
                 blocked.update(able)
@@ -497,6 +506,9 @@ class Scheduler:
         if not self._active:
             return
         key = (msg.job, msg.task)
+        if (msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE
+                and self._full.pop(worker, None) is not None):
+            self._wake.set()  # a worker that refused as busy ended one of its tasks: it has room
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
@@ -518,6 +530,8 @@ class Scheduler:
             self.leases.pop(key, None)
             if lease.prefetched:
                 self._no_prefetch.add(worker)
+            else:  # it was counted free: it holds tasks this server does not know of
+                self._full[worker] = time.monotonic() + self.lease_time
             if doc is not None:
                 cur = task_current(doc, msg.task)
                 if not cur.done:
@@ -568,6 +582,7 @@ class Scheduler:
         self.jobs.set_task(doc, tid, state)
 
     def _lost_worker(self, worker: str, reason: str) -> None:
+        self._full.pop(worker, None)
         for key in [k for k, lease in self.leases.items() if lease.worker == worker]:
             self._lapse(key, reason)
         self.busy.pop(worker, None)
@@ -606,7 +621,8 @@ class Scheduler:
                 continue
             self._lapse(key, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
-        return min(3600.0, heap[0][0] - now) if heap else 3600.0
+        rest = min((until for until in self._full.values() if until > now), default=now + 3600.0)
+        return min(3600.0, rest - now, heap[0][0] - now if heap else 3600.0)
 
     def _finish_jobs(self) -> None:
         while self._settled:

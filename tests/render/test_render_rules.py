@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -193,3 +194,35 @@ async def test_a_task_that_keeps_losing_its_worker_fails_only_after_lost_limit_t
     row = requeue(count=False, lost=True)
     assert row["state"] == "failed" and row["failures"] == 0, row
     assert f"task 0 failed after its worker was lost {2 * LOST_LIMIT} times: test" in log_lines(a, uuid)
+
+
+async def test_a_worker_busy_behind_the_servers_back_is_not_asked_again_at_once(
+        farm: RenderFarm) -> None:
+    """A worker can hold tasks its server does not count (handed out by the
+    server before it, or lapsed here while the worker went on).  It refuses a
+    new one as busy; the server must not hand it the next task straight back,
+    or the two bounce tasks between them as fast as they can (the server's own
+    local worker did so without ever yielding, and froze the daemon)."""
+    server = await farm.start("server", share=False)
+    worker = await farm.start("worker", peers=[server])
+    with trio.fail_after(30):
+        await wait_until(lambda: server.node.election.role == "server"
+                         and set(server.node.scheduler.workers()) == {worker.uuid},
+                         "the server counts the worker", lambda: server.node.scheduler.workers())
+    held = object()  # two tasks the server never handed out
+    worker.node.worker.current, worker.node.worker.waiting = held, held  # type: ignore[assignment]
+    refusals = 0
+    real_report = worker.node.worker._report
+
+    async def report(target: str, update: Any) -> None:
+        nonlocal refusals
+        refusals += update.error == "worker is busy"
+        await real_report(target, update)
+
+    worker.node.worker._report = report  # type: ignore[method-assign]
+    uuid = await submit(worker, farm.scene, frames="1-4", renderer="command", rdata={"command": "true"})
+    await trio.sleep(1.0)
+    assert 1 <= refusals <= 2, f"{refusals} refusals in 1 s"
+    worker.node.worker.current = worker.node.worker.waiting = None  # its old tasks end
+    with trio.fail_after(30):
+        assert await wait_state(worker, uuid, "done", "failed") == "done", "\n".join(log_lines(worker, uuid))
