@@ -77,6 +77,7 @@ DIALBACK_TIMEOUT = 2.0
 FAILED_VERIFY_BACKOFF = 30.0  #: a peer that failed verification is retried this rarely (it redials us once fixed)
 IDLE_CLOSE = 15.0  #: a session nobody holds is closed after this long (with an overlay)
 SESSION_WAIT = 3.0  #: how long ``session()`` waits for a dial it started
+RELAY_ONLY = 30.0  #: seconds a member no dial reached is sent to by relay only
 REFUSED_LOG_EVERY = 10.0  #: seconds between two warnings about refused connections
 POLITE_DELAY = 0.3  #: the larger UUID of a pair waits this long before its first dial, so usually one side dials
 Handler = Callable[[Session, Message, int], Awaitable[None]]
@@ -140,6 +141,7 @@ class Peers:
         self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)
         self._unheld_since: dict[str, float] = {}  #: uuid -> when its session lost its last hold
         self._dialing: dict[str, trio.Event] = {}  #: uuid -> set once its dial ends
+        self._relay_only: dict[str, float] = {}  #: uuid -> when a dial to it last failed
         #: told if that dial fails (with True when no process listened at its addresses)
         self._on_dial_failure: dict[str, list[Callable[[str, bool], None]]] = {}
         self._nursery: trio.Nursery | None = None
@@ -404,6 +406,27 @@ class Peers:
         if existing is None:
             raise SessionLost(f"cannot reach {uuid}")
         return existing
+
+    async def deliver_to(self, uuid: str, message: Message, hold: str = "") -> str:
+        """Send ``message`` to ``uuid``: on a session (dialed if need be), or, where
+        none can be had, relayed through the overlay by the nodes between (the
+        receiver's ``register_delivery`` handler gets it).  "direct" or "relayed";
+        ``SessionLost`` if neither is possible.  A member that could not be dialed
+        is reached by relay alone for ``RELAY_ONLY`` s, so each message does not
+        wait out a dial first."""
+        now = trio.current_time()
+        if uuid in self.sessions or now - self._relay_only.get(uuid, -RELAY_ONLY) >= RELAY_ONLY:
+            try:
+                session = await self.session(uuid, hold=hold)
+                await session.send(message)
+                self._relay_only.pop(uuid, None)
+                return "direct"
+            except SessionLost:
+                self._relay_only[uuid] = trio.current_time()
+        if self.overlay is None or not self.overlay.is_online(uuid) or uuid in self.blocked:
+            raise SessionLost(f"cannot reach {uuid}")
+        self.overlay.send_to(uuid, message)
+        return "relayed"
 
     def member_changed(self, member: Member) -> None:
         """The overlay's entry for ``member`` changed: the machine table follows."""

@@ -97,6 +97,8 @@ class Worker:
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Assign, self._on_assign)
         peers.register_handler(Cancel, self._on_cancel)
+        peers.register_delivery(Assign, self._on_relayed)
+        peers.register_delivery(Cancel, self._on_relayed)
 
     @property
     def busy(self) -> bool:
@@ -106,6 +108,16 @@ class Worker:
     async def _on_assign(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Assign)
         await self.assign(msg, session.uuid)
+
+    def _on_relayed(self, origin: str, msg: Any) -> None:
+        """An Assign or Cancel that reached us through the overlay (the server has no
+        session to us): handled like one on a session, in a task of its own."""
+        if self._nursery is None:
+            return
+        if isinstance(msg, Assign):
+            self._nursery.start_soon(self.assign, msg, origin)
+        elif isinstance(msg, Cancel):
+            self._nursery.start_soon(self.cancel, msg)
 
     async def _on_cancel(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Cancel)
@@ -199,8 +211,7 @@ class Worker:
                 self.peers.release(self._server_held, "server")
             self._server_held = target
         try:
-            session = await self.peers.session(target, hold="server")
-            await session.send(update)
+            await self.peers.deliver_to(target, update, hold="server")
         except (SessionLost, ProtocolError) as exc:
             log.debug("progress report to %s failed: %s", target, exc)
 
