@@ -97,15 +97,25 @@ def _batched(send: Send) -> tuple[Callable[[str, int], None], Callable[[], None]
 
 
 def _files(paths: list[str]) -> Iterator[tuple[str, bool]]:
-    """(file, exists) for each path; a folder stands for every file under it."""
+    """(file, exists) for each path; a folder stands for every file under it.  A
+    path this user may not look at "exists": opening it tells them why not."""
     for path in paths:
         if os.path.isdir(path):
-            for top, dirs, names in os.walk(path):
+            denied: list[OSError] = []
+            for top, dirs, names in os.walk(path, onerror=denied.append):
                 dirs.sort()
                 for name in sorted(names):
                     yield os.path.join(top, name), True
+            for exc in denied:  # opening it says why it could not be read
+                yield str(exc.filename), True
         else:
-            yield path, os.path.lexists(path)
+            try:
+                os.lstat(path)
+                yield path, True
+            except FileNotFoundError:
+                yield path, False
+            except OSError:
+                yield path, True
 
 
 def collect(args: dict[str, Any], send: Send, data: bytes = b"") -> dict[str, Any]:

@@ -73,10 +73,10 @@ def _receiver(into: list[tuple[str, int]]) -> Callable[[list[str], list[int]], N
 class RunAs:
     """File operations as a user (see the module docstring)."""
 
-    def __init__(self, switching: bool, python: str = sys.executable,
+    def __init__(self, switching: bool, python: str | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.switching = switching
-        self.python = python
+        self.python = python  #: the helper's interpreter (None: this one's)
         self.env = base_env() if env is None else env
         self.me = of_self()
         self._limiter = trio.CapacityLimiter(HELPERS)
@@ -101,7 +101,8 @@ class RunAs:
         try:
             try:
                 proc = subprocess.Popen(
-                    [self.python, "-P", "-m", "node.service.asuser", op, str(child.fileno())],
+                    [self.python or sys.executable, "-P", "-m", "node.service.asuser", op,
+                     str(child.fileno())],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(child.fileno(),),
                     cwd="/", env={"HOME": "/", **self.env, **(env or {})}, umask=0o022,
@@ -129,7 +130,9 @@ class RunAs:
                             os.close(fd)
                         raise Refused(f"the helper as {account.name} sent a damaged message")
                     received.extend(zip(paths, got, strict=True))
-                out, err = proc.communicate(timeout=HELPER_TIMEOUT)
+                assert proc.stdout is not None and proc.stderr is not None
+                out, err = proc.stdout.read(), proc.stderr.read()  # a line of JSON; a traceback at most
+                proc.wait(timeout=HELPER_TIMEOUT)
             except (TimeoutError, subprocess.TimeoutExpired):
                 proc.kill()
                 proc.wait()
