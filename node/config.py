@@ -57,6 +57,12 @@ class Preferences:
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
     wake_on_lan: bool = True  #: send Wake-on-LAN to offline machines while queued tasks wait
     output_dirs: list[str] = field(default_factory=list)  #: folders render output goes to (the systemd unit may write only there)
+    render_user: str = "rendernode-render"  #: the account renders run as (docs/security.md)
+    render_as: str = "render_user"  #: render_user, or submitter: the job's user where this machine has that account
+    render_groups: list[str] = field(default_factory=lambda: ["render", "video"])  #: groups renders get, of those the daemon has (GPU devices)
+    render_env: list[str] = field(default_factory=list)  #: more environment variables renders get (e.g. CUDA_VISIBLE_DEVICES)
+    work_dir: str = ""  #: task folders and materialised assets; default: the state dir's sibling <state_dir>-work
+    control_group: str = "rendernode"  #: the group that may use the control socket
     log_level: str = "info"
 
     def public(self) -> dict[str, Any]:
@@ -135,6 +141,8 @@ def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None,
         prefs.state_dir = default_state_dir()
     if not prefs.socket:
         prefs.socket = default_socket(env)
+    if not prefs.work_dir:
+        prefs.work_dir = os.path.abspath(prefs.state_dir).rstrip("/") + "-work"
     return prefs
 
 
@@ -150,6 +158,8 @@ def _check(prefs: Preferences) -> None:
         raise ConfigError("retries and exclude_after must be at least 1")
     if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0:
         raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas at least 0")
+    if prefs.render_as not in ("render_user", "submitter"):
+        raise ConfigError(f"render_as must be render_user or submitter, not {prefs.render_as!r}")
     if not prefs.farm or len(prefs.farm) > 64:
         raise ConfigError("farm must be a name of 1 to 64 characters")
 

@@ -67,6 +67,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     def render(d: dict[str, Any]) -> None:
         for key in ("uuid", "name", "role", "term", "server", "build_id", "arch", "online_peers"):
             click.echo(f"{key:13} {d.get(key)}")
+        renders = d.get("renders_as")
+        if renders:
+            click.echo(f"{'renders as':13} {renders['user']} ({renders['reason']})")
 
     emit(data, as_json, render)
 

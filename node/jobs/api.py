@@ -2,11 +2,14 @@
 
 Permission rule: only a job's owner or an admin (preference ``admins``) may
 start, stop, delete, move or rename it.  The caller is the OS user the control
-socket's SO_PEERCRED names.
+socket's SO_PEERCRED names.  A submit reads the scene and its assets, and tests
+the output folder, with the caller's rights (``node.service.runas``), and
+records who the caller was (``node.jobs.owners``) for writing the frames.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid as uuidlib
 from collections import deque
@@ -14,16 +17,19 @@ from typing import Any
 
 import trio
 
-from node.assets.jobassets import Assets, collect
+from node.assets.jobassets import Assets, Collected, chunk_opened
 from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed
 from node.control.server import Caller, Method
 from node.errors import BadRequest
 from node.jobs.operations import CREATE_OK, Jobs, JobSpec
+from node.jobs.owners import Owners
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
-from node.render.results import Results
+from node.render.results import Results, output_path_of
+from node.service.accounts import Account
+from node.service.runas import RunAs
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
@@ -41,6 +47,16 @@ def _str(args: dict[str, Any], name: str, required: bool = True) -> str:
     if not isinstance(value, str) or (required and not value):
         raise BadRequest(f"argument {name!r} must be a non-empty string")
     return value
+
+
+def submitter(caller: Caller) -> Account:
+    """The account whose rights a caller's job reads and writes files with."""
+    return Account(caller.user, caller.uid, caller.gid, caller.groups)
+
+
+async def check_writable_as(runas: RunAs, account: Account, folder: str) -> None:
+    """OSError unless ``account`` can create a file in ``folder`` (made if need be)."""
+    await runas.check_writable(account, folder)
 
 
 def _flags(value: Any) -> int | None:
@@ -69,6 +85,8 @@ class JobsApi:
         self.replicas = replicas
         self.inbox: deque[dict[str, Any]] = deque(maxlen=INBOX_SIZE)
         self.callers: set[str] = set()
+        self.owners: Owners | None = None  #: who submitted each job here
+        self.runas = RunAs(switching=False)  #: reads and tests files with the submitter's rights
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Chat, self._on_chat)
         peers.register_handler(FetchAssets, self._on_fetch_assets)
@@ -141,16 +159,19 @@ class JobsApi:
                 job_uuid = str(uuidlib.UUID(str(job_uuid)))
             except ValueError:
                 raise BadRequest(f"job uuid {job_uuid!r} is not a UUID") from None
+        account = submitter(caller)
+        refused = await self._check_output_as(account, spec)
+        if refused is not None:
+            return refused
         extra: dict[str, Any] = {}
+        missing: tuple[str, ...] = ()
         if self.assets is not None:
             wanted = (spec.rdata or {}).get("assets", [])
             if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
                 raise BadRequest("rdata.assets must be a list of file paths")
-            try:
-                got = await trio.to_thread.run_sync(collect, self.assets.store, spec.scene, spec.renderer, wanted)
-            except (OSError, ValueError) as exc:
-                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
-                        "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+            got = await self._collect_as(account, spec, wanted)
+            if isinstance(got, dict):
+                return got
             fatal = spec.scene in got.missing or bool(
                 got.missing and spec.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR)
             if fatal:
@@ -159,16 +180,56 @@ class JobsApi:
                         "reason": "missing: " + ", ".join(got.missing)}
             extra = {"assets": got.manifest, "asset_root": got.root, "scene_rel": got.scene_rel,
                      "asset_size": got.size}
-            self.assets.swarm.announce(got.manifest)
+            missing = got.missing
+        if self.assets is not None and extra:
+            self.assets.swarm.announce(extra["assets"])
         delta = self.jobs.create(spec, caller.user, job_uuid, extra)
-        if extra and got.missing:
-            self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(got.missing))
+        if self.owners is not None:
+            await self.owners.record(delta.uuid, account)
+        if missing:
+            self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(missing))
         try:
             copies = await self._durable_and_replicated([delta], assets=bool(extra))
         except OSError:
             return {"uuid": delta.uuid, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
                     "result_name": "SAVINGFAILED"}
         return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies}
+
+    async def _collect_as(self, account: Account, spec: JobSpec,
+                          wanted: list[str]) -> Collected | dict[str, Any]:
+        """Chunk the scene and its files, opened with the submitter's rights; a
+        CREATEJOBRESULT_ASSETMISSING reply if one cannot be read by them."""
+        assert self.assets is not None
+        try:
+            opened = await self.runas.collect(account, spec.scene, spec.renderer, wanted)
+        except (OSError, ValueError) as exc:
+            return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                    "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+        try:
+            if opened.unreadable:
+                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                        "result_name": "ASSETMISSING", "missing": [p.rsplit(": ", 1)[0] for p in opened.unreadable],
+                        "reason": f"{account.name} cannot read " + "; ".join(opened.unreadable)}
+            return await trio.to_thread.run_sync(chunk_opened, self.assets.store, spec.scene, opened)
+        except (OSError, ValueError) as exc:
+            return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                    "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+        finally:
+            opened.close()
+
+    async def _check_output_as(self, account: Account, spec: JobSpec) -> dict[str, Any] | None:
+        """None if the submitter may write the job's output folder (made if need be),
+        else a CREATEJOBRESULT_SAVINGFAILED reply: nothing is written for them."""
+        command = str((spec.rdata or {}).get("command", ""))
+        if spec.renderer == "command" and "{output}" not in command:
+            return None  # the job writes no frame files
+        folder = os.path.dirname(output_path_of(spec.output, spec.scene, 1, "png")) or "."
+        try:
+            await check_writable_as(self.runas, account, folder)
+        except OSError as exc:
+            return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
+                    "result_name": "SAVINGFAILED", "reason": str(exc)}
+        return None
 
     async def list_jobs(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetJobsList(rdata, assets, results, log, selectedJob, selectedJobOnly, user)."""

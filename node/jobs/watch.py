@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS watch_seen (
 );
 """
 Submit = Callable[[dict[str, Any]], Awaitable[str]]
+Frames = Callable[[str, str], Awaitable[str]]  #: (scene, renderer) -> its frame range
 
 
 def default_frames(path: str, renderer: str) -> str:
@@ -49,14 +50,19 @@ def default_frames(path: str, renderer: str) -> str:
     return "1"
 
 
+async def _frames_as_self(path: str, renderer: str) -> str:
+    return await trio.to_thread.run_sync(default_frames, path, renderer)
+
+
 class Watcher:
     """Scans the watch folders and submits complete new scene files."""
 
-    def __init__(self, folders: list[str], db: Database, submit: Submit) -> None:
+    def __init__(self, folders: list[str], db: Database, submit: Submit, frames: Frames | None = None) -> None:
         self.folders = [os.path.abspath(f) for f in folders]
         self.db = db
         db.migrate(SCHEMA)
         self.submit = submit
+        self.frames = frames or _frames_as_self
         self._sizes: dict[str, tuple[int, float]] = {}
 
     def _seen(self, path: str, size: int, mtime: float) -> bool:
@@ -83,7 +89,7 @@ class Watcher:
     async def _submit(self, path: str, size: int, mtime: float, creator: RenderJobCreator) -> None:
         renderer = SCENE_TYPES[os.path.splitext(path)[1].lower()]
         stem = os.path.splitext(os.path.basename(path))[0]
-        frames = await trio.to_thread.run_sync(default_frames, path, renderer)
+        frames = await self.frames(path, renderer)
         args = {"scene": path, "renderer": renderer, "frames": frames, "creator": int(creator),
                 "output": os.path.join(os.path.dirname(path), "output", f"{stem}_####.png"),
                 "watch_folder": os.path.dirname(path), "name": os.path.basename(path)}

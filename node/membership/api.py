@@ -37,11 +37,13 @@ class MembershipApi:
     """status, machines, machine_add/remove, config, machine log, console output."""
 
     def __init__(self, prefs: Preferences, ident: Identity, peers: Peers,
-                 role: Callable[[], dict[str, Any]]) -> None:
+                 role: Callable[[], dict[str, Any]],
+                 renders: Callable[[], dict[str, Any]] | None = None) -> None:
         self.prefs = prefs
         self.ident = ident
         self.peers = peers
         self.role = role
+        self.renders = renders  #: whom renders run as, and why
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""
@@ -66,6 +68,7 @@ class MembershipApi:
             "listen": self.peers.advertised,
             "online_peers": len(self.peers.sessions),
             "caller": caller.user,
+            "renders_as": self.renders() if self.renders is not None else None,
         }
 
     async def machines(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:

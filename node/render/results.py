@@ -32,8 +32,11 @@ from node.db import Database
 from node.errors import BadRequest, NotFound
 from node.jobs.election import Election
 from node.jobs.operations import Jobs, task_frames
+from node.jobs.owners import Owners
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
+from node.service.accounts import Account
+from node.service.runas import RunAs
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags
@@ -56,9 +59,12 @@ _HASHES = re.compile(r"#+")
 
 def output_path(doc: JobDoc, frame: int, ext: str) -> str:
     """Where the submitting node writes ``frame`` of ``doc``."""
-    pattern = str(doc.value("output") or "")
+    return output_path_of(str(doc.value("output") or ""), str(doc.value("scene")), frame, ext)
+
+
+def output_path_of(pattern: str, scene: str, frame: int, ext: str) -> str:
+    """Where ``frame`` of a job with output ``pattern`` and ``scene`` is written."""
     if not pattern:
-        scene = str(doc.value("scene"))
         stem = os.path.splitext(os.path.basename(scene))[0] or "frame"
         pattern = os.path.join(os.path.dirname(scene) or ".", "renders", f"{stem}_####.{ext}")
     if not _HASHES.search(pattern):
@@ -105,6 +111,8 @@ class Results:
         os.makedirs(self.outbox_dir, exist_ok=True)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.owners: Owners | None = None  #: who submitted each job here: frames are written as them
+        self.runas = RunAs(switching=False)
         peers.register_handler(ResultReady, self._on_ready)
         peers.on_session.append(lambda s: self.wake())
         election.on_role.append(self.wake)
@@ -263,7 +271,10 @@ class Results:
                 raise BadRequest("this node did not submit the job")
             path = output_path(doc, offer.frame, ext)
         digest = hashlib.sha256(data).hexdigest()
-        await trio.to_thread.run_sync(write_atomic, path, data)
+        if kind == "output":
+            await self.write_as_owner(offer.job, path, data)
+        else:
+            await trio.to_thread.run_sync(write_atomic, path, data)
         row = (offer.job, offer.gen, offer.frame, kind, offer.task, path, digest, len(data),
                offer.machine, offer.render_time, time.time())
         await self.db.run(lambda c: c.execute(
@@ -271,6 +282,27 @@ class Results:
         if kind == "output":
             self._maybe_done(doc, offer)
         return {"stored": True, "path": path}
+
+    async def write_as_owner(self, job: str, path: str, data: bytes) -> None:
+        """Write a frame with the rights of whoever submitted ``job`` here."""
+        if self.owners is None:  # a node built without owners (tests of this module)
+            await trio.to_thread.run_sync(write_atomic, path, data)
+            return
+        await self.runas.write(self._owner(job), path, data)
+
+    def _owner(self, job: str) -> Account:
+        account = self.owners.get(job) if self.owners is not None else None
+        if account is None:
+            raise BadRequest(f"this node has no record of who submitted job {job}; "
+                             "it writes and removes no file of that job")
+        return account
+
+    async def _unlink_result(self, job: str, path: str, kind: str) -> None:
+        """Remove a result file: an output with its owner's rights, ours from the repository."""
+        if kind == "output" and self.owners is not None:
+            await self.runas.unlink(self._owner(job), path)
+        else:
+            await trio.to_thread.run_sync(_unlink, path)
 
     def _maybe_done(self, doc: JobDoc, offer: ResultReady) -> None:
         frames = task_frames(doc)[offer.task]
@@ -316,22 +348,22 @@ class Results:
 
     async def clear(self, job: str) -> int:
         """ClearResults: delete this node's result files of the job; returns how many."""
-        rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
-        for (path,) in rows:
-            await trio.to_thread.run_sync(_unlink, path)
+        rows = self.db.conn.execute("SELECT path, kind FROM results WHERE job=?", (job,)).fetchall()
+        for path, kind in rows:
+            await self._unlink_result(job, path, kind)
         await self.db.run(lambda c: c.execute("DELETE FROM results WHERE job=?", (job,)))
         return len(rows)
 
     async def remove(self, job: str, path: str) -> bool:
         """RemoveResult: delete one result file of the job (by path or file name)."""
-        rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
-        match = [p for (p,) in rows if p == path or os.path.basename(p) == path]
+        rows = self.db.conn.execute("SELECT path, kind FROM results WHERE job=?", (job,)).fetchall()
+        match = [(p, k) for p, k in rows if p == path or os.path.basename(p) == path]
         if not match:
             raise NotFound(f"job {job} has no result {path!r}; `rendernode results {job}` lists them")
-        for p in match:
-            await trio.to_thread.run_sync(_unlink, p)
+        for p, k in match:
+            await self._unlink_result(job, p, k)
         await self.db.run(lambda c: c.executemany(
-            "DELETE FROM results WHERE job=? AND path=?", [(job, p) for p in match]))
+            "DELETE FROM results WHERE job=? AND path=?", [(job, p) for p, _ in match]))
         return True
 
 

@@ -46,7 +46,7 @@ print("RENDERNODE-DEPS " + json.dumps({"paths": paths, "sequences": sequences, "
 '''
 
 
-class BlendDepsError(Exception):
+class BlendDepsError(ValueError):
     """Blender could not list a scene's files; the message says why."""
 
 

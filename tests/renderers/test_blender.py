@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from node.renderers.base import Outcome, TaskSpec
-from node.renderers.blender import BlenderRenderer, frame_args, setup_settings
+from node.renderers.blender import BlenderRenderer, frame_args, setup_script, setup_settings
 from node.renderers.blender_deps import (
     BlendDepsError,
     blend_dependencies,
@@ -254,15 +254,15 @@ def test_contiguous_frames_render_as_an_animation_and_others_as_a_list() -> None
     assert frame_args([0, 1, 2, 7, 9, 10]) == ["-f", "0..2,7,9..10"]
 
 
-def test_command_writes_the_setup_script_and_outputs_into_the_workdir(tmp_path: Path) -> None:
+def test_command_passes_the_setup_script_and_outputs_into_the_workdir(tmp_path: Path) -> None:
     task = task_for(tmp_path / "scene.blend", tmp_path / "work", [4, 6], samples=3, device="gpu")
     argv, cwd = BlenderRenderer().command(task)
-    setup = str(tmp_path / "work" / "rendernode_setup.py")
-    assert argv[1:] == ["-noaudio", "-b", task.scene, "--python-exit-code", "1", "--python", setup,
-                        "-o", str(tmp_path / "work" / "frame_######"), "-F", "PNG", "-x", "1",
-                        "-f", "4,6"]
+    assert argv[1:] == ["-noaudio", "-b", task.scene, "--python-exit-code", "1", "--python-expr",
+                        setup_script(task), "-o", str(tmp_path / "work" / "frame_######"), "-F", "PNG",
+                        "-x", "1", "-f", "4,6"]
     assert cwd == str(tmp_path)
-    compile(Path(setup).read_text(), setup, "exec")
+    assert not list((tmp_path / "work").iterdir())  # nothing written: the folder is the render user's
+    compile(argv[7], "setup", "exec")
     assert setup_settings(task)["samples"] == 3 and setup_settings(task)["device"] == "GPU"
 
 
