@@ -47,6 +47,7 @@ class Preferences:
     reconnect_max: float = 1.0  #: cap of the reconnect backoff, seconds
     cipher: str = "chachapoly"  #: chachapoly or aesgcm (sessions this node opens)
     replicas: int = 2  #: peers a submit waits for
+    require_replicas: int = 0  #: peers that must hold a job before its submit is acknowledged; fewer refuse it (CREATEJOBRESULT_REPOSITORYERROR)
     election_grace: float = 2.0  #: seconds after start before this node may claim the server role
     retries: int = 3  #: attempts of a task before it fails
     exclude_after: int = 2  #: failures of one job on one worker before EXCLUDECLIENTONRENDERINGERROR excludes it
@@ -148,8 +149,9 @@ def _check(prefs: Preferences) -> None:
         raise ConfigError(f"cipher must be chachapoly or aesgcm, not {prefs.cipher!r}")
     if prefs.retries < 1 or prefs.exclude_after < 1:
         raise ConfigError("retries and exclude_after must be at least 1")
-    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0:
-        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas at least 0")
+    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0 or prefs.require_replicas < 0:
+        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas and "
+                          "require_replicas at least 0")
     if not prefs.farm or len(prefs.farm) > 64:
         raise ConfigError("farm must be a name of 1 to 64 characters")
 

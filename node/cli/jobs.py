@@ -5,33 +5,29 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
+from collections.abc import Collection
 from typing import Any
 
 import click
 
-from node.cli.common import ListGroup, client, emit, json_option, main
-from node.client import Client
-from node.errors import NodeError
+from node.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ListGroup,
+    cell,
+    client,
+    emit,
+    json_option,
+    main,
+    short_ids,
+    table,
+)
+from node.client import Client, SubmitRefused, UnderReplicated
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in columns))
-    Console().print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return "" if value is None else str(value)
+def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str] = ()) -> None:
+    table(rows, [(c, c) for c in columns], whole)
 
 
 @main.command()
@@ -48,12 +44,15 @@ def _cell(value: Any) -> str:
 @click.option("--command", "template", help="command template for --renderer command: {scene} {frame} {start} {end} {output}")
 @click.option("--asset", "asset_paths", multiple=True, metavar="PATH",
               help="a file the scene needs that is not found in it (repeatable); sent to the workers with it")
+@click.option("--require-replicas", type=click.IntRange(0), metavar="N",
+              help="refuse the submit unless N other machines hold the job (default: the "
+                   "require_replicas preference)")
 @click.option("--wait", is_flag=True, help="show progress until the job ends; non-zero exit if it fails")
 @json_option
 @click.pass_context
 def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
-           asset_paths: tuple[str, ...], wait: bool, as_json: bool) -> None:
+           asset_paths: tuple[str, ...], require_replicas: int | None, wait: bool, as_json: bool) -> None:
     """Submit a job (CreateRenderJob); prints its UUID."""
     from node.jobs.watch import SCENE_TYPES, default_frames
 
@@ -70,12 +69,23 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
     if asset_paths:
         rdata["assets"] = [os.path.abspath(p) for p in asset_paths]
     c = client(ctx)
-    result = c.create_render_job(
-        os.path.abspath(scene), frames=frames or default_frames(scene, renderer), renderer=renderer,
-        output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
-        flags=list(flags), name=name, start=not paused,
-        rdata=rdata or None,
-    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnderReplicated)  # said below, in the CLI's words
+            result = c.create_render_job(
+                os.path.abspath(scene), frames=frames or default_frames(scene, renderer), renderer=renderer,
+                output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
+                flags=list(flags), name=name, start=not paused,
+                rdata=rdata or None, require_replicas=require_replicas,
+            )
+    except SubmitRefused as refused:
+        if as_json:
+            emit(refused.result, True)
+        for path in refused.missing:
+            click.echo(f"rendernode: missing: {path}", err=True)
+        raise
+    if result.get("under_replicated"):
+        click.echo(f"rendernode: warning: job {result['uuid']} {result['note']}", err=True)
     if not wait:
         emit(result, as_json, lambda d: click.echo(d["uuid"]))
         return
@@ -83,13 +93,15 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         click.echo(result["uuid"])
     final = wait_for(c, result["uuid"], quiet=as_json)
     if as_json:
-        emit({**result, "state": final["state"], "frames_done": final["frames_done"]}, True)
+        emit({**result, "state": final["state"], "frames_done": final["frames_done"],
+              "result": final["result"], "errors": final.get("errors", [])}, True)
     if final["state"] != "done":
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
-def wait_for(c: Client, job_uuid: str, quiet: bool = False, poll: float = 0.25) -> dict[str, Any]:
-    """Show a progress bar (frames, rate, ETA, machines busy) until the job ends."""
+def wait_for(c: Client, job_uuid: str, quiet: bool = False) -> dict[str, Any]:
+    """Show a progress bar (frames, rate, ETA, machines busy) until the job ends; say
+    on stderr why it did not end done (the first failed frames' errors)."""
     import time
 
     from rich.progress import (
@@ -101,24 +113,46 @@ def wait_for(c: Client, job_uuid: str, quiet: bool = False, poll: float = 0.25) 
     )
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.2f} frames/s"), TimeRemainingColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                TextColumn("{task.fields[busy]} busy  {task.fields[state]}")]
     started = time.monotonic()
     with Progress(*columns, disable=quiet, transient=False) as bar:
-        task = None
-        while True:
-            rows = c.get_jobs_list(selected_job=job_uuid, selected_job_only=True)
-            if not rows:
-                raise NodeError(f"job {job_uuid} was deleted")
-            job = rows[0]
-            rate = job["frames_done"] / max(1e-6, time.monotonic() - started)
+        task: Any = None
+
+        def show(job: dict[str, Any]) -> None:
+            nonlocal task
             if task is None:
-                task = bar.add_task(job["name"], total=job["frames_total"], rate=0.0, busy=0, state="")
-            bar.update(task, completed=job["frames_done"], rate=rate, busy=job["machines_busy"],
-                       state=job["state"])
-            if job["state"] in ("done", "failed", "stopped"):
-                return job
-            time.sleep(poll)
+                task = bar.add_task(job["name"], total=job["frames_total"], rate="", busy=0, state="")
+            bar.update(task, completed=job["frames_done"], rate=rate_text(job["frames_done"], started),
+                       busy=job["machines_busy"], state=job["state"])
+
+        try:
+            job = c.wait(job_uuid, on_progress=show)
+        except KeyboardInterrupt:
+            bar.stop()
+            click.echo(f"rendernode: stopped waiting; job {job_uuid} goes on rendering "
+                       f"(`rendernode stop {job_uuid}` stops it)", err=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+    if job["state"] != "done":
+        click.echo(f"rendernode: job {job_uuid} {job['state']} ({job['result']})", err=True)
+        for failure in job.get("errors", []):
+            click.echo(f"  frames {failure['frames']}: {failure['error']}", err=True)
+        more = job.get("tasks_failed", 0) - len(job.get("errors", []))
+        if more > 0:
+            click.echo(f"  ... and {more} more failed tasks: `rendernode tasks {job_uuid}`", err=True)
+    return job
+
+
+def rate_text(frames: int, started: float) -> str:
+    """Frames per second, or seconds per frame when that reads better; blank until
+    a frame is done or within the first second (an instant job has no rate)."""
+    import time
+
+    elapsed = time.monotonic() - started
+    if frames == 0 or elapsed < 1.0:
+        return ""
+    rate = frames / elapsed
+    return f"{rate:.1f} frames/s" if rate >= 1 else f"{elapsed / frames:.1f} s/frame"
 
 
 @main.command()
@@ -138,8 +172,18 @@ def jobs(ctx: click.Context, user: str | None, job: str | None, details: str, as
 
     rows = client(ctx).get_jobs_list(rdata=sel("rdata"), assets=sel("assets"), results=sel("results"),
                                      log=sel("log"), selected_job=job, user=user)
-    emit(rows, as_json, lambda r: _table(r, ["uuid", "name", "user", "state", "frames_done",
-                                             "frames_total", "renderer", "priority"]))
+    def render(r: list[dict[str, Any]]) -> None:
+        ids = short_ids([row["uuid"] for row in r])
+        for row in r:
+            row["id"] = ids[row["uuid"]]
+            row["done"] = f"{row['frames_done']}/{row['frames_total']}"
+            if row.get("under_replicated"):
+                row["state"] = f"{row['state']} (under-replicated {row['copies']})"
+        table(r, [("id", "job"), ("name", "name"), ("user", "user"), ("state", "state"),
+                  ("done", "frames"), ("renderer", "renderer"), ("priority", "pri")],
+              whole={"id", "state", "done"})
+
+    emit(rows, as_json, render)
 
 
 @main.command()
@@ -154,7 +198,7 @@ def job(ctx: click.Context, job: str, as_json: bool) -> None:
         for key in ("uuid", "name", "scene", "default_scene", "user", "state", "result", "renderer",
                     "frames", "chunk", "priority", "flags", "output", "machines", "frames_done",
                     "frames_total"):
-            click.echo(f"{key:14} {_cell(d.get(key))}")
+            click.echo(f"{key:14} {cell(d.get(key))}")
         for entry in d.get("log", []):
             ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
             click.echo(f"  {ts} {entry['line']}")

@@ -8,6 +8,7 @@ book; replication carries it to the other nodes.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from protocol.enums import CreateJobResult, NetRenderFlags, RenderJobCreator, Re
 from protocol.frames import chunk_frames, format_frames, parse_frames
 
 RENDERERS = ("builtin", "blender", "povray", "command")
+SHOWN_ERRORS = 3  #: failed tasks whose errors a job's summary carries
 TASK_STATES = {Phase.QUEUED: "queued", Phase.ASSIGNED: "assigned", Phase.RENDERING: "rendering",
                Phase.DELIVERING: "delivering", Phase.FAILED: "failed", Phase.SUCCEEDED: "done"}
 
@@ -41,6 +43,16 @@ class JobSpec:
     creator: int = RenderJobCreator.RENDERJOBCREATOR_USER
     start: bool = True
     watch_folder: str = ""
+
+    @property
+    def outputs(self) -> bool:
+        """False for a command job whose template names no ``{output}``: its frames leave no file."""
+        return self.renderer != "command" or "{output}" in str((self.rdata or {}).get("command", ""))
+
+    @property
+    def extension(self) -> str:
+        """The frames' file type, from the output pattern (png when it names none)."""
+        return os.path.splitext(self.output)[1].lstrip(".").lower() or "png"
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> JobSpec:
@@ -177,7 +189,7 @@ class Jobs:
             "user": user, "origin": self.node, "created": time.time(),
             "position": key_between(last, None), "state": "queued" if spec.start else "created",
             "watch_folder": spec.watch_folder, "result": int(RenderResult.RENDERRESULT_OK),
-            "outputs": spec.renderer != "command" or "{output}" in str((spec.rdata or {}).get("command", "")),
+            "outputs": spec.outputs,
             **(extra or {}),
         }
         stamp = self.book.stamp()
@@ -265,20 +277,23 @@ class Jobs:
         states = [task_current(doc, tid) for tid in range(len(tasks))]
         done_frames = sum(len(tasks[i]) for i, s in enumerate(states) if s.done and s.phase == Phase.SUCCEEDED)
         busy = {s.worker for s in states if not s.done and s.phase in (Phase.ASSIGNED, Phase.RENDERING) and s.worker}
-        failed = sum(1 for s in states if s.done and s.phase == Phase.FAILED)
+        failed = [tid for tid, s in enumerate(states) if s.done and s.phase == Phase.FAILED]
+        state = job_state(doc)
         return {
             "uuid": doc.uuid, "name": doc.value("name"), "scene": doc.value("scene"),
             "default_scene": doc.value("default_scene"), "user": doc.value("user"),
             "renderer": doc.value("renderer"), "frames": doc.value("frames"),
             "chunk": doc.value("chunk"), "priority": doc.value("priority"),
-            "flags": _flag_names(int(doc.value("flags", 0))), "state": job_state(doc),
+            "flags": _flag_names(int(doc.value("flags", 0))), "state": state,
             "creator": RenderJobCreator(int(doc.value("creator", 3))).name.removeprefix("RENDERJOBCREATOR_"),
-            "result": RenderResult(int(doc.value("result", 0))).name.removeprefix("RENDERRESULT_"),
+            "result": _result(doc, state, [states[tid].error for tid in failed]),
             "machines": doc.value("machines", []), "output": doc.value("output"),
             "origin": doc.value("origin"), "created": doc.value("created"),
             "position": doc.value("position"), "generation": doc.gen,
             "frames_total": sum(len(t) for t in tasks), "frames_done": done_frames,
-            "tasks_total": len(tasks), "tasks_failed": failed, "machines_busy": len(busy),
+            "tasks_total": len(tasks), "tasks_failed": len(failed), "machines_busy": len(busy),
+            "errors": [{"task": tid, "frames": format_frames(tasks[tid]), "error": states[tid].error}
+                       for tid in failed[:SHOWN_ERRORS]],
         }
 
     def tasks(self, doc: JobDoc) -> list[dict[str, Any]]:
@@ -294,6 +309,20 @@ class Jobs:
                 "worker": s.worker, "error": s.error,
             })
         return out
+
+
+def _result(doc: JobDoc, state: str, errors: list[str]) -> str:
+    """The job's RENDERRESULT_* name (without the prefix), consistent with its state:
+    a failed job shows what failed its first failed task (its error starts with
+    the name), or FAILED when no name is known; never OK."""
+    stored = RenderResult(int(doc.value("result", 0))).name.removeprefix("RENDERRESULT_")
+    if state != "failed":
+        return stored
+    for error in errors:
+        name = error.partition(":")[0].strip()
+        if name.startswith("RENDERRESULT_") and name in RenderResult.__members__:
+            return name.removeprefix("RENDERRESULT_")
+    return stored if stored != "OK" else "FAILED"
 
 
 def _flag_names(flags: int) -> list[str]:
