@@ -13,6 +13,7 @@ snake_case names of NetRenderService's methods::
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import time
 import warnings
@@ -22,6 +23,7 @@ from typing import Any
 
 from node.config import client_socket
 from node.errors import DaemonNotRunning, NodeError, NotFound
+from node.renderers import detect_renderer
 from protocol import ProtocolError, codec
 from protocol.enums import MachineList
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
@@ -196,7 +198,7 @@ class Client:
 
     # -- jobs ------------------------------------------------------------------
 
-    def create_render_job(self, scene: str, *, frames: str = "1", renderer: str = "builtin",
+    def create_render_job(self, scene: str, *, frames: str | None = None, renderer: str | None = None,
                           output: str = "", chunk: int = 1, priority: int = 50,
                           flags: int | list[str] = 0, name: str | None = None,
                           job_uuid: str | None = None, creator: int = 3, start: bool = True,
@@ -210,7 +212,18 @@ class Client:
         When fewer peers than the farm's ``replicas`` took the job, the answer has
         ``under_replicated`` and a ``note``, and an ``UnderReplicated`` warning is
         issued; ``require_replicas`` (default: the daemon's preference) refuses
-        such a submit instead (CREATEJOBRESULT_REPOSITORYERROR)."""
+        such a submit instead (CREATEJOBRESULT_REPOSITORYERROR).
+
+        Paths (scene, output, ``rdata["assets"]``) are resolved here, against this
+        process's working directory; ``renderer`` None picks it from the scene's
+        type as ``rendernode submit`` does (``command`` with ``rdata["command"]``);
+        ``frames`` None renders the scene's own frame range."""
+        scene = os.path.abspath(scene)
+        output = os.path.abspath(output) if output else ""
+        if rdata and isinstance(rdata.get("assets"), list):
+            rdata = {**rdata, "assets": [os.path.abspath(p) for p in rdata["assets"]]}
+        if renderer is None:
+            renderer = detect_renderer(scene, (rdata or {}).get("command"))
         result: dict[str, Any] = self.call(
             "submit", scene=scene, frames=frames, renderer=renderer, output=output, chunk=chunk,
             priority=priority, flags=flags, name=name, uuid=job_uuid, creator=creator, start=start,

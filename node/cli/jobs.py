@@ -24,6 +24,7 @@ from node.cli.common import (
     table,
 )
 from node.client import Client, SubmitRefused, UnderReplicated
+from node.renderers import detect_renderer
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str] = ()) -> None:
@@ -54,10 +55,8 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
            asset_paths: tuple[str, ...], require_replicas: int | None, wait: bool, as_json: bool) -> None:
     """Submit a job (CreateRenderJob); prints its UUID."""
-    from node.jobs.watch import SCENE_TYPES, default_frames
-
     if renderer == "auto":
-        renderer = "command" if template else SCENE_TYPES.get(os.path.splitext(scene)[1].lower(), "builtin")
+        renderer = detect_renderer(scene, template)
     if not os.path.exists(scene):
         raise click.BadParameter(f"{scene} does not exist", param_hint="SCENE")
     for path in asset_paths:
@@ -73,7 +72,7 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnderReplicated)  # said below, in the CLI's words
             result = c.create_render_job(
-                os.path.abspath(scene), frames=frames or default_frames(scene, renderer), renderer=renderer,
+                os.path.abspath(scene), frames=frames or None, renderer=renderer,
                 output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
                 flags=list(flags), name=name, start=not paused,
                 rdata=rdata or None, require_replicas=require_replicas,
@@ -86,6 +85,11 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         raise
     if result.get("under_replicated"):
         click.echo(f"rendernode: warning: job {result['uuid']} {result['note']}", err=True)
+    for path in result.get("missing", []):
+        click.echo(f"rendernode: warning: missing asset {path} (the render may fail; "
+                   "--flag HANDLEWARNINGASERROR refuses such a submit)", err=True)
+    if result.get("output") and not as_json:
+        click.echo(f"rendernode: frames go to {result['output']}", err=True)
     if not wait:
         emit(result, as_json, lambda d: click.echo(d["uuid"]))
         return

@@ -20,11 +20,12 @@ from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed
 from node.control.server import Caller, Method
 from node.errors import BadRequest
-from node.jobs.operations import CREATE_OK, Jobs, JobSpec
+from node.jobs.operations import CREATE_OK, Jobs, JobSpec, frame_file, output_pattern
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
-from node.render.results import Results, frame_file, output_pattern, write_test
+from node.render.results import Results, write_test
+from node.renderers import detect_renderer, scene_frames, scene_mismatch
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
@@ -167,6 +168,7 @@ class JobsApi:
         when fewer than ``require_replicas`` peers could take the job (then the job
         is deleted again)."""
         self._seen(caller)
+        args = await self._complete(args)
         spec = JobSpec.from_args({**args, "flags": _flags(args.get("flags")) or 0})
         require = args.get("require_replicas")
         if require is None:
@@ -235,7 +237,30 @@ class JobsApi:
         if held < target:
             where = "this machine only" if held == 0 else f"{held} of {target} other machines"
             note["note"] = f"held by {where}; copied to the others when they come back"
-        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies, **note}
+        if extra and got.missing:
+            note["missing"] = list(got.missing)
+        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies, **note,
+                "output": output_pattern(spec.output, spec.scene, spec.extension) if spec.outputs else ""}
+
+    async def _complete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A submit's renderer (from the scene's type when it names none or "auto") and
+        frames (the scene's own range when it names none); a scene the renderer
+        cannot render is refused (BadRequest)."""
+        scene = args.get("scene")
+        if not isinstance(scene, str) or not scene:
+            raise BadRequest("submit needs a scene path")
+        renderer = args.get("renderer")
+        if renderer in (None, "", "auto"):
+            rdata = args.get("rdata") or {}
+            renderer = detect_renderer(scene, rdata.get("command") if isinstance(rdata, dict) else None)
+        if isinstance(renderer, str):
+            mismatch = scene_mismatch(scene, renderer)
+            if mismatch:
+                raise BadRequest(mismatch)
+        frames = args.get("frames")
+        if frames is None and isinstance(renderer, str):
+            frames = await trio.to_thread.run_sync(scene_frames, scene, renderer)
+        return {**args, "renderer": renderer, "frames": frames}
 
     async def list_jobs(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetJobsList(rdata, assets, results, log, selectedJob, selectedJobOnly, user)."""

@@ -9,6 +9,7 @@ book; replication carries it to the other nodes.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from node.errors import BadRequest, NotFound, PermissionDenied
 from node.jobs.book import JobBook
+from node.renderers import output_formats
 from protocol.crdt import JobDoc, Phase, Register, TaskState, key_between, task_current
 from protocol.enums import CreateJobResult, NetRenderFlags, RenderJobCreator, RenderResult
 from protocol.frames import chunk_frames, format_frames, parse_frames
@@ -96,10 +98,51 @@ class JobSpec:
         output = args.get("output") or ""
         if not isinstance(name, str) or not isinstance(output, str):
             raise BadRequest("name and output must be strings")
-        return cls(name=name, scene=scene, renderer=renderer, frames=frames, chunk=ints["chunk"],
+        spec = cls(name=name, scene=scene, renderer=renderer, frames=frames, chunk=ints["chunk"],
                    priority=ints["priority"], flags=ints["flags"], output=output,
                    machines=tuple(machines), rdata=rdata, creator=ints["creator"],
                    start=bool(args.get("start", True)), watch_folder=str(args.get("watch_folder", "")))
+        if output and spec.outputs and not has_placeholder(output) and len(parse_frames(frames)) > 1:
+            raise BadRequest(f"the output pattern {output} has no frame number placeholder (#### or "
+                             f"{{frame:04d}}): every frame of {frames} would overwrite the last")
+        formats = output_formats(renderer)
+        if spec.outputs and formats is not None and spec.extension not in formats:
+            raise BadRequest(f"the {renderer} renderer cannot write .{spec.extension} frames ({output}); "
+                             f"it writes {', '.join(formats)}")
+        return spec
+
+
+_HASHES = re.compile(r"#+")
+_FORMAT = re.compile(r"\{frame(?::0?(\d+)d)?\}")  #: {frame} and {frame:04d}, as Python formats them
+
+
+def output_pattern(output: str, scene: str, ext: str = "png") -> str:
+    """The pattern a job's frames are written to, with ``#`` placeholders: ``output``
+    as given (``{frame:04d}`` read as ``####``, ``{frame}`` as ``#``; ``.ext``
+    added when it names no file type); with no ``output``,
+    ``renders/<scene name>_####.<ext>`` beside the scene."""
+    pattern = _FORMAT.sub(lambda m: "#" * int(m.group(1) or 1), output)
+    if not pattern:
+        stem = os.path.splitext(os.path.basename(scene))[0] or "frame"
+        return os.path.join(os.path.dirname(scene) or ".", "renders", f"{stem}_####.{ext}")
+    if not os.path.splitext(os.path.basename(pattern))[1]:
+        pattern += "." + ext
+    return pattern
+
+
+def has_placeholder(output: str) -> bool:
+    """True if the output pattern names where the frame number goes."""
+    return bool(_HASHES.search(output) or _FORMAT.search(output))
+
+
+def frame_file(pattern: str, frame: int) -> str:
+    """``pattern`` with its last run of ``#`` replaced by ``frame``, zero-padded
+    (a pattern without one is the file itself: a one-frame job's)."""
+    runs = list(_HASHES.finditer(pattern))
+    if not runs:
+        return pattern
+    match = runs[-1]
+    return pattern[: match.start()] + f"{frame:0{len(match.group())}d}" + pattern[match.end():]
 
 
 def task_frames(doc: JobDoc) -> list[list[int]]:
@@ -287,7 +330,10 @@ class Jobs:
             "flags": _flag_names(int(doc.value("flags", 0))), "state": state,
             "creator": RenderJobCreator(int(doc.value("creator", 3))).name.removeprefix("RENDERJOBCREATOR_"),
             "result": _result(doc, state, [states[tid].error for tid in failed]),
-            "machines": doc.value("machines", []), "output": doc.value("output"),
+            "machines": doc.value("machines", []),
+            "output": output_pattern(str(doc.value("output") or ""), str(doc.value("scene")),
+                                     os.path.splitext(str(doc.value("output") or ""))[1].lstrip(".") or "png")
+            if doc.value("outputs", True) else "",
             "origin": doc.value("origin"), "created": doc.value("created"),
             "position": doc.value("position"), "generation": doc.gen,
             "frames_total": sum(len(t) for t in tasks), "frames_done": done_frames,

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ from node.assets.transfer import write_atomic
 from node.db import Database
 from node.errors import BadRequest, NodeError, NotFound
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, task_frames
+from node.jobs.operations import Jobs, frame_file, output_pattern, task_frames
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from protocol import ProtocolError
@@ -53,27 +52,6 @@ CREATE TABLE IF NOT EXISTS results (
 RETRY = 2.0
 DELIVERY_TRIES = 5  #: a frame its target refuses (cannot write it) this many times fails its task
 FETCH_TIMEOUT = 600.0  #: seconds a target may take to fetch one frame
-_HASHES = re.compile(r"#+")
-
-
-def output_pattern(output: str, scene: str, ext: str = "png") -> str:
-    """The pattern frames of a job are written to: ``output`` as given, with a
-    ``####`` before the extension when it has no frame placeholder; with no
-    ``output``, ``renders/<scene name>_####.<ext>`` beside the scene."""
-    pattern = output
-    if not pattern:
-        stem = os.path.splitext(os.path.basename(scene))[0] or "frame"
-        pattern = os.path.join(os.path.dirname(scene) or ".", "renders", f"{stem}_####.{ext}")
-    if not _HASHES.search(pattern):
-        root, dot_ext = os.path.splitext(pattern)
-        pattern = f"{root}_####{dot_ext or '.' + ext}"
-    return pattern
-
-
-def frame_file(pattern: str, frame: int) -> str:
-    """``pattern`` with its last run of ``#`` replaced by ``frame``, zero-padded."""
-    match = list(_HASHES.finditer(pattern))[-1]
-    return pattern[: match.start()] + f"{frame:0{len(match.group())}d}" + pattern[match.end():]
 
 
 def output_path(doc: JobDoc, frame: int, ext: str) -> str:

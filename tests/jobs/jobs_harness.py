@@ -150,8 +150,8 @@ class Member:
         """CreateRenderJob through the control socket (this farm's scene unless given):
         the daemon's answer, a refusal's (``SubmitRefused.result``) included."""
         def work(c: Client) -> dict[str, Any]:
-            try:
-                return c.create_render_job(scene or self.scene, **args)
+            try:  # one frame and the builtin renderer unless told: what these tests were written for
+                return c.create_render_job(scene or self.scene, **{"frames": "1", "renderer": "builtin", **args})
             except SubmitRefused as refused:
                 return refused.result
 
