@@ -21,7 +21,8 @@ from node.errors import ConfigError
 DEFAULT_CONFIG = Path("/etc/rendernode/rendernode.toml")
 DEFAULT_PORT = 5401
 MIN_TOKEN_BITS = 128
-TOKEN_HELP = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+TOKEN_HELP = ("`rendernode init --farm NAME` makes a fresh one on a new farm's first machine; "
+              "on the others, `rendernode token set` takes the farm's from stdin")
 
 
 @dataclass

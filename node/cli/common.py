@@ -57,7 +57,22 @@ Exit status:
 
 
 class Main(click.Group):
-    """Turns the node's errors into a one-line error and an exit status."""
+    """Turns the node's errors into a one-line error and an exit status, and takes
+    ``--socket`` after the subcommand too (``rendernode jobs --socket S``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = list(args)
+        front: list[str] = []
+        i = 0
+        while i < len(rest) and rest[i] != "--":
+            if rest[i] == "--socket" and i + 1 < len(rest):
+                front += rest[i:i + 2]
+                del rest[i:i + 2]
+            elif rest[i].startswith("--socket="):
+                front.append(rest.pop(i))
+            else:
+                i += 1
+        return super().parse_args(ctx, front + rest)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -90,7 +105,7 @@ class ListGroup(click.Group):
     ``machines [OPTIONS] [UUID]`` lists, ``machines add|remove`` change."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] != "--help"):
+        if not args or args[0] not in self.commands:  # --help too: the listing's options
             args = ["list", *args]
         return super().parse_args(ctx, args)
 
@@ -132,9 +147,11 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], whole: Col
         if key in whole:
             grid.add_column(header, no_wrap=True, min_width=longest)
             need += longest + 2
-        else:
-            grid.add_column(header, overflow="fold", min_width=min(longest, 10))
-            need += min(longest, 10) + 2
+        else:  # wrapped between words; no word is cut unless one is wider than 30
+            word = max([len(header), *(len(w) for c in cells for w in c[i].split())])
+            least = min(longest, max(10, min(word, 30)))
+            grid.add_column(header, overflow="fold", min_width=least)
+            need += least + 2
     for c in cells:
         grid.add_row(*c)
     console = Console()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import warnings
 from collections.abc import Collection
 from typing import Any
@@ -159,9 +160,43 @@ def rate_text(frames: int, started: float) -> str:
     return f"{rate:.1f} frames/s" if rate >= 1 else f"{elapsed / frames:.1f} s/frame"
 
 
+def shown_state(row: dict[str, Any]) -> str:
+    """A job's state as the tables show it: a job created without starting is
+    paused; an under-replicated one says so."""
+    state = "paused" if row["state"] == "created" else str(row["state"])
+    if row.get("under_replicated"):
+        state += f" (under-replicated {row['copies']})"
+    return state
+
+
+def machine_names(c: Client) -> dict[str, str]:
+    """Machine UUID -> name, for tables that show machines by name."""
+    return {m["uuid"]: m["name"] or m["uuid"][:8] for m in c.get_machines_list()}
+
+
+def _details(row: dict[str, Any], names: dict[str, str]) -> None:
+    """The details a listing carries for a job, as text below the table."""
+    for name in ("rdata", "assets", "results", "log"):
+        if name not in row:
+            continue
+        click.echo(f"\n{name} of {row['name']} ({row['uuid']}):")
+        value = row[name]
+        if name == "log":
+            for entry in value:
+                ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%Y-%m-%d %H:%M:%S")
+                click.echo(f"  {ts} {entry['line']}")
+        elif name == "results":
+            for r in value:
+                click.echo(f"  frame {r['frame']:>5}  {r['kind']:10} {r['path']}  "
+                           f"{names.get(r['machine'], r['machine'])}")
+        else:
+            for key, item in sorted((value or {}).items()):
+                click.echo(f"  {key:12} {cell(item)}")
+
+
 @main.command()
 @click.option("--user", help="only this user's jobs")
-@click.option("--job", help="the selected job")
+@click.option("--job", help="the selected job (name, UUID or UUID prefix)")
 @click.option("--details", default="", help="details of the selected job: rdata,assets,results,log")
 @json_option
 @click.pass_context
@@ -174,18 +209,20 @@ def jobs(ctx: click.Context, user: str | None, job: str | None, details: str, as
     def sel(name: str) -> int:
         return 1 if name in wanted else 0
 
-    rows = client(ctx).get_jobs_list(rdata=sel("rdata"), assets=sel("assets"), results=sel("results"),
-                                     log=sel("log"), selected_job=job, user=user)
+    c = client(ctx)
+    rows = c.get_jobs_list(rdata=sel("rdata"), assets=sel("assets"), results=sel("results"),
+                           log=sel("log"), selected_job=job, user=user)
+
     def render(r: list[dict[str, Any]]) -> None:
         ids = short_ids([row["uuid"] for row in r])
-        for row in r:
-            row["id"] = ids[row["uuid"]]
-            row["done"] = f"{row['frames_done']}/{row['frames_total']}"
-            if row.get("under_replicated"):
-                row["state"] = f"{row['state']} (under-replicated {row['copies']})"
-        table(r, [("id", "job"), ("name", "name"), ("user", "user"), ("state", "state"),
-                  ("done", "frames"), ("renderer", "renderer"), ("priority", "pri")],
+        shown = [{**row, "id": ids[row["uuid"]], "done": f"{row['frames_done']}/{row['frames_total']}",
+                  "state": shown_state(row)} for row in r]
+        table(shown, [("id", "job"), ("name", "name"), ("user", "user"), ("state", "state"),
+                      ("done", "frames"), ("renderer", "renderer"), ("priority", "pri")],
               whole={"id", "state", "done"})
+        names = machine_names(c) if "results" in wanted else {}
+        for row in r:
+            _details(row, names)
 
     emit(rows, as_json, render)
 
@@ -195,14 +232,17 @@ def jobs(ctx: click.Context, user: str | None, job: str | None, details: str, as
 @json_option
 @click.pass_context
 def job(ctx: click.Context, job: str, as_json: bool) -> None:
-    """One job with its settings and log."""
+    """One job with its settings and log (JOB: name, UUID or UUID prefix)."""
     data = client(ctx).get_job(job)
 
     def render(d: dict[str, Any]) -> None:
         for key in ("uuid", "name", "scene", "default_scene", "user", "state", "result", "renderer",
                     "frames", "chunk", "priority", "flags", "output", "machines", "frames_done",
                     "frames_total"):
-            click.echo(f"{key:14} {cell(d.get(key))}")
+            value = shown_state(d) if key == "state" else d.get(key)
+            click.echo(f"{key:14} {cell(value) or '-'}")
+        for failure in d.get("errors", []):
+            click.echo(f"  failed frames {failure['frames']}: {failure['error']}")
         for entry in d.get("log", []):
             ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
             click.echo(f"  {ts} {entry['line']}")
@@ -273,7 +313,7 @@ def move(ctx: click.Context, job: str, before: str | None, after: str | None, as
 def scene(ctx: click.Context, job: str, name: str, as_json: bool) -> None:
     """Set a job's default scene name (SetDefaultSceneName)."""
     client(ctx).set_default_scene_name(job, name)
-    emit({"default_scene": name}, as_json, lambda d: None)
+    emit({"default_scene": name}, as_json, lambda d: click.echo(f"default scene of {job} set to {name}"))
 
 
 @main.command("log")
@@ -285,7 +325,8 @@ def scene(ctx: click.Context, job: str, name: str, as_json: bool) -> None:
 def log_cmd(ctx: click.Context, job: str, text: str, replace: bool, as_json: bool) -> None:
     """Add a line to a job's log (AddLogToJob)."""
     client(ctx).add_log_to_job(job, text, append=not replace)
-    emit({"logged": True}, as_json, lambda d: None)
+    emit({"logged": True}, as_json,
+         lambda d: click.echo(f"{'replaced the log of' if replace else 'logged to'} {job}"))
 
 
 @main.command()
@@ -293,10 +334,28 @@ def log_cmd(ctx: click.Context, job: str, text: str, replace: bool, as_json: boo
 @json_option
 @click.pass_context
 def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
-    """A job's tasks: frame, state, render time, machines (CopyRenderTaskFrom)."""
-    rows = client(ctx).copy_render_task_from(job)
-    emit(rows, as_json, lambda r: _table(r, ["task", "frames", "state", "render_time", "machines",
-                                             "attempt", "failures", "error"]))
+    """A job's tasks: frames, state, render time, which machine rendered the frames
+    kept, which it was tried on, errors (CopyRenderTaskFrom).  Errors are cut to
+    one line here; --json has them whole."""
+    c = client(ctx)
+    rows = c.copy_render_task_from(job)
+
+    def render(r: list[dict[str, Any]]) -> None:
+        names = machine_names(c)
+        shown = [{**row, "time": f"{row['render_time']:.1f} s" if row["render_time"] else "",
+                  "by": names.get(row["rendered_by"], row["rendered_by"][:8]) if row.get("rendered_by") else "",
+                  "tried": ",".join(dict.fromkeys(names.get(m, m[:8]) for m in row["machines"])),
+                  "error": _abbreviate(row["error"])} for row in r]
+        table(shown, [("task", "task"), ("frames", "frames"), ("state", "state"), ("time", "time"),
+                      ("by", "rendered by"), ("tried", "tried on"), ("attempt", "attempt"),
+                      ("error", "error")], whole={"task", "frames", "state", "by"})
+
+    emit(rows, as_json, render)
+
+
+def _abbreviate(text: str, width: int = 60) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width and line == text.strip() else line[:width - 1] + "…"
 
 
 @main.command()
@@ -316,7 +375,7 @@ def users(ctx: click.Context, as_json: bool) -> None:
 def message(ctx: click.Context, text: str, to: str, as_json: bool) -> None:
     """Send a message to the farm's users (Message)."""
     result = client(ctx).message(text, to)
-    emit(result, as_json, lambda d: None)
+    emit(result, as_json, lambda d: click.echo(f"sent to {to}" if to else "sent to everyone"))
 
 
 @main.command()
@@ -353,23 +412,39 @@ def results() -> None:
     """A job's results: list, clear (ClearResults), rm (RemoveResult)."""
 
 
-@results.command("list")
+@results.command("list", epilog="Also: rendernode results clear JOB [--yes] | rm JOB PATH (each with --help).")
 @click.argument("job")
 @json_option
 @click.pass_context
 def results_list(ctx: click.Context, job: str, as_json: bool) -> None:
     """The job's result files held on this node."""
-    rows = client(ctx).results(job)
-    emit(rows, as_json, lambda r: _table(r, ["frame", "kind", "path", "size", "machine", "render_time"]))
+    c = client(ctx)
+    rows = c.results(job)
+
+    def render(r: list[dict[str, Any]]) -> None:
+        names = machine_names(c)
+        table([{**row, "machine": names.get(row["machine"], row["machine"])} for row in r],
+              [("frame", "frame"), ("kind", "kind"), ("path", "path"), ("size", "size"),
+               ("machine", "machine"), ("render_time", "render s")], whole={"frame", "path"})
+
+    emit(rows, as_json, render)
 
 
 @results.command("clear")
 @click.argument("job")
+@click.option("--yes", is_flag=True, help="do not ask first")
 @json_option
 @click.pass_context
-def results_clear(ctx: click.Context, job: str, as_json: bool) -> None:
-    """Delete the job's results here (ClearResults); start it again to re-render."""
-    client(ctx).clear_results(job)
+def results_clear(ctx: click.Context, job: str, yes: bool, as_json: bool) -> None:
+    """Delete the job's result files here (ClearResults); start it again to re-render."""
+    c = client(ctx)
+    if not yes:
+        count = len(c.results(job))
+        question = f"delete the {count} result files of {job} on this machine?"
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"{question} Pass --yes to do it without asking.")
+        click.confirm(question, abort=True, err=True)
+    c.clear_results(job)
     emit({"cleared": job}, as_json, lambda d: click.echo(f"cleared the results of {job}"))
 
 
@@ -379,7 +454,10 @@ def results_clear(ctx: click.Context, job: str, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def results_rm(ctx: click.Context, job: str, path: str, as_json: bool) -> None:
-    """Delete one result file of the job (RemoveResult)."""
+    """Delete one result file of the job (RemoveResult): PATH as `results list`
+    shows it, relative to this folder, or its file name."""
+    if os.path.exists(path):
+        path = os.path.abspath(path)
     client(ctx).remove_result(job, path)
     emit({"removed": path}, as_json, lambda d: click.echo(f"removed {path}"))
 

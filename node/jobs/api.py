@@ -8,6 +8,7 @@ socket's SO_PEERCRED names.
 from __future__ import annotations
 
 import os
+import pwd
 import time
 import uuid as uuidlib
 from collections import deque
@@ -19,13 +20,15 @@ from node.assets.jobassets import Assets, collect
 from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed
 from node.control.server import Caller, Method
-from node.errors import BadRequest
+from node.errors import BadRequest, NotFound
 from node.jobs.operations import CREATE_OK, Jobs, JobSpec, frame_file, output_pattern
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from node.render.results import Results, write_test
 from node.renderers import detect_renderer, scene_frames, scene_mismatch
+from node.renderers.blender_deps import BlendDepsError
+from node.resolve import resolve
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
@@ -50,6 +53,20 @@ def _refused(result: CreateJobResult, reason: str, **extra: Any) -> dict[str, An
     """A submit's answer when it is not CREATEJOBRESULT_OK."""
     return {"uuid": None, "result": int(result), "result_name": result.name.removeprefix("CREATEJOBRESULT_"),
             "reason": reason, **extra}
+
+
+def _own_frames(scene: str, renderer: str) -> str:
+    """The scene's own frame range; "1" for a scene that is not there (the submit is
+    refused as ASSETMISSING: no renderer need look for it)."""
+    return scene_frames(scene, renderer) if os.path.exists(scene) else "1"
+
+
+def _os_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _machines(n: int) -> str:
@@ -170,6 +187,7 @@ class JobsApi:
         self._seen(caller)
         args = await self._complete(args)
         spec = JobSpec.from_args({**args, "flags": _flags(args.get("flags")) or 0})
+        self._check_machines(list(spec.machines))
         require = args.get("require_replicas")
         if require is None:
             require = self.peers.prefs.require_replicas
@@ -201,7 +219,7 @@ class JobsApi:
                 got = await trio.to_thread.run_sync(collect, self.assets.store, spec.scene, spec.renderer, wanted)
             except FileNotFoundError as exc:
                 return _refused(CreateJobResult.CREATEJOBRESULT_ASSETMISSING, str(exc), missing=[spec.scene])
-            except (OSError, ValueError) as exc:  # there, but unreadable or not a scene
+            except (OSError, ValueError, BlendDepsError) as exc:  # there, but unreadable or not a scene
                 return _refused(CreateJobResult.CREATEJOBRESULT_ASSETMISSING, str(exc))
             fatal = spec.scene in got.missing or bool(
                 got.missing and spec.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR)
@@ -242,6 +260,14 @@ class JobsApi:
         return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies, **note,
                 "output": output_pattern(spec.output, spec.scene, spec.extension) if spec.outputs else ""}
 
+    def _check_machines(self, machines: list[str]) -> None:
+        """Every machine a job is limited to must be one this node knows (UUID, name
+        or UUID prefix, kept as the user wrote it); NotFound names one that is not."""
+        rows = [(self.peers.ident.uuid, self.peers.prefs.name),
+                *((m.uuid, m.name) for m in self.peers.table.all())]
+        for ref in machines:
+            resolve(ref, rows, "machine", "machines")
+
     async def _complete(self, args: dict[str, Any]) -> dict[str, Any]:
         """A submit's renderer (from the scene's type when it names none or "auto") and
         frames (the scene's own range when it names none); a scene the renderer
@@ -259,7 +285,7 @@ class JobsApi:
                 raise BadRequest(mismatch)
         frames = args.get("frames")
         if frames is None and isinstance(renderer, str):
-            frames = await trio.to_thread.run_sync(scene_frames, scene, renderer)
+            frames = await trio.to_thread.run_sync(_own_frames, scene, renderer)
         return {**args, "renderer": renderer, "frames": frames}
 
     async def list_jobs(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -329,6 +355,7 @@ class JobsApi:
         if machines is not None and (not isinstance(machines, list)
                                      or not all(isinstance(m, str) for m in machines)):
             raise BadRequest("machines must be a list of machine UUIDs or names")
+        self._check_machines(machines or [])
         delta = self.jobs.start(doc, caller.user, _flags(args.get("flags")), machines,
                                 bool(args.get("restart", False)))
         await self.jobs.book.durable()
@@ -402,6 +429,8 @@ class JobsApi:
         """Message(userUuid, op, isPrivate, msg): to everyone, or private to one user."""
         text = _str(args, "text")
         to = _str(args, "to", required=False)
+        if to and to not in {u["name"] for u in await self.users(caller, {})} and not _os_user(to):
+            raise NotFound(f"no user {to!r} on this farm; `rendernode users` lists them")
         chat = Chat(mid=str(uuidlib.uuid4()), sender=caller.user, text=text[:4000], time=time.time(),
                     to=to, node=self.peers.ident.uuid)
         self._store(chat)

@@ -15,9 +15,10 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
-from node.errors import BadRequest, NotFound, PermissionDenied
+from node.errors import BadRequest, PermissionDenied
 from node.jobs.book import JobBook
 from node.renderers import output_formats
+from node.resolve import resolve
 from protocol.crdt import JobDoc, Phase, Register, TaskState, key_between, task_current
 from protocol.enums import CreateJobResult, NetRenderFlags, RenderJobCreator, RenderResult
 from protocol.frames import chunk_frames, format_frames, parse_frames
@@ -189,18 +190,16 @@ class Jobs:
         return Register(self.book.stamp(), value)
 
     def find(self, ref: str) -> JobDoc:
-        """A live job by UUID or unique UUID prefix; NotFound otherwise."""
+        """A live job by UUID, unique name or unique UUID prefix; NotFound otherwise."""
         if not isinstance(ref, str) or not ref:
-            raise BadRequest("a job UUID is needed")
+            raise BadRequest("a job UUID or name is needed")
         doc = self.book.get(ref)
         if doc is not None:
             return doc
-        matches = [d for d in self.book.live() if d.uuid.startswith(ref)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise BadRequest(f"job id {ref!r} is ambiguous; give more of the UUID")
-        raise NotFound(f"no job {ref!r}; `rendernode jobs` lists them")
+        uuid = resolve(ref, ((d.uuid, str(d.value("name", ""))) for d in self.book.live()), "job", "jobs")
+        found = self.book.get(uuid)
+        assert found is not None
+        return found
 
     def check_owner(self, doc: JobDoc, user: str) -> None:
         """Only the job's owner or an admin may change it."""
@@ -353,6 +352,7 @@ class Jobs:
                 "render_time": s.render_time, "machines": s.all_machines, "attempt": s.attempt, "attempts": s.attempts,
                 "failures": s.failures,
                 "worker": s.worker, "error": s.error,
+                "rendered_by": s.worker if s.done and s.phase == Phase.SUCCEEDED else "",
             })
         return out
 

@@ -355,7 +355,7 @@ class Results:
         machines = tuple(dict.fromkeys((*cur.machines, offer.machine))) if offer.machine else cur.machines
         self.jobs.set_task(doc, offer.task, TaskState(
             gen=doc.gen, done=1, attempt=cur.attempt, phase=Phase.SUCCEEDED,
-            stamp=self.jobs.book.stamp(), machines=machines,
+            stamp=self.jobs.book.stamp(), machines=machines, worker=offer.machine,
             render_time=max(total, cur.render_time), term=cur.term, failures=cur.failures))
 
     # -- listing and clearing -----------------------------------------------------------
@@ -390,9 +390,12 @@ class Results:
         return len(rows)
 
     async def remove(self, job: str, path: str) -> bool:
-        """RemoveResult: delete one result file of the job (by path or file name)."""
+        """RemoveResult: delete one result file of the job, named by its path as
+        ``results list`` shows it, its path relative to a folder above it, or its
+        file name."""
         rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
-        match = [p for (p,) in rows if p == path or os.path.basename(p) == path]
+        tail = "/" + path.lstrip("./")
+        match = [p for (p,) in rows if p == path or os.path.basename(p) == path or p.endswith(tail)]
         if not match:
             raise NotFound(f"job {job} has no result {path!r}; `rendernode results {job}` lists them")
         for p in match:
