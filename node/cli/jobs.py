@@ -25,7 +25,7 @@ from node.cli.common import (
     table,
 )
 from node.client import Client, SubmitRefused, UnderReplicated
-from node.renderers import detect_renderer
+from node.errors import NotFound
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str] = ()) -> None:
@@ -34,10 +34,12 @@ def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str
 
 @main.command()
 @click.argument("scene")
-@click.option("--frames", help="e.g. 1-250, 1,5,10-20, 1-100x5 (default: the scene's own range, else 1)")
+@click.option("--frames", help="e.g. 1-250, 1,5,10-20, 1-100x5 (default: the scene's own range: a builtin "
+              "scene's frames, a .blend's frame_start-frame_end, a POV-Ray .ini's Initial/Final_Frame; else 1)")
 @click.option("--renderer", type=click.Choice(["auto", "builtin", "blender", "povray", "command"]),
               default="auto", show_default=True)
-@click.option("--output", default="", help="output pattern, e.g. renders/shot_####.png")
+@click.option("--output", default="", help="output pattern, e.g. renders/shot_####.exr ({frame:04d} works "
+              "too; the extension picks the file type); default renders/<scene>_####.png beside the scene")
 @click.option("--chunk", type=int, default=1, show_default=True, help="frames per task")
 @click.option("--priority", type=int, default=50, show_default=True)
 @click.option("--flag", "flags", multiple=True, help="NETRENDERFLAGS name (repeatable)")
@@ -55,9 +57,10 @@ def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str
 def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
            asset_paths: tuple[str, ...], require_replicas: int | None, wait: bool, as_json: bool) -> None:
-    """Submit a job (CreateRenderJob); prints its UUID."""
-    if renderer == "auto":
-        renderer = detect_renderer(scene, template)
+    """Submit a job (CreateRenderJob); prints its UUID, and on stderr where the frames
+    go, missing assets and how many machines hold the job when fewer than
+    the farm's replicas do.  A refusal prints its CREATEJOBRESULT_* and reason
+    and exits 3."""
     if not os.path.exists(scene):
         raise click.BadParameter(f"{scene} does not exist", param_hint="SCENE")
     for path in asset_paths:
@@ -73,7 +76,8 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnderReplicated)  # said below, in the CLI's words
             result = c.create_render_job(
-                os.path.abspath(scene), frames=frames or None, renderer=renderer,
+                os.path.abspath(scene), frames=frames or None,
+                renderer=None if renderer == "auto" else renderer,  # None: the client picks it as the scene's type says
                 output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
                 flags=list(flags), name=name, start=not paused,
                 rdata=rdata or None, require_replicas=require_replicas,
@@ -353,6 +357,16 @@ def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
     emit(rows, as_json, render)
 
 
+def _os_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _abbreviate(text: str, width: int = 60) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= width and line == text.strip() else line[:width - 1] + "…"
@@ -374,7 +388,10 @@ def users(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def message(ctx: click.Context, text: str, to: str, as_json: bool) -> None:
     """Send a message to the farm's users (Message)."""
-    result = client(ctx).message(text, to)
+    c = client(ctx)
+    if to and to not in {u["name"] for u in c.get_user_pool()} and not _os_user(to):
+        raise NotFound(f"no user {to!r} on this farm or this machine; `rendernode users` lists them")
+    result = c.message(text, to)
     emit(result, as_json, lambda d: click.echo(f"sent to {to}" if to else "sent to everyone"))
 
 

@@ -8,7 +8,6 @@ socket's SO_PEERCRED names.
 from __future__ import annotations
 
 import os
-import pwd
 import time
 import uuid as uuidlib
 from collections import deque
@@ -20,7 +19,7 @@ from node.assets.jobassets import Assets, collect
 from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed
 from node.control.server import Caller, Method
-from node.errors import BadRequest, NotFound
+from node.errors import BadRequest
 from node.jobs.operations import CREATE_OK, Jobs, JobSpec, frame_file, output_pattern
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
@@ -59,14 +58,6 @@ def _own_frames(scene: str, renderer: str) -> str:
     """The scene's own frame range; "1" for a scene that is not there (the submit is
     refused as ASSETMISSING: no renderer need look for it)."""
     return scene_frames(scene, renderer) if os.path.exists(scene) else "1"
-
-
-def _os_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _machines(n: int) -> str:
@@ -429,8 +420,6 @@ class JobsApi:
         """Message(userUuid, op, isPrivate, msg): to everyone, or private to one user."""
         text = _str(args, "text")
         to = _str(args, "to", required=False)
-        if to and to not in {u["name"] for u in await self.users(caller, {})} and not _os_user(to):
-            raise NotFound(f"no user {to!r} on this farm; `rendernode users` lists them")
         chat = Chat(mid=str(uuidlib.uuid4()), sender=caller.user, text=text[:4000], time=time.time(),
                     to=to, node=self.peers.ident.uuid)
         self._store(chat)
