@@ -21,7 +21,8 @@ from node.errors import ConfigError
 DEFAULT_CONFIG = Path("/etc/rendernode/rendernode.toml")
 DEFAULT_PORT = 5401
 MIN_TOKEN_BITS = 128
-TOKEN_HELP = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+TOKEN_HELP = ("`rendernode init --farm NAME` makes a fresh one on a new farm's first machine; "
+              "on the others, `rendernode token set` takes the farm's from stdin")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Preferences:
     reconnect_max: float = 1.0  #: cap of the reconnect backoff, seconds
     cipher: str = "chachapoly"  #: chachapoly or aesgcm (sessions this node opens)
     replicas: int = 2  #: peers a submit waits for
+    require_replicas: int = 0  #: peers that must hold a job before its submit is acknowledged; fewer refuse it (CREATEJOBRESULT_REPOSITORYERROR)
     election_grace: float = 2.0  #: seconds after start before this node may claim the server role
     retries: int = 3  #: attempts of a task before it fails
     exclude_after: int = 2  #: failures of one job on one worker before EXCLUDECLIENTONRENDERINGERROR excludes it
@@ -156,8 +158,9 @@ def _check(prefs: Preferences) -> None:
         raise ConfigError(f"cipher must be chachapoly or aesgcm, not {prefs.cipher!r}")
     if prefs.retries < 1 or prefs.exclude_after < 1:
         raise ConfigError("retries and exclude_after must be at least 1")
-    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0:
-        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas at least 0")
+    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0 or prefs.require_replicas < 0:
+        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas and "
+                          "require_replicas at least 0")
     if prefs.render_as not in ("render_user", "submitter"):
         raise ConfigError(f"render_as must be render_user or submitter, not {prefs.render_as!r}")
     if not prefs.farm or len(prefs.farm) > 64:

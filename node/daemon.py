@@ -44,6 +44,7 @@ from node.render.worker import Worker
 from node.service import accounts, power, privilege
 from node.service.accounts import Account, RenderIdentity
 from node.service.runas import RunAs
+from node.service.statelock import StateLock
 from node.service.token import reload_token
 from protocol.connection import derive_psk
 from protocol.version import build_id
@@ -198,9 +199,15 @@ def _txt(node: Node) -> dict[str, str]:
 
 
 async def serve(prefs: Preferences, token: bytes, notify: Any = None) -> None:
-    """The daemon: run the node until SIGTERM or SIGINT; SIGHUP reloads the token."""
+    """The daemon: run the node until SIGTERM or SIGINT; SIGHUP reloads the token.
+    The state dir is locked first: a second daemon on it fails (ConfigError)."""
     os.umask(0o077)  # the daemon's files are its own; the control socket sets its mode itself
     privilege.keep_capabilities_to_self()
+    with StateLock(prefs.state_dir, prefs.socket):
+        await _serve(prefs, token, notify)
+
+
+async def _serve(prefs: Preferences, token: bytes, notify: Any) -> None:
     node = build(prefs, token)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

@@ -12,6 +12,9 @@ import os
 import re
 
 _POV_INCLUDE = re.compile(r'#include\s+"([^"]+)"')
+_POV_INI = re.compile(r'^\s*(?:Input_File_Name|Include_Ini)\s*=\s*"?([^"\r\n;]+?)"?\s*$', re.I | re.M)
+POV_LIBRARY = ("/usr/share/povray-3.7/include", "/usr/share/povray/include",
+               "/usr/local/share/povray-3.7/include")  #: where POV-Ray finds its standard includes
 _POV_FILE = re.compile(r'\b(?:png|jpeg|jpg|tga|tiff|gif|ppm|pgm|sys|exr|hdr|iff|df3)\s+"([^"]+)"', re.I)
 
 
@@ -28,15 +31,19 @@ def povray_dependencies(scene: str) -> list[str]:
         except OSError:
             continue
         base = os.path.dirname(os.path.abspath(path))
-        for name in _POV_INCLUDE.findall(text) + _POV_FILE.findall(text):
+        names = _POV_INCLUDE.findall(text) + _POV_FILE.findall(text)
+        if path.lower().endswith(".ini"):
+            names += [n.strip() for n in _POV_INI.findall(text)]
+        for name in names:
             full = os.path.normpath(os.path.join(base, name))
             if full in seen:
                 continue
             seen.add(full)
-            if not os.path.exists(full) and name.endswith(".inc") and not os.path.isabs(name):
+            if (not os.path.exists(full) and not os.path.isabs(name)
+                    and any(os.path.exists(os.path.join(d, name)) for d in POV_LIBRARY)):
                 continue  # a standard include from POV-Ray's library path
             found.append(full)
-            if name.endswith((".inc", ".pov")):
+            if name.lower().endswith((".inc", ".pov", ".ini")):
                 todo.append(full)
     return found
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from node.cli.common import ListGroup, client, emit, fail, json_option, main
+from node.cli.common import ListGroup, client, emit, fail, json_option, main, short_ids, table
 from node.errors import NodeError
 from protocol.enums import MachineList
 from protocol.verification import parse_bits
@@ -83,6 +83,10 @@ def config(ctx: click.Context, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         for key, value in d.items():
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value) or "-"
+            elif isinstance(value, bool):
+                value = "yes" if value else "no"
             click.echo(f"{key:20} {value}")
 
     emit(data, as_json, render)
@@ -93,8 +97,9 @@ def machines() -> None:
     """List machines (GetAllMachineUuids / GetMachinesList), add or remove them."""
 
 
-@machines.command("list")
-@click.argument("uuid", required=False)
+@machines.command("list", epilog="Also: rendernode machines add HOST[:PORT] | remove MACHINE | "
+                                  "log MACHINE TEXT (each with --help).")
+@click.argument("uuid", required=False, metavar="[MACHINE]")
 @click.option("--online", is_flag=True, help="only online machines")
 @click.option("--offline", is_flag=True, help="only offline machines")
 @click.option("--bits", help="only machines with all these bits, e.g. VERIFIED,SHARED")
@@ -106,7 +111,7 @@ def machines() -> None:
 @click.pass_context
 def machines_list(ctx: click.Context, uuid: str | None, online: bool, offline: bool, bits: str | None,
                   no_local: bool, no_discovered: bool, uuids: bool, log_count: int, as_json: bool) -> None:
-    """List machines."""
+    """List machines (MACHINE: a name, UUID or UUID prefix: that one only)."""
     which = MachineList.MACHINELIST_ALL
     if online and not offline:
         which = MachineList.MACHINELIST_ONLINE
@@ -124,22 +129,17 @@ def machines_list(ctx: click.Context, uuid: str | None, online: bool, offline: b
 
 
 def _render_machines(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in ("name", "uuid", "address", "via", "state", "bits"):
-        table.add_column(col)
-    for r in rows:
-        state = "online" if r["online"] else "offline"
-        table.add_row(r["name"] + (" (this)" if r["local"] else ""), r["uuid"], r["address"],
-                      ",".join(r["via"]), state, " ".join(r["bits"]))
-    console = Console()
-    console.print(table)
+    ids = short_ids([r["uuid"] for r in rows])
+    shown = [{"name": (r["name"] or "?") + (" (this)" if r["local"] else ""), "id": ids[r["uuid"]],
+              "address": r["address"], "via": ",".join(r["via"]),
+              "state": "online" if r["online"] else "offline",
+              "bits": " ".join(b.removeprefix("VERIFICATIONBIT_") for b in r["bits"])} for r in rows]
+    table(shown, [("name", "name"), ("id", "id"), ("address", "address"), ("via", "via"),
+                  ("state", "state"), ("bits", "bits")], whole={"name", "id", "address", "state"})
     for r in rows:
         for entry in r.get("log", []):
             ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%Y-%m-%d %H:%M:%S")
-            console.print(f"{r['name']}  {ts}  {entry['line']}", markup=False, highlight=False)
+            click.echo(f"{r['name']}  {ts}  {entry['line']}")
 
 
 @machines.command("add")
@@ -168,5 +168,6 @@ def machines_remove(ctx: click.Context, machine: str, as_json: bool) -> None:
 @click.argument("text")
 @click.pass_context
 def machines_log(ctx: click.Context, machine: str, text: str) -> None:
-    """Add a line to a machine's log (AddLogToMachine)."""
+    """Add a line to a machine's log (AddLogToMachine); MACHINE: name, UUID or prefix."""
     client(ctx).add_log_to_machine(machine, text)
+    click.echo(f"logged to {machine}")

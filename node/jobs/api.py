@@ -22,17 +22,20 @@ from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed
 from node.control.server import Caller, Method
 from node.errors import BadRequest
-from node.jobs.operations import CREATE_OK, Jobs, JobSpec
+from node.jobs.operations import CREATE_OK, Jobs, JobSpec, frame_file, output_pattern
 from node.jobs.owners import Owners
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
-from node.render.results import Results, output_path_of
+from node.render.results import Results, write_test
+from node.renderers import detect_renderer, scene_frames, scene_mismatch
+from node.resolve import resolve
 from node.service.accounts import Account
 from node.service.runas import RunAs
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
+from protocol.frames import parse_frames
 from protocol.messages import Chat, Error, FetchAssets, Reply
 
 INBOX_SIZE = 500
@@ -54,9 +57,20 @@ def submitter(caller: Caller) -> Account:
     return Account(caller.user, caller.uid, caller.gid, caller.groups)
 
 
-async def check_writable_as(runas: RunAs, account: Account, folder: str) -> None:
-    """OSError unless ``account`` can create a file in ``folder`` (made if need be)."""
-    await runas.check_writable(account, folder)
+def _refused(result: CreateJobResult, reason: str, **extra: Any) -> dict[str, Any]:
+    """A submit's answer when it is not CREATEJOBRESULT_OK."""
+    return {"uuid": None, "result": int(result), "result_name": result.name.removeprefix("CREATEJOBRESULT_"),
+            "reason": reason, **extra}
+
+
+def _own_frames(scene: str, renderer: str) -> str:
+    """The scene's own frame range; "1" for a scene that is not there (the submit is
+    refused as ASSETMISSING: no renderer need look for it)."""
+    return scene_frames(scene, renderer) if os.path.exists(scene) else "1"
+
+
+def _machines(n: int) -> str:
+    return "no other machine is" if n == 0 else "1 other machine is" if n == 1 else f"{n} other machines are"
 
 
 def _flags(value: Any) -> int | None:
@@ -105,11 +119,14 @@ class JobsApi:
     def _seen(self, caller: Caller) -> None:
         self.callers.add(caller.user)
 
-    async def _durable_and_replicated(self, deltas: list[JobDoc], assets: bool = False) -> dict[str, Any]:
+    async def _durable_and_replicated(self, deltas: list[JobDoc], assets: bool = False,
+                                      want: int | None = None,
+                                      holders: set[str] | None = None) -> dict[str, Any]:
         """Wait until the job is on disk here and on ``replicas`` peers (with its
         assets, when it has some, so it can render if this machine dies)."""
         await self.jobs.book.durable()
-        want = min(self.replicas, len(self.peers.sessions))
+        if want is None:
+            want = min(self.replicas, len(self.peers.sessions))
         job = deltas[0].uuid
 
         async def fetch_assets(session: Session) -> None:
@@ -119,8 +136,15 @@ class JobsApi:
 
         acked = await self.replication.replicate(
             deltas, want, fetch_assets if assets else None,
-            patience=ASSET_REPLICATE_TIMEOUT if assets else REPLICATE_TIMEOUT)
+            patience=ASSET_REPLICATE_TIMEOUT if assets else REPLICATE_TIMEOUT, holders=holders)
         return {"replicas": acked, "wanted": want}
+
+    def _replicas_target(self) -> int:
+        """Peers a job submitted now should reach: ``replicas``, or fewer when the
+        farm has fewer other machines (verified at least once): a farm of one
+        machine needs none."""
+        others = sum(1 for m in self.peers.table.all() if not m.local and m.was_verified)
+        return min(self.replicas, others)
 
     async def _on_fetch_assets(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, FetchAssets)
@@ -144,56 +168,129 @@ class JobsApi:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery that answers peers' asset requests."""
+        target = self._replicas_target()
+        for doc in self.jobs.book.live():  # counted again from the peers' digests
+            if doc.value("origin") == self.peers.ident.uuid:
+                self.replication.watch(doc.uuid, target, set())
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
     async def submit(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        """CreateRenderJob: acknowledged once durable here and on ``replicas`` peers."""
+        """CreateRenderJob: acknowledged once durable here and on ``replicas`` peers.
+
+        Refused before anything is made (a CREATEJOBRESULT_* other than OK, with a
+        reason): SAVINGFAILED when this daemon cannot write the output folder
+        (unless NETRENDERFLAGS_NOWRITETEST), ASSETMISSING when the scene (or, with
+        HANDLEWARNINGASERROR, another file it needs) is missing, REPOSITORYERROR
+        when fewer than ``require_replicas`` peers could take the job (then the job
+        is deleted again)."""
         self._seen(caller)
+        args = await self._complete(args)
         spec = JobSpec.from_args({**args, "flags": _flags(args.get("flags")) or 0})
+        self._check_machines(list(spec.machines))
+        require = args.get("require_replicas")
+        if require is None:
+            require = self.peers.prefs.require_replicas
+        if not isinstance(require, int) or isinstance(require, bool) or require < 0:
+            raise BadRequest(f"require_replicas must be a whole number, 0 or more, not {require!r}")
+        if require > len(self.peers.sessions):
+            return _refused(CreateJobResult.CREATEJOBRESULT_REPOSITORYERROR,
+                            f"the job must reach {require} other machines (require_replicas) and "
+                            f"{_machines(len(self.peers.sessions))} online")
+        account = submitter(caller)
+        if spec.outputs and not spec.flags & NetRenderFlags.NETRENDERFLAGS_NOWRITETEST:
+            folder = os.path.dirname(frame_file(output_pattern(spec.output, spec.scene, spec.extension),
+                                                parse_frames(spec.frames)[0]))
+            reason = await write_test(self.runas, account, folder, self.peers.prefs.output_dirs)
+            if reason:
+                return _refused(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED,
+                                f"{reason} (NETRENDERFLAGS_NOWRITETEST skips this test)", folder=folder)
         job_uuid = args.get("uuid")
         if job_uuid is not None:
             try:
                 job_uuid = str(uuidlib.UUID(str(job_uuid)))
             except ValueError:
                 raise BadRequest(f"job uuid {job_uuid!r} is not a UUID") from None
-        account = submitter(caller)
-        refused = await self._check_output_as(account, spec)
-        if refused is not None:
-            return refused
         extra: dict[str, Any] = {}
-        missing: tuple[str, ...] = ()
+        got: Collected | None = None
         if self.assets is not None:
             wanted = (spec.rdata or {}).get("assets", [])
             if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
                 raise BadRequest("rdata.assets must be a list of file paths")
-            got = await self._collect_as(account, spec, wanted)
-            if isinstance(got, dict):
-                return got
+            collected = await self._collect_as(account, spec, wanted)
+            if isinstance(collected, dict):
+                return collected
+            got = collected
             fatal = spec.scene in got.missing or bool(
                 got.missing and spec.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR)
             if fatal:
-                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
-                        "result_name": "ASSETMISSING", "missing": list(got.missing),
-                        "reason": "missing: " + ", ".join(got.missing)}
+                return _refused(CreateJobResult.CREATEJOBRESULT_ASSETMISSING,
+                                "missing: " + ", ".join(got.missing), missing=list(got.missing))
             extra = {"assets": got.manifest, "asset_root": got.root, "scene_rel": got.scene_rel,
                      "asset_size": got.size}
-            missing = got.missing
-        if self.assets is not None and extra:
-            self.assets.swarm.announce(extra["assets"])
+            self.assets.swarm.announce(got.manifest)
         delta = self.jobs.create(spec, caller.user, job_uuid, extra)
         if self.owners is not None:
             await self.owners.record(delta.uuid, account)
-        if missing:
-            self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(missing))
+        if got is not None and got.missing:
+            self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(got.missing))
+        target = self._replicas_target()
+        holders: set[str] = set()
+        want = min(max(self.replicas, require), len(self.peers.sessions))
         try:
-            copies = await self._durable_and_replicated([delta], assets=bool(extra))
-        except OSError:
-            return {"uuid": delta.uuid, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
-                    "result_name": "SAVINGFAILED"}
-        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies}
+            copies = await self._durable_and_replicated([delta], assets=bool(extra), want=want,
+                                                        holders=holders)
+        except OSError as exc:
+            return _refused(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED,
+                            f"cannot save the job on this machine: {exc}", uuid=delta.uuid)
+        if copies["replicas"] < require:
+            doc = self.jobs.book.get(delta.uuid)
+            if doc is not None:
+                await self._durable_and_replicated([self.jobs.delete(doc)])
+            return _refused(CreateJobResult.CREATEJOBRESULT_REPOSITORYERROR,
+                            f"the job must reach {require} other machines (require_replicas) and "
+                            f"{copies['replicas']} took it in time; it was deleted again")
+        target = max(target, require)
+        self.replication.watch(delta.uuid, target, holders)
+        held = len(holders)
+        note: dict[str, Any] = {"replicas_target": target, "under_replicated": held < target}
+        if held < target:
+            where = "this machine only" if held == 0 else f"{held} of {target} other machines"
+            note["note"] = f"held by {where}; copied to the others when they come back"
+        if got is not None and got.missing:
+            note["missing"] = list(got.missing)
+        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies, **note,
+                "output": output_pattern(spec.output, spec.scene, spec.extension) if spec.outputs else ""}
+
+    def _check_machines(self, machines: list[str]) -> None:
+        """Every machine a job is limited to must be one this node knows (UUID, name
+        or UUID prefix, kept as the user wrote it); NotFound names one that is not."""
+        rows = [(self.peers.ident.uuid, self.peers.prefs.name),
+                *((m.uuid, m.name) for m in self.peers.table.all())]
+        for ref in machines:
+            resolve(ref, rows, "machine", "machines")
+
+    async def _complete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A submit's renderer (from the scene's type when it names none or "auto") and
+        frames (the scene's own range when it names none); a scene the renderer
+        cannot render is refused (BadRequest)."""
+        scene = args.get("scene")
+        if not isinstance(scene, str) or not scene:
+            raise BadRequest("submit needs a scene path")
+        renderer = args.get("renderer")
+        if renderer in (None, "", "auto"):
+            rdata = args.get("rdata") or {}
+            renderer = detect_renderer(scene, rdata.get("command") if isinstance(rdata, dict) else None)
+        if isinstance(renderer, str):
+            mismatch = scene_mismatch(scene, renderer)
+            if mismatch:
+                raise BadRequest(mismatch)
+        frames = args.get("frames")
+        if frames is None and isinstance(renderer, str):
+            frames = await trio.to_thread.run_sync(_own_frames, scene, renderer)
+        return {**args, "renderer": renderer, "frames": frames}
 
     async def _collect_as(self, account: Account, spec: JobSpec,
                           wanted: list[str]) -> Collected | dict[str, Any]:
@@ -217,20 +314,6 @@ class JobsApi:
         finally:
             opened.close()
 
-    async def _check_output_as(self, account: Account, spec: JobSpec) -> dict[str, Any] | None:
-        """None if the submitter may write the job's output folder (made if need be),
-        else a CREATEJOBRESULT_SAVINGFAILED reply: nothing is written for them."""
-        command = str((spec.rdata or {}).get("command", ""))
-        if spec.renderer == "command" and "{output}" not in command:
-            return None  # the job writes no frame files
-        folder = os.path.dirname(output_path_of(spec.output, spec.scene, 1, "png")) or "."
-        try:
-            await check_writable_as(self.runas, account, folder)
-        except OSError as exc:
-            return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
-                    "result_name": "SAVINGFAILED", "reason": str(exc)}
-        return None
-
     async def list_jobs(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetJobsList(rdata, assets, results, log, selectedJob, selectedJobOnly, user)."""
         user = _str(args, "user", required=False)
@@ -251,7 +334,7 @@ class JobsApi:
             is_selected = doc.uuid == selected_uuid
             if only and selected_uuid and not is_selected:
                 continue
-            item = self.jobs.summary(doc)
+            item = self._summary(doc)
             for name, sel in selectors.items():
                 want = (sel == DetailSelector.DETAILSELECTOR_SELECTED and is_selected) or (
                     sel == DetailSelector.DETAILSELECTOR_NONSELECTED and not is_selected)
@@ -259,6 +342,16 @@ class JobsApi:
                     item[name] = self._detail(doc, name)
             out.append(item)
         return out
+
+    def _summary(self, doc: JobDoc) -> dict[str, Any]:
+        """``Jobs.summary`` and, for a job submitted here that fewer peers hold than it
+        wants, ``under_replicated`` and ``copies`` ("1/2": peers known to hold it / wanted)."""
+        item = self.jobs.summary(doc)
+        copies = self.replication.copies(doc.uuid)
+        item["under_replicated"] = copies is not None
+        if copies is not None:
+            item["copies"] = f"{copies[0]}/{copies[1]}"
+        return item
 
     def _detail(self, doc: JobDoc, name: str) -> Any:
         if name == "rdata":
@@ -275,7 +368,7 @@ class JobsApi:
     async def job(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """One job with every detail."""
         doc = self.jobs.find(_str(args, "job"))
-        item = self.jobs.summary(doc)
+        item = self._summary(doc)
         for name in DETAILS:
             item[name] = self._detail(doc, name)
         return item
@@ -288,6 +381,7 @@ class JobsApi:
         if machines is not None and (not isinstance(machines, list)
                                      or not all(isinstance(m, str) for m in machines)):
             raise BadRequest("machines must be a list of machine UUIDs or names")
+        self._check_machines(machines or [])
         delta = self.jobs.start(doc, caller.user, _flags(args.get("flags")), machines,
                                 bool(args.get("restart", False)))
         await self.jobs.book.durable()

@@ -23,11 +23,11 @@ import trio
 
 from node.db import Database
 from node.errors import NodeError
+from node.renderers import SCENE_TYPES, scene_frames
 from protocol.enums import RenderJobCreator
 
 log = logging.getLogger("rendernode.watch")
 SCAN_INTERVAL = 1.0
-SCENE_TYPES = {".json": "builtin", ".toml": "builtin", ".blend": "blender", ".pov": "povray"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watch_seen (
     path TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL, job TEXT NOT NULL,
@@ -39,15 +39,8 @@ Frames = Callable[[str, str], Awaitable[str]]  #: (scene, renderer) -> its frame
 
 
 def default_frames(path: str, renderer: str) -> str:
-    """The frame range a watched scene renders."""
-    if renderer == "builtin":
-        try:
-            from node.renderers.builtin import scene_frames
-
-            return str(scene_frames(path))
-        except (ImportError, OSError, ValueError) as exc:
-            log.warning("cannot read the frame range of %s (%s); rendering frame 1", path, exc)
-    return "1"
+    """The frame range a watched scene renders: the scene's own (``node.renderers.scene_frames``)."""
+    return scene_frames(path, renderer)
 
 
 async def _frames_as_self(path: str, renderer: str) -> str:

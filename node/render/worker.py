@@ -259,6 +259,7 @@ class Worker:
             self._handoff(running)  # the next task renders while this one's frames are handed on
             if running.scope.cancelled_caught:
                 outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, running.stop_reason or "stopped")
+            outcome = _user_paths(outcome, running, spec.rdata.get("path_map") or {})
             if outcome.result == RenderResult.RENDERRESULT_OK and outcome.warnings and (
                     msg.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR):
                 outcome = Outcome(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT,
@@ -290,6 +291,9 @@ class Worker:
     async def _assets(self, spec: TaskSpec) -> tuple[TaskSpec, dict[str, str] | None, Outcome | None]:
         """Fetch and materialise the job's assets: (spec with the local scene, path map, failure)."""
         doc = self.jobs.book.get(spec.job)
+        if doc is not None:  # frames in the type the output pattern names
+            ext = os.path.splitext(str(doc.value("output") or ""))[1].lstrip(".").lower()
+            spec = dataclasses.replace(spec, extension=ext or spec.extension)
         if self.assets is None or doc is None or not doc.value("assets"):
             return spec, None, None
         if str(doc.value("renderer")) == "command" and not reads_assets(spec.rdata):
@@ -395,6 +399,24 @@ class Worker:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+
+def _user_paths(outcome: Outcome, running: Running, path_map: dict[str, str]) -> Outcome:
+    """The outcome and log tail with this worker's copies of the job's files named
+    by the submitter's paths (the path map, reversed): errors the user can act on."""
+    if not path_map:
+        return outcome
+
+    def back(text: str) -> str:
+        for theirs, here in path_map.items():
+            text = text.replace(here.rstrip("/") + "/", theirs.rstrip("/") + "/").replace(here, theirs)
+        return text
+
+    tail = [back(line) for line in running.log_tail]
+    running.log_tail.clear()
+    running.log_tail.extend(tail)
+    return dataclasses.replace(outcome, message=back(outcome.message),
+                               warnings=tuple(back(w) for w in outcome.warnings))
 
 
 async def _stop(proc: trio.Process) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from node.image import read_image, write_image
 from node.renderers.base import Outcome, TaskSpec
 from node.renderers.blender import BlenderRenderer, frame_args, setup_script, setup_settings
 from node.renderers.blender_deps import (
@@ -23,7 +24,6 @@ from node.renderers.blender_deps import (
     expand_sequence,
     expand_tiles,
 )
-from node.renderers.png import read_png, write_png
 from protocol.enums import RenderResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "libs" / "inner" / "tex").mkdir(parents=True)
     for name in ("tex/wood.png", "tex/seq_0001.png", "tex/seq_0002.png", "tex/seq_0003.png",
                  "tex/seq_other.png", "libs/inner/tex/deep.png"):
-        write_png(str(d / name), texel)
+        write_image(str(d / name), texel)
     (d / "make_deps.py").write_text(MAKE_DEPS)
     blender_run("--python", str(MAKE_CUBE), "--", str(d / "cube.blend"), cwd=d)
     blender_run("--python", str(d / "make_deps.py"), "--", str(d), cwd=d)
@@ -166,7 +166,7 @@ def test_frames_one_and_two_land_at_the_frame_paths(scenes: Path, tmp_path: Path
     outcome, fractions = run_like_worker(BlenderRenderer(), task)
     print(f"blender rendered 2 frames in {time.monotonic() - start:.2f} s")
     assert outcome == Outcome(RenderResult.RENDERRESULT_OK)
-    images = [read_png(task.frame_path(f)) for f in (1, 2)]
+    images = [read_image(task.frame_path(f)) for f in (1, 2)]
     for image in images:
         assert image.shape[:2] == (18, 32)
         assert image[..., :3].std() > 5  # a lit cube on a blue world, not a blank frame
