@@ -92,10 +92,13 @@ def as_user(name: str, argv: list[str], **kwargs: Any) -> subprocess.CompletedPr
 
 async def submit_as(name: str, sock: str, scene: str, **args: Any) -> dict[str, Any]:
     """CreateRenderJob through the control socket as ``name``: the daemon's answer."""
-    code = ("import json, sys\nfrom node.client import Client\n"
+    code = ("import json, sys\nfrom node.client import Client, SubmitRefused\n"
             "args = json.loads(sys.argv[2])\n"
             "with Client(sys.argv[1], timeout=100) as c:\n"
-            "    print(json.dumps(c.create_render_job(args.pop('scene'), **args)))\n")
+            "    try:\n"
+            "        print(json.dumps(c.create_render_job(args.pop('scene'), **args)))\n"
+            "    except SubmitRefused as refused:  # the daemon's answer all the same\n"
+            "        print(json.dumps(refused.result))\n")
     argv = ["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups",
             sys.executable, "-P", "-c", code, sock, json.dumps({"scene": scene, **args})]
     with trio.fail_after(CLIENT_TIMEOUT):
