@@ -370,6 +370,7 @@ class JobsApi:
         if self.assets is None:
             return {"manifests": 0, "bytes": 0}
         live = {str(d.value("assets")) for d in self.jobs.book.live() if d.value("assets")}
-        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live)
+        previews = {h for d in self.jobs.book.live() for t in d.tasks.values() for h in t.previews if h}
+        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live, previews)
         await trio.to_thread.run_sync(self.assets.prune, live)
         return {"manifests": manifests, "bytes": freed}
