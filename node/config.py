@@ -20,6 +20,7 @@ from node.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/rendernode/rendernode.toml")
 DEFAULT_PORT = 5401
+DEFAULT_DASHBOARD_PORT = 8470
 MIN_TOKEN_BITS = 128
 TOKEN_HELP = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -57,6 +58,8 @@ class Preferences:
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
     wake_on_lan: bool = True  #: send Wake-on-LAN to offline machines while queued tasks wait
     output_dirs: list[str] = field(default_factory=list)  #: folders render output goes to (the systemd unit may write only there)
+    dashboard: bool = True  #: serve the web dashboard (`rendernode dashboard --open`)
+    dashboard_listen: str = "127.0.0.1:8470"  #: HOST:PORT of the dashboard; port 0 picks one; 0.0.0.0 serves the LAN
     log_level: str = "info"
 
     def public(self) -> dict[str, Any]:
@@ -140,6 +143,7 @@ def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None,
 
 def _check(prefs: Preferences) -> None:
     parse_hostport(prefs.listen)
+    parse_hostport(prefs.dashboard_listen, DEFAULT_DASHBOARD_PORT)
     for peer in prefs.peers:
         parse_hostport(peer)
     if prefs.server_priority < 0:

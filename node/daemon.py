@@ -25,6 +25,7 @@ from node.assets.swarm import Swarm
 from node.assets.transfer import Transfers
 from node.config import Preferences
 from node.control.server import Caller, ControlServer, Method
+from node.dashboard.service import Dashboard, dashboard_off
 from node.db import Database
 from node.jobs.api import JobsApi
 from node.jobs.book import JobBook
@@ -69,6 +70,7 @@ class Node:
     swarm: Swarm
     assets: Assets
     methods: dict[str, Method] = field(default_factory=dict)
+    dashboard: Dashboard | None = None  #: the web dashboard, unless ``dashboard = false``
 
 
 def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -> Node:
@@ -99,8 +101,15 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
                           prefs.exclude_after, prefs.lease)
     worker.report_local = scheduler.on_update
     jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results, assets)
-    return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
+    node = Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
                 results, worker, scheduler, swarm, assets, {**api.methods(), **jobs_api.methods()})
+    if prefs.dashboard:
+        dashboard = node.dashboard = Dashboard(node)
+        api.status_extra.append(dashboard.status_info)
+        node.methods.update(dashboard.methods())
+    else:
+        node.methods.update(dashboard_off())
+    return node
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -119,8 +128,12 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.jobs_api.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)
-            await nursery.start(power.Power.of(node).run)
+            pw = power.Power.of(node)
+            await nursery.start(pw.run)
             await nursery.start(Watcher(prefs.watch, node.db, _watch_submit(node)).run)
+            if node.dashboard is not None:
+                node.dashboard.status.waking = pw.waking
+                await nursery.start(node.dashboard.run)
             await nursery.start(ControlServer(prefs.socket, node.methods).run)
             if prefs.mdns:
                 addresses: list[tuple[str, int]] = []

@@ -42,6 +42,7 @@ class MembershipApi:
         self.ident = ident
         self.peers = peers
         self.role = role
+        self.status_extra: list[Callable[[], dict[str, Any]]] = []  #: more for ``status`` (the dashboard's URL)
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""
@@ -57,7 +58,7 @@ class MembershipApi:
 
     async def status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """GetUuid, GetName, role, term and server."""
-        return {
+        out = {
             "uuid": self.ident.uuid,
             "name": self.prefs.name,
             **self.role(),
@@ -66,7 +67,11 @@ class MembershipApi:
             "listen": self.peers.advertised,
             "online_peers": len(self.peers.sessions),
             "caller": caller.user,
+            "dashboard": "off (dashboard = false)",
         }
+        for extra in self.status_extra:
+            out.update(extra())
+        return out
 
     async def machines(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetAllMachineUuids / GetMachinesList with the seed's filters."""
