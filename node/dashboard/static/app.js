@@ -321,7 +321,7 @@ async function openFrame(tid, frame, preview) {
 
 // -- farm and messages ----------------------------------------------------------------------
 
-const GOOD = new Set(["VERIFIED", "ONLINE", "SHARED", "VERIFICATIONESTABLISHED"]);
+const GOOD = new Set(["VERIFIED", "VERIFIEDME", "ONLINE", "SHARED", "VERIFICATIONESTABLISHED"]);
 
 function farmView() {
   if (!S.farm) return h("div", { class: "panel empty" }, "Loading…");
