@@ -179,8 +179,7 @@ async def test_the_views_show_the_whole_farm_from_any_node(farm: Farm) -> None:
     assert set(names) == {"a", "b"} and all("VERIFIED" in m["bits"] for m in names.values())
     assert names["b"]["local"] and names["b"]["mem_total"] > 0
     with trio.fail_after(10):
-        while not (await browser.get("/api/messages")).json():
-            await trio.sleep(0.05)
+        await wait_until(lambda: bool(b.node.jobs_api.inbox), "b holds the message")
     assert (await browser.get("/api/messages")).json()[0]["text"] == "hello farm"
     log = (await browser.get(f"/api/machine/{a.uuid}/log")).json()
     assert any("online" in line["line"] for line in log)
