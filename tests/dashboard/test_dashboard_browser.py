@@ -176,21 +176,23 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
             page.screenshot(path=str(shots / "1-farm.png"))
 
             # a job's frames turn done and their previews appear, live
-            job = _submit(second, "1-8", "spheres", {"width": 320, "height": 180, "samples": 1}, tmp_path / "out")
+            job = _submit(second, "1-24", "spheres", {"width": 320, "height": 180, "samples": 1}, tmp_path / "out")
             page.click("nav a[data-view=queue]")
             page.wait_for_selector(f"tr[data-job='{job}'] a.job-link")
             page.click(f"tr[data-job='{job}'] a.job-link")
             page.wait_for_selector("#frames .cell")
-            _until(page, "document.querySelectorAll('#frames .cell.s-done').length === 8 && "
-                   "[...document.querySelectorAll('#frames img.thumb')].filter(i => i.complete && i.naturalWidth > 0).length === 8",
-                   timeout=180)
-            page.screenshot(path=str(shots / "2-job.png"), full_page=True)
+            _until(page, "document.querySelectorAll('#frames .cell.s-done').length >= 9", timeout=180)
+            page.screenshot(path=str(shots / "2-job-rendering.png"))
             if os.environ.get("RENDERNODE_DOCS_SCREENSHOT"):
                 page.screenshot(path=os.environ["RENDERNODE_DOCS_SCREENSHOT"])
+            _until(page, "document.querySelectorAll('#frames .cell.s-done').length === 24 && "
+                   "[...document.querySelectorAll('#frames img.thumb')].filter(i => i.complete && i.naturalWidth > 0).length === 24",
+                   timeout=180)
+            page.screenshot(path=str(shots / "3-job-done.png"), full_page=True)
             page.click("#frames .cell >> nth=2")
             page.wait_for_selector("#frame-body img")
             _until(page, "document.querySelector('#frame-body img').naturalWidth === 320")
-            page.screenshot(path=str(shots / "3-frame.png"))
+            page.screenshot(path=str(shots / "4-frame.png"))
             page.keyboard.press("Escape")
 
             # stop and delete a long job by clicking
@@ -201,7 +203,7 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
             page.check(f"{row} input[type=checkbox]")
             page.click("#act-stop")
             page.wait_for_selector(f"{row} .state-stopped")
-            page.screenshot(path=str(shots / "4-stopped.png"))
+            page.screenshot(path=str(shots / "5-stopped.png"))
             with second.client() as c:
                 assert c.get_job(slow)["state"] == "stopped"
             page.check(f"{row} input[type=checkbox]")
@@ -219,7 +221,7 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
             page.wait_for_selector(f"tr[data-machine='{server_uuid}'] >> text=offline", timeout=90_000)
             page.wait_for_selector(f"tr[data-machine='{second_uuid}'] td.role b", timeout=90_000)
             assert "node2" in page.inner_text("#summary")
-            page.screenshot(path=str(shots / "5-new-server.png"))
+            page.screenshot(path=str(shots / "6-new-server.png"))
             assert page.evaluate("window.__same_page") is True, "the page reloaded"
             assert not errors, errors
         finally:

@@ -44,6 +44,12 @@ function machineName(uuid) {
   return m ? m.name : short(uuid);
 }
 
+function named(text) {  // machine UUIDs in log lines, as names
+  if (!S.farm) return text;
+  for (const m of S.farm.machines) if (text.includes(m.uuid)) text = text.split(m.uuid).join(m.name);
+  return text;
+}
+
 function toast(text, ok) {
   const t = $("#toast");
   t.textContent = text;
@@ -277,7 +283,7 @@ function jobView() {
     [["done", "--done"], ["rendering", "--rendering"], ["delivering", "--delivering"], ["failed", "--failed"], ["queued", "--queued"]]
       .map(([n, c]) => h("span", {}, h("i", { style: `background:var(${c})` }), n)));
   const log = h("pre", { class: "log", id: "job-log", tabindex: "0", "aria-label": "Job log" },
-    d.log.map((l) => `${when(l.time)}  ${l.line}\n`).join(""));
+    d.log.map((l) => `${when(l.time)}  ${named(l.line)}\n`).join(""));
   setTimeout(() => { log.scrollTop = log.scrollHeight; }, 0);
   return h("div", {},
     h("div", { class: "toolbar" }, h("a", { href: "#/queue" }, "← Queue"), h("h1", { class: "grow" }, j.name),
