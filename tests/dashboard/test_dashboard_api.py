@@ -299,3 +299,15 @@ async def test_a_busy_port_leaves_the_node_running_without_a_dashboard(farm: Far
 def test_permission_errors_are_the_cli_ones() -> None:
     assert PermissionDenied.code == "permission"
     assert Client  # the CLI and the dashboard call the same control methods
+
+
+async def test_a_lan_bind_prints_a_url_with_the_machines_address(farm: Farm) -> None:
+    from node.membership.peers import advertised_addresses
+
+    (a,) = await farm.mesh("a", dashboard_listen="0.0.0.0:0")
+    dash = a.node.dashboard
+    assert dash is not None and dash.port
+    url = (await a.call(lambda c: c.dashboard_login()))["url"]
+    host = url.removeprefix("http://").split("/")[0]
+    assert not host.startswith("0.0.0.0")
+    assert host in advertised_addresses("0.0.0.0", dash.port, [])  # an address of this machine, not a wildcard

@@ -2,7 +2,8 @@
 API) on a farm of three daemons, each a process of its own on loopback: log in
 through the URL, see three machines VERIFIED, watch a job's frames turn done
 with previews appearing without a reload, stop and delete a job by clicking,
-and see the server die and another take over, without a reload.  Screenshots
+and see the server die and another take over, and the page's own daemon
+restart, without a reload.  Screenshots
 of each step go to the test's temporary folder (RENDERNODE_DOCS_SCREENSHOT
 names a file for the job view too: docs/dashboard.png is made that way)."""
 
@@ -45,6 +46,16 @@ class Daemon:
     name: str
     sock: str
     proc: subprocess.Popen[bytes]
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+
+    def restart(self) -> None:
+        """SIGTERM, wait, start again from the same state dir, with the same ports."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def client(self) -> Client:
         """A control-socket client."""
@@ -85,7 +96,7 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
     """Three daemons meshed by static peers; the first is the server (highest priority)."""
     root = Path(f"/tmp/rnb-{secrets.token_hex(4)}")  # short: Unix socket paths
     root.mkdir()
-    ports = _free_ports(3)
+    ports = _free_ports(4)  # the watcher's dashboard keeps its port across a restart
     env = {**os.environ, "RENDERNODE_TOKEN": secrets.token_urlsafe(32), "RENDERNODE_ELECTION_GRACE": "0.5",
            "RENDERNODE_FARM": f"browser-{secrets.token_hex(4)}", "RENDERNODE_LEASE": "4",
            "RENDERNODE_DASHBOARD_LISTEN": "127.0.0.1:0", "RENDERNODE_WAKE_ON_LAN": "false"}
@@ -94,14 +105,16 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
     try:
         for i, priority in enumerate((90, 50, 10)):
             name = f"node{i + 1}"
-            peers = [a for j, p in enumerate(ports) if j != i for a in ("--peer", f"127.0.0.1:{p}")]
+            peers = [a for j, p in enumerate(ports[:3]) if j != i for a in ("--peer", f"127.0.0.1:{p}")]
             sock = str(root / f"{name}.sock")
             argv = [sys.executable, "-m", "node", "--socket", sock, "daemon", "--state-dir", str(root / name),
                     "--listen", f"127.0.0.1:{ports[i]}", "--no-mdns", "--name", name,
                     "--server-priority", str(priority), *peers]
-            with open(tmp_path / f"{name}.log", "wb") as log:
-                proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-            out.append(Daemon(name, sock, proc))
+            own = dict(env, RENDERNODE_DASHBOARD_LISTEN=f"127.0.0.1:{ports[3]}") if i == 2 else env
+            log_path = tmp_path / f"{name}.log"
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(argv, env=own, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            out.append(Daemon(name, sock, proc, argv, own, log_path))
 
         def formed() -> bool:
             for d in out:
@@ -222,6 +235,13 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
             page.wait_for_selector(f"tr[data-machine='{second_uuid}'] td.role b", timeout=90_000)
             assert "node2" in page.inner_text("#summary")
             page.screenshot(path=str(shots / "6-new-server.png"))
+
+            # the page's own daemon restarts: the page reconnects by itself
+            watcher.restart()
+            page.wait_for_selector("#live.off", timeout=30_000)
+            page.wait_for_selector("#live.on", timeout=90_000)
+            _until(page, f"!!document.querySelector(\"tr[data-machine='{second_uuid}'] td.role b\")", timeout=60)
+            page.screenshot(path=str(shots / "7-reconnected.png"))
             assert page.evaluate("window.__same_page") is True, "the page reloaded"
             assert not errors, errors
         finally:
