@@ -311,3 +311,53 @@ async def test_a_lan_bind_prints_a_url_with_the_machines_address(farm: Farm) -> 
     host = url.removeprefix("http://").split("/")[0]
     assert not host.startswith("0.0.0.0")
     assert host in advertised_addresses("0.0.0.0", dash.port, [])  # an address of this machine, not a wildcard
+
+
+async def test_the_cli_prints_a_login_url_as_text_or_json_and_revokes(farm: Farm) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from node.cli import main as cli_main
+
+    (a,) = await farm.mesh("a")
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli_main, ["--socket", a.sock, *args])
+
+    text = await trio.to_thread.run_sync(run, "dashboard")
+    assert text.exit_code == 0 and text.stdout.startswith("http://127.0.0.1:") and "/login?token=" in text.stdout
+    as_json = await trio.to_thread.run_sync(run, "dashboard", "--json")
+    data = json.loads(as_json.stdout)
+    assert set(data) == {"url", "expires"} and data["expires"] > time.time()
+    browser = Browser(a.node.dashboard.base_url if a.node.dashboard else "")
+    assert (await browser.login(data["url"])).status == 200
+    revoked = await trio.to_thread.run_sync(run, "dashboard", "--revoke")
+    assert revoked.exit_code == 0 and "ended 1 dashboard session" in revoked.stdout
+    assert (await browser.get("/api/me")).status == 401
+    status = await trio.to_thread.run_sync(run, "status")
+    assert "dashboard" in status.stdout and f":{a.node.dashboard.port if a.node.dashboard else 0}" in status.stdout
+
+
+async def test_retry_queues_the_failed_frames_again_and_keeps_the_finished_ones(farm: Farm) -> None:
+    from protocol.crdt import Phase, TaskState, task_current
+
+    (a,) = await farm.mesh("a")
+    job = _job(a, me())
+    jobs, book = a.node.jobs, a.node.book
+    doc = jobs.find(job)
+    browser = await _signed_in(a)
+    answer = await browser.post("/api/jobs/retry", {"jobs": [job]})
+    assert answer.status == 400 and "no failed frames" in answer.json()["error"]
+    jobs.set_task(doc, 0, TaskState(done=1, phase=Phase.FAILED, stamp=book.stamp(), error="boom"))
+    jobs.set_task(doc, 1, TaskState(done=1, phase=Phase.SUCCEEDED, stamp=book.stamp(), machines=("w",),
+                                    render_time=2.0, previews=("c" * 64,)))
+    answer = await browser.post("/api/jobs/retry", {"jobs": [job]})
+    assert answer.status == 200, answer.body
+    doc = jobs.find(job)
+    assert doc.gen == 1 and doc.value("state") == "queued"
+    failed, kept = task_current(doc, 0), task_current(doc, 1)
+    assert failed.phase == Phase.QUEUED and not failed.done
+    assert kept.done and kept.phase == Phase.SUCCEEDED and kept.previews == ("c" * 64,) and kept.render_time == 2.0
+    row = (await browser.get(f"/api/job/{job}")).json()["job"]
+    assert row["done"] == 1 and row["failed"] == 0 and row["generation"] == 1
