@@ -343,7 +343,7 @@ async def test_retry_queues_the_failed_frames_again_and_keeps_the_finished_ones(
     from protocol.crdt import Phase, TaskState, task_current
 
     (a,) = await farm.mesh("a")
-    job = _job(a, me())
+    job = a.node.jobs.create(spec(frames="1-3"), me()).uuid
     jobs, book = a.node.jobs, a.node.book
     doc = jobs.find(job)
     browser = await _signed_in(a)
@@ -360,4 +360,4 @@ async def test_retry_queues_the_failed_frames_again_and_keeps_the_finished_ones(
     assert failed.phase == Phase.QUEUED and not failed.done
     assert kept.done and kept.phase == Phase.SUCCEEDED and kept.previews == ("c" * 64,) and kept.render_time == 2.0
     row = (await browser.get(f"/api/job/{job}")).json()["job"]
-    assert row["done"] == 1 and row["failed"] == 0 and row["generation"] == 1
+    assert row["done"] == 1 and row["failed"] == 0 and row["queued"] == 2 and row["generation"] == 1
