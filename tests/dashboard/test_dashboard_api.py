@@ -74,7 +74,7 @@ async def test_nothing_is_served_without_a_session_and_a_login_url_works_once(fa
     assert (await again.get("/api/queue")).status == 401
 
 
-async def test_a_login_url_expires_after_a_minute(farm: Farm, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_login_url_expires_after_a_minute_and_a_session_after_its_ttl(farm: Farm, monkeypatch: pytest.MonkeyPatch) -> None:
     (a,) = await farm.mesh("a")
     dash = a.node.dashboard
     assert dash is not None
@@ -84,6 +84,13 @@ async def test_a_login_url_expires_after_a_minute(farm: Farm, monkeypatch: pytes
     now[0] += sessions_mod.LOGIN_TTL + 1
     browser = Browser(dash.base_url)
     assert (await browser.login(f"{dash.base_url}/login?token={grant.token}")).status == 403
+    assert (await browser.get("/api/me")).status == 401
+    # and a session ends SESSION_TTL after its login
+    fresh = dash.sessions.issue_login("alice")
+    assert (await browser.login(f"{dash.base_url}/login?token={fresh.token}")).status == 200
+    now[0] += sessions_mod.SESSION_TTL - 5
+    assert (await browser.get("/api/me")).status == 200
+    now[0] += 10
     assert (await browser.get("/api/me")).status == 401
 
 

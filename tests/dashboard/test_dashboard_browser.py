@@ -208,6 +208,17 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
             page.screenshot(path=str(shots / "4-frame.png"))
             page.keyboard.press("Escape")
 
+            # messages, by keyboard only: focus the view's link, Enter, type, Enter
+            page.focus("nav a[data-view=messages]")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#msg-text")
+            page.focus("#msg-text")
+            page.keyboard.type("frames look good")
+            page.keyboard.press("Enter")
+            page.wait_for_selector(".messages li >> text=frames look good")
+            with second.client() as c:
+                assert any(m["text"] == "frames look good" for m in c.messages())
+
             # stop and delete a long job by clicking
             slow = _submit(second, "1-60", "long", {"width": 320, "height": 180, "samples": 4}, tmp_path / "out")
             page.click("nav a[data-view=queue]")
@@ -242,6 +253,9 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
             page.wait_for_selector("#live.on", timeout=90_000)
             _until(page, f"!!document.querySelector(\"tr[data-machine='{second_uuid}'] td.role b\")", timeout=60)
             page.screenshot(path=str(shots / "7-reconnected.png"))
+            page.emulate_media(color_scheme="dark")  # the page follows prefers-color-scheme
+            assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(17, 20, 24)"
+            page.screenshot(path=str(shots / "8-dark.png"))
             assert page.evaluate("window.__same_page") is True, "the page reloaded"
             assert not errors, errors
         finally:
