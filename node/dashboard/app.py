@@ -267,8 +267,7 @@ class App:
 
     async def get_queue(self, req: Request, send: Send, user: str) -> None:
         """Every job's row in queue order, and the farm summary."""
-        views = self.dash.views
-        await respond_json(send, {"jobs": views.queue(), "summary": views.summary()})
+        await respond(send, 200, self.dash.views.queue_json(), "application/json")
 
     async def get_job(self, req: Request, send: Send, user: str, ref: str) -> None:
         """One job with its frames."""

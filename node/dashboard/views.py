@@ -10,6 +10,7 @@ rows of the jobs that changed since the last look.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -44,6 +45,8 @@ class Views:
         self.book = node.book
         self.status = status
         self._rows: dict[str, dict[str, Any]] = {}
+        self._json: dict[str, bytes] = {}  #: a row's JSON, encoded once per change of its job
+        self._order: list[str] | None = None  #: live jobs in queue order, until a head changes
         self._frames: dict[str, list[list[int]]] = {}
         self.previews: dict[str, tuple[str, int]] = {}  #: preview chunk -> (job, task) naming it
         self.done_frames: deque[tuple[float, int]] = deque(maxlen=100_000)  #: (wall time, frames)
@@ -57,8 +60,10 @@ class Views:
     def forget(self, uuid: str, head: bool) -> None:
         """The job changed: its row (and, if its head changed, its frames) are stale."""
         self._rows.pop(uuid, None)
+        self._json.pop(uuid, None)
         if head:
             self._frames.pop(uuid, None)
+            self._order = None
 
     def frames_of(self, doc: JobDoc) -> list[list[int]]:
         """The frames of each task of ``doc`` (cached)."""
@@ -151,10 +156,26 @@ class Views:
             "origin": doc.value("origin"), "generation": doc.gen,
         }
 
+    def _queue_docs(self) -> list[JobDoc]:
+        if self._order is None:
+            docs = sorted(self.book.live(), key=lambda d: (str(d.value("position", "")), d.uuid))
+            self._order = [d.uuid for d in docs]
+            return docs
+        return [self.book.docs[u] for u in self._order]
+
     def queue(self) -> list[dict[str, Any]]:
         """Every live job's row, in queue order."""
-        docs = sorted(self.book.live(), key=lambda d: (str(d.value("position", "")), d.uuid))
-        return [self.row(d) for d in docs]
+        return [self.row(d) for d in self._queue_docs()]
+
+    def queue_json(self) -> bytes:
+        """The queue view as JSON: the rows (each encoded once per change) and the summary."""
+        parts = []
+        for doc in self._queue_docs():
+            encoded = self._json.get(doc.uuid)
+            if encoded is None:
+                encoded = self._json[doc.uuid] = dumps(self.row(doc))
+            parts.append(encoded)
+        return b'{"jobs":[' + b",".join(parts) + b'],"summary":' + dumps(self.summary()) + b"}"
 
     def summary(self, machines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The farm at a glance: machines online, frames per minute, queue length."""
@@ -162,7 +183,7 @@ class Views:
         recent = sum(n for t, n in self.done_frames if now - t <= RATE_WINDOW)
         if machines is None:
             machines = self.machines()
-        rows = [self.row(d) for d in self.book.live()]
+        rows = [self.row(d) for d in self._queue_docs()]
         return {
             "machines_online": sum(1 for m in machines if m["online"]),
             "machines": len(machines),
@@ -272,6 +293,11 @@ class Views:
         n = self.node
         return {"user": user, "admin": user in n.jobs.admins, "node": n.ident.uuid,
                 "name": n.prefs.name}
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON."""
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
 def caller(user: str) -> Caller:
