@@ -9,8 +9,8 @@ It measures
 
 - the queue view (``GET /api/queue``) and the 1,000-frame job view
   (``GET /api/job/J``), each ``--requests`` times, as a browser would fetch
-  them (HTTP over loopback, from a thread); the first queue view computes
-  every job's row, later ones only those of jobs that changed (here: none);
+  them (HTTP over loopback, from a thread); a job's queue row is computed
+  once per change of the job (here: none while the views are timed);
 - the time from a task state change in the book to its event at every one of
   the 20 clients (``--changes`` changes; the clients' process stamps arrival
   with the same monotonic clock);
@@ -288,8 +288,8 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     q, j, lat = r["queue"], r["job"], r["latency"]
-    print(f"(the first queue view after start, every row computed: {q[0]:.0f} ms; the others reuse rows "
-          "of jobs that did not change)")
+    print(f"(the first queue view after start: {q[0]:.0f} ms; rows are computed once per change of "
+          "their job, the first time the farm summary or a view needs them)")
     print(f"queue view: median {statistics.median(q):.1f} ms, p95 {p95(q):.1f} ms")
     print(f"job view: median {statistics.median(j):.1f} ms, p95 {p95(j):.1f} ms")
     print(f"task change to {CLIENTS} clients: p95 {p95(lat):.1f} ms, median {statistics.median(lat):.1f} ms")
