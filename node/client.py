@@ -323,6 +323,21 @@ class Client:
         result: list[dict[str, Any]] = self.call("messages")
         return result
 
+    def retry_failed(self, job_uuid: str) -> dict[str, Any]:
+        """Render a job's failed frames again, keeping the finished ones."""
+        result: dict[str, Any] = self.call("retry", job=job_uuid)
+        return result
+
+    def dashboard_login(self) -> dict[str, Any]:
+        """A one-time login URL for this user's browser (url, expires), valid a minute."""
+        result: dict[str, Any] = self.call("dashboard_login")
+        return result
+
+    def dashboard_revoke(self) -> dict[str, Any]:
+        """End every dashboard session (ended: how many)."""
+        result: dict[str, Any] = self.call("dashboard_revoke")
+        return result
+
     # -- results and repository --------------------------------------------------
 
     def results(self, job_uuid: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from node.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/rendernode/rendernode.toml")
 DEFAULT_PORT = 5401
+DEFAULT_DASHBOARD_PORT = 8470
 MIN_TOKEN_BITS = 128
 TOKEN_HELP = ("`rendernode init --farm NAME` makes a fresh one on a new farm's first machine; "
               "on the others, `rendernode token set` takes the farm's from stdin")
@@ -65,6 +66,8 @@ class Preferences:
     render_env: list[str] = field(default_factory=list)  #: more environment variables renders get (e.g. CUDA_VISIBLE_DEVICES)
     work_dir: str = ""  #: task folders and materialised assets; default: the state dir's sibling <state_dir>-work
     control_group: str = "rendernode"  #: the group that may use the control socket
+    dashboard: bool = True  #: serve the web dashboard (`rendernode dashboard --open`)
+    dashboard_listen: str = "127.0.0.1:8470"  #: HOST:PORT of the dashboard; port 0 picks one; 0.0.0.0 serves the LAN
     log_level: str = "info"
 
     def public(self) -> dict[str, Any]:
@@ -150,6 +153,7 @@ def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None,
 
 def _check(prefs: Preferences) -> None:
     parse_hostport(prefs.listen)
+    parse_hostport(prefs.dashboard_listen, DEFAULT_DASHBOARD_PORT)
     for peer in prefs.peers:
         parse_hostport(peer)
     if prefs.server_priority < 0:

@@ -24,6 +24,7 @@ from node.assets.swarm import Swarm
 from node.assets.transfer import Transfers
 from node.config import Preferences
 from node.control.server import Caller, ControlServer, Method
+from node.dashboard.service import Dashboard, dashboard_off
 from node.db import Database
 from node.jobs.api import JobsApi
 from node.jobs.book import JobBook
@@ -75,6 +76,7 @@ class Node:
     methods: dict[str, Method] = field(default_factory=dict)
     identity: RenderIdentity | None = None  #: whom renders run as
     runas: RunAs | None = None  #: file work with users' rights
+    dashboard: Dashboard | None = None  #: the web dashboard, unless ``dashboard = false``
 
 
 def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -> Node:
@@ -117,9 +119,16 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
     worker.report_local = scheduler.on_update
     jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results, assets)
     jobs_api.owners, jobs_api.runas = owners, runas
-    return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
+    node = Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
                 results, worker, scheduler, swarm, assets, {**api.methods(), **jobs_api.methods()},
                 identity, runas)
+    if prefs.dashboard:
+        dashboard = node.dashboard = Dashboard(node)
+        api.status_extra.append(dashboard.status_info)
+        node.methods.update(dashboard.methods())
+    else:
+        node.methods.update(dashboard_off())
+    return node
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -138,8 +147,12 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.jobs_api.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)
-            await nursery.start(power.Power.of(node).run)
+            pw = power.Power.of(node)
+            await nursery.start(pw.run)
             await nursery.start(Watcher(prefs.watch, node.db, _watch_submit(node), _watch_frames(node)).run)
+            if node.dashboard is not None:
+                node.dashboard.status.waking = pw.waking
+                await nursery.start(node.dashboard.run)
             await nursery.start(ControlServer(prefs.socket, node.methods, prefs.control_group).run)
             if prefs.mdns:
                 addresses: list[tuple[str, int]] = []

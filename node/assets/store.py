@@ -192,9 +192,10 @@ class ChunkStore:
             self.drop(chunk)
         return freed
 
-    def gc(self, live_manifests: set[str]) -> tuple[int, int]:
-        """Drop manifests not in ``live_manifests`` and chunks no live manifest uses."""
-        keep: set[str] = set()
+    def gc(self, live_manifests: set[str], keep_chunks: Iterable[str] = ()) -> tuple[int, int]:
+        """Drop manifests not in ``live_manifests`` and chunks no live manifest uses,
+        but ``keep_chunks`` (live jobs' frame previews)."""
+        keep: set[str] = set(keep_chunks)
         dropped_manifests = 0
         for mid in self.manifests():
             if mid in live_manifests:

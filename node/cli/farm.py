@@ -65,13 +65,41 @@ def status(ctx: click.Context, as_json: bool) -> None:
     data = client(ctx).status()
 
     def render(d: dict[str, Any]) -> None:
-        for key in ("uuid", "name", "role", "term", "server", "build_id", "arch", "online_peers"):
+        for key in ("uuid", "name", "role", "term", "server", "build_id", "arch", "online_peers",
+                    "dashboard"):
             click.echo(f"{key:13} {d.get(key)}")
         renders = d.get("renders_as")
         if renders:
             click.echo(f"{'renders as':13} {renders['user']} ({renders['reason']})")
 
     emit(data, as_json, render)
+
+
+@main.command()
+@click.option("--open", "open_browser", is_flag=True, help="open the URL in a web browser")
+@click.option("--revoke", is_flag=True, help="end every dashboard session instead")
+@json_option
+@click.pass_context
+def dashboard(ctx: click.Context, open_browser: bool, revoke: bool, as_json: bool) -> None:
+    """A one-time login URL for the web dashboard, valid for a minute."""
+    c = client(ctx)
+    if revoke:
+        ended = c.dashboard_revoke()
+        emit(ended, as_json, lambda d: click.echo(f"ended {d['ended']} dashboard session(s)"))
+        return
+    grant = c.dashboard_login()
+    data = {"url": grant["url"], "expires": grant["expires"]}
+    if as_json:
+        emit(data, True)
+    else:
+        until = datetime.datetime.fromtimestamp(data["expires"]).strftime("%H:%M:%S")
+        click.echo(data["url"])
+        click.echo(f"(opens the dashboard once, until {until})", err=True)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(data["url"]):
+            click.echo("rendernode: no web browser to open here; open the URL above", err=True)
 
 
 @main.command()

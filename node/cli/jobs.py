@@ -282,6 +282,16 @@ def stop(ctx: click.Context, job: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job")
+@json_option
+@click.pass_context
+def retry(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Render a job's failed frames again; its finished frames are kept."""
+    result = client(ctx).retry_failed(job)
+    emit(result, as_json, lambda d: click.echo(f"{d['retried']} task(s) queued again"))
+
+
+@main.command()
+@click.argument("job")
 @click.option("--keep-clients", is_flag=True, help="do not wait for the other nodes (informClients off)")
 @json_option
 @click.pass_context

@@ -13,6 +13,7 @@ import os
 import time
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -101,6 +102,7 @@ class JobsApi:
         self.callers: set[str] = set()
         self.owners: Owners | None = None  #: who submitted each job here
         self.runas = RunAs(switching=False)  #: reads and tests files with the submitter's rights
+        self.on_message: list[Callable[[dict[str, Any]], None]] = []  #: told of every new message
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Chat, self._on_chat)
         peers.register_handler(FetchAssets, self._on_fetch_assets)
@@ -109,7 +111,7 @@ class JobsApi:
         """Name -> coroutine function, for the control server."""
         return {
             "submit": self.submit, "jobs": self.list_jobs, "job": self.job, "start": self.start,
-            "stop": self.stop, "delete": self.delete, "move": self.move, "scene": self.scene,
+            "stop": self.stop, "retry": self.retry, "delete": self.delete, "move": self.move, "scene": self.scene,
             "log": self.log, "tasks": self.tasks, "users": self.users, "message": self.message,
             "messages": self.messages, "results": self.list_results,
             "results_clear": self.clear_results, "results_rm": self.remove_result,
@@ -396,6 +398,14 @@ class JobsApi:
         await self.jobs.book.durable()
         return {"uuid": doc.uuid, "result": "USERBREAK"}
 
+    async def retry(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """Render the failed (and unfinished) frames again, keeping the finished ones."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        retried = self.jobs.retry_failed(doc, caller.user)
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "retried": retried}
+
     async def delete(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """DeleteRenderJob(informClients)."""
         doc = self.jobs.find(_str(args, "job"))
@@ -469,9 +479,11 @@ class JobsApi:
     def _store(self, chat: Chat) -> None:
         if any(m["id"] == chat.mid for m in self.inbox):
             return
-        self.inbox.append({"id": chat.mid, "sender": chat.sender, "text": chat.text,
-                           "time": chat.time, "to": chat.to, "private": bool(chat.to),
-                           "node": chat.node})
+        message = {"id": chat.mid, "sender": chat.sender, "text": chat.text, "time": chat.time,
+                   "to": chat.to, "private": bool(chat.to), "node": chat.node}
+        self.inbox.append(message)
+        for listener in self.on_message:
+            listener(message)
 
     async def _on_chat(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Chat)
@@ -525,6 +537,7 @@ class JobsApi:
         if self.assets is None:
             return {"manifests": 0, "bytes": 0}
         live = {str(d.value("assets")) for d in self.jobs.book.live() if d.value("assets")}
-        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live)
+        previews = {h for d in self.jobs.book.live() for t in d.tasks.values() for h in t.previews if h}
+        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live, previews)
         await trio.to_thread.run_sync(self.assets.prune, live)
         return {"manifests": manifests, "bytes": freed}

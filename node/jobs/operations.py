@@ -12,7 +12,7 @@ import os
 import re
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from node.errors import BadRequest, PermissionDenied
@@ -261,6 +261,25 @@ class Jobs:
                        log={self.book.stamp(): f"{'restarted' if restart else 'started'} by {user}"})
         self.book.apply(delta)
         return delta
+
+    def retry_failed(self, doc: JobDoc, user: str) -> int:
+        """Render the failed frames again: a new generation (a task's state cannot go
+        back from failed within one) in which the finished tasks are done already,
+        with their machines, render times and previews; returns how many tasks are
+        queued again.  BadRequest if none failed."""
+        n = len(task_frames(doc))
+        states = [task_current(doc, tid) for tid in range(n)]
+        if not any(s.done and s.phase == Phase.FAILED for s in states):
+            raise BadRequest(f"job {doc.uuid} has no failed frames")
+        gen = doc.gen + 1
+        stamp = self.book.stamp()
+        kept = {tid: replace(s, gen=gen, stamp=stamp, worker="", lease_until=0.0, runs=())
+                for tid, s in enumerate(states) if s.done and s.phase == Phase.SUCCEEDED}
+        fields = {"state": "queued", "result": int(RenderResult.RENDERRESULT_OK)}
+        self.book.apply(JobDoc(doc.uuid, fields={k: Register(stamp, v) for k, v in fields.items()},
+                               gen=gen, tasks=kept,
+                               log={self.book.stamp(): f"failed frames queued again by {user}"}))
+        return n - len(kept)
 
     def stop(self, doc: JobDoc, user: str) -> JobDoc:
         """StopRendering: the job stops with RENDERRESULT_USERBREAK."""

@@ -45,6 +45,7 @@ class MembershipApi:
         self.peers = peers
         self.role = role
         self.renders = renders  #: whom renders run as, and why
+        self.status_extra: list[Callable[[], dict[str, Any]]] = []  #: more for ``status`` (the dashboard's URL)
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""
@@ -60,7 +61,7 @@ class MembershipApi:
 
     async def status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """GetUuid, GetName, role, term and server."""
-        return {
+        out = {
             "uuid": self.ident.uuid,
             "name": self.prefs.name,
             **self.role(),
@@ -70,7 +71,11 @@ class MembershipApi:
             "online_peers": len(self.peers.sessions),
             "caller": caller.user,
             "renders_as": self.renders() if self.renders is not None else None,
+            "dashboard": "off (dashboard = false)",
         }
+        for extra in self.status_extra:
+            out.update(extra())
+        return out
 
     async def machines(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetAllMachineUuids / GetMachinesList with the seed's filters."""

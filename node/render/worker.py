@@ -16,7 +16,12 @@ process group, SIGKILL after ``KILL_AFTER`` seconds.
 
 Finished frames go to the outbox (``node.render.results``); the task becomes
 DELIVERING until the submitter holds them, or SUCCEEDED at once for a job
-whose frames leave no file.
+whose frames leave no file.  Before a frame leaves, the worker makes its
+preview (``node.render.preview``), keeps it as a chunk in its store and names
+it in the task's state, so any node's dashboard can fetch it.
+
+Frames are written in the type the job's output pattern names
+(``renders/shot_####.exr``) when the renderer can write it, else as PNG.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from typing import Any
 import trio
 
 from node.assets.jobassets import Assets
-from node.assets.store import CorruptChunk
+from node.assets.store import CorruptChunk, sha256
 from node.assets.swarm import FetchFailed
 from node.jobs.book import is_live
 from node.jobs.election import Election
 from node.jobs.operations import Jobs
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
+from node.render.preview import PreviewError, make_preview
 from node.render.results import Results
 from node.render.sandbox import Place, Sandbox
 from node.renderers.base import Outcome, Renderer, TaskSpec
@@ -374,8 +380,10 @@ class Worker:
         if doc is None:
             return
         per_frame = elapsed / max(1, len(spec.frames))
+        previews: list[str] = []
         if msg.outputs:
             for frame in spec.frames:
+                previews.append(await trio.to_thread.run_sync(self._preview, spec.frame_path(frame)))
                 await trio.to_thread.run_sync(self.results.put, spec.frame_path(frame), doc, msg.gen,
                                               msg.task, frame, per_frame)
         cur = task_current(doc, msg.task)
@@ -386,10 +394,21 @@ class Worker:
             gen=msg.gen, done=0 if msg.outputs else 1, attempt=msg.attempt, phase=phase,
             stamp=self.jobs.book.stamp(), worker=self.me,
             machines=tuple(dict.fromkeys((*cur.machines, self.me))), render_time=elapsed, term=msg.term,
-            failures=cur.failures))
+            failures=cur.failures, previews=tuple(previews) if any(previews) else ()))
         self.rendered += 1
         if msg.outputs:
             self.results.wake()
+
+    def _preview(self, path: str) -> str:
+        """Make the frame's preview and keep it as a chunk; its hash, or "" (blocking)."""
+        try:
+            data = make_preview(path)
+        except (PreviewError, OSError) as exc:
+            log.info("no preview of %s: %s", os.path.basename(path), exc)
+            return ""
+        chunk = sha256(data)
+        self.results.swarm.store.put(chunk, data)
+        return chunk
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery tasks run in (after clearing what a crash left)."""

@@ -189,7 +189,7 @@ class Farm:
         values: dict[str, Any] = {
             "state_dir": str(state), "listen": "127.0.0.1:0", "mdns": False,
             "socket": str(self.root / f"{name}.sock"), "name": name, "election_grace": GRACE,
-            "share": False, **self.defaults,
+            "share": False, "dashboard": False, **self.defaults,
         }
         admins = overrides.pop("admins", None)
         values.update(overrides)
