@@ -372,8 +372,7 @@ class Peers(Dialing, Handshakes, Links):
         if row is not None and not row.was_verified:
             self.table.update(uuid, was_verified=True)
         self._set_bits(uuid, reason="")
-        self.table.log(uuid, f"online, verified ({s.remote_ip})" if self.overlay is None
-                       else f"session up, verified ({s.remote_ip})")
+        self.table.log(uuid, f"online, verified ({s.remote_ip})")
         if self.overlay is not None:
             self.overlay.connected(s)
         for callback in self.on_change:
