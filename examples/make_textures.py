@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from node.renderers.png import write_png
+from node.image import write_image
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "textures")
 
@@ -41,5 +41,5 @@ def tiles() -> np.ndarray:
 
 if __name__ == "__main__":
     os.makedirs(HERE, exist_ok=True)
-    write_png(os.path.join(HERE, "planet.png"), planet())
-    write_png(os.path.join(HERE, "tiles.png"), tiles())
+    write_image(os.path.join(HERE, "planet.png"), planet())
+    write_image(os.path.join(HERE, "tiles.png"), tiles())

@@ -13,12 +13,17 @@ snake_case names of NetRenderService's methods::
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import time
+import warnings
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from node.config import client_socket
-from node.errors import DaemonNotRunning, NodeError
+from node.errors import DaemonNotRunning, NodeError, NotFound
+from node.renderers import detect_renderer
 from protocol import ProtocolError, codec
 from protocol.enums import MachineList
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
@@ -26,6 +31,8 @@ from protocol.messages import Call, Error, Reply
 from protocol.verification import VerificationBits
 
 DEFAULT_TIMEOUT = 70.0
+WAIT_POLL = 0.25  #: seconds between two looks at a job ``wait`` waits for
+FINAL_STATES = ("done", "failed", "stopped")  #: states a job leaves only when someone restarts it
 
 
 class RemoteError(NodeError):
@@ -34,6 +41,31 @@ class RemoteError(NodeError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+class UnderReplicated(UserWarning):
+    """A submit was acknowledged while fewer peers hold the job than it wants: it
+    lives on fewer machines (maybe this one only) until they come back."""
+
+
+class SubmitRefused(NodeError):
+    """CreateRenderJob answered with a CREATEJOBRESULT_* other than OK.
+
+    ``result_name`` is the full name (``CREATEJOBRESULT_ASSETMISSING``), ``reason``
+    says what to do, ``missing`` lists missing files when there are some, and
+    ``result`` is the daemon's whole answer."""
+
+    code = "submit_refused"
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        name = str(result.get("result_name") or "")
+        self.result_name = name if name.startswith("CREATEJOBRESULT_") else f"CREATEJOBRESULT_{name}"
+        self.missing: list[str] = list(result.get("missing") or [])
+        self.result = result
+        super().__init__(str(result.get("reason") or self.result_name))
+
+    def __str__(self) -> str:
+        return f"{self.result_name}: {self.reason}"
 
 
 class Client:
@@ -166,20 +198,64 @@ class Client:
 
     # -- jobs ------------------------------------------------------------------
 
-    def create_render_job(self, scene: str, *, frames: str = "1", renderer: str = "builtin",
+    def create_render_job(self, scene: str, *, frames: str | None = None, renderer: str | None = None,
                           output: str = "", chunk: int = 1, priority: int = 50,
                           flags: int | list[str] = 0, name: str | None = None,
                           job_uuid: str | None = None, creator: int = 3, start: bool = True,
                           machines: list[str] | None = None,
-                          rdata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """CreateRenderJob: returns uuid and result (CREATEJOBRESULT_*), once the job is
-        durable here and on ``replicas`` peers."""
+                          rdata: dict[str, Any] | None = None,
+                          require_replicas: int | None = None) -> dict[str, Any]:
+        """CreateRenderJob: the daemon's answer (uuid, ``result_name`` "OK", replicas),
+        once the job is durable here and on ``replicas`` peers.  Any other
+        CREATEJOBRESULT_* raises ``SubmitRefused`` carrying its name and reason.
+
+        When fewer peers than the farm's ``replicas`` took the job, the answer has
+        ``under_replicated`` and a ``note``, and an ``UnderReplicated`` warning is
+        issued; ``require_replicas`` (default: the daemon's preference) refuses
+        such a submit instead (CREATEJOBRESULT_REPOSITORYERROR).
+
+        Paths (scene, output, ``rdata["assets"]``) are resolved here, against this
+        process's working directory; ``renderer`` None picks it from the scene's
+        type as ``rendernode submit`` does (``command`` with ``rdata["command"]``);
+        ``frames`` None renders the scene's own frame range."""
+        scene = os.path.abspath(scene)
+        output = os.path.abspath(output) if output else ""
+        if rdata and isinstance(rdata.get("assets"), list):
+            rdata = {**rdata, "assets": [os.path.abspath(p) for p in rdata["assets"]]}
+        if renderer is None:
+            renderer = detect_renderer(scene, (rdata or {}).get("command"))
         result: dict[str, Any] = self.call(
             "submit", scene=scene, frames=frames, renderer=renderer, output=output, chunk=chunk,
             priority=priority, flags=flags, name=name, uuid=job_uuid, creator=creator, start=start,
-            machines=machines, rdata=rdata,
+            machines=machines, rdata=rdata, require_replicas=require_replicas,
         )
+        if result.get("result_name") != "OK" or not result.get("uuid"):
+            raise SubmitRefused(result)
+        if result.get("under_replicated"):
+            warnings.warn(UnderReplicated(f"job {result['uuid']} {result.get('note', 'is under-replicated')}"),
+                          stacklevel=2)
         return result
+
+    def wait(self, job: str, timeout: float | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None,
+             poll: float = WAIT_POLL) -> dict[str, Any]:
+        """Wait until the job is done, failed or stopped and return its final row (as
+        ``get_jobs_list`` shows it; ``errors`` lists the last errors of failed frames).
+        ``on_progress`` sees every row read on the way; TimeoutError after ``timeout``
+        seconds (the job goes on rendering); NotFound if the job is deleted."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rows = self.get_jobs_list(selected_job=job, selected_job_only=True)
+            if not rows:
+                raise NotFound(f"job {job} was deleted")
+            row = rows[0]
+            if on_progress is not None:
+                on_progress(row)
+            if row["state"] in FINAL_STATES:
+                return row
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job} is still {row['state']} after {timeout} s; it goes on rendering")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
 
     def get_jobs_list(self, rdata: int = 0, assets: int = 0, results: int = 0, log: int = 0,
                       selected_job: str | None = None, selected_job_only: bool = False,
@@ -245,6 +321,21 @@ class Client:
     def messages(self) -> list[dict[str, Any]]:
         """Messages visible to this user."""
         result: list[dict[str, Any]] = self.call("messages")
+        return result
+
+    def retry_failed(self, job_uuid: str) -> dict[str, Any]:
+        """Render a job's failed frames again, keeping the finished ones."""
+        result: dict[str, Any] = self.call("retry", job=job_uuid)
+        return result
+
+    def dashboard_login(self) -> dict[str, Any]:
+        """A one-time login URL for this user's browser (url, expires), valid a minute."""
+        result: dict[str, Any] = self.call("dashboard_login")
+        return result
+
+    def dashboard_revoke(self) -> dict[str, Any]:
+        """End every dashboard session (ended: how many)."""
+        result: dict[str, Any] = self.call("dashboard_revoke")
         return result
 
     # -- results and repository --------------------------------------------------

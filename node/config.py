@@ -20,8 +20,10 @@ from node.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/rendernode/rendernode.toml")
 DEFAULT_PORT = 5401
+DEFAULT_DASHBOARD_PORT = 8470
 MIN_TOKEN_BITS = 128
-TOKEN_HELP = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+TOKEN_HELP = ("`rendernode init --farm NAME` makes a fresh one on a new farm's first machine; "
+              "on the others, `rendernode token set` takes the farm's from stdin")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Preferences:
     reconnect_max: float = 1.0  #: cap of the reconnect backoff, seconds
     cipher: str = "chachapoly"  #: chachapoly or aesgcm (sessions this node opens)
     replicas: int = 2  #: peers a submit waits for
+    require_replicas: int = 0  #: peers that must hold a job before its submit is acknowledged; fewer refuse it (CREATEJOBRESULT_REPOSITORYERROR)
     election_grace: float = 2.0  #: seconds after start before this node may claim the server role
     retries: int = 3  #: attempts of a task before it fails
     exclude_after: int = 2  #: failures of one job on one worker before EXCLUDECLIENTONRENDERINGERROR excludes it
@@ -57,6 +60,14 @@ class Preferences:
     admins: list[str] = field(default_factory=lambda: ["root"])  #: users who may act on any job
     wake_on_lan: bool = True  #: send Wake-on-LAN to offline machines while queued tasks wait
     output_dirs: list[str] = field(default_factory=list)  #: folders render output goes to (the systemd unit may write only there)
+    render_user: str = "rendernode-render"  #: the account renders run as (docs/security.md)
+    render_as: str = "render_user"  #: render_user, or submitter: the job's user where this machine has that account
+    render_groups: list[str] = field(default_factory=lambda: ["render", "video"])  #: groups renders get, of those the daemon has (GPU devices)
+    render_env: list[str] = field(default_factory=list)  #: more environment variables renders get (e.g. CUDA_VISIBLE_DEVICES)
+    work_dir: str = ""  #: task folders and materialised assets; default: the state dir's sibling <state_dir>-work
+    control_group: str = "rendernode"  #: the group that may use the control socket
+    dashboard: bool = True  #: serve the web dashboard (`rendernode dashboard --open`)
+    dashboard_listen: str = "127.0.0.1:8470"  #: HOST:PORT of the dashboard; port 0 picks one; 0.0.0.0 serves the LAN
     log_level: str = "info"
 
     def public(self) -> dict[str, Any]:
@@ -135,11 +146,14 @@ def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None,
         prefs.state_dir = default_state_dir()
     if not prefs.socket:
         prefs.socket = default_socket(env)
+    if not prefs.work_dir:
+        prefs.work_dir = os.path.abspath(prefs.state_dir).rstrip("/") + "-work"
     return prefs
 
 
 def _check(prefs: Preferences) -> None:
     parse_hostport(prefs.listen)
+    parse_hostport(prefs.dashboard_listen, DEFAULT_DASHBOARD_PORT)
     for peer in prefs.peers:
         parse_hostport(peer)
     if prefs.server_priority < 0:
@@ -148,8 +162,11 @@ def _check(prefs: Preferences) -> None:
         raise ConfigError(f"cipher must be chachapoly or aesgcm, not {prefs.cipher!r}")
     if prefs.retries < 1 or prefs.exclude_after < 1:
         raise ConfigError("retries and exclude_after must be at least 1")
-    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0:
-        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas at least 0")
+    if prefs.heartbeat_misses < 1 or prefs.max_handshakes < 1 or prefs.replicas < 0 or prefs.require_replicas < 0:
+        raise ConfigError("heartbeat_misses and max_handshakes must be at least 1, replicas and "
+                          "require_replicas at least 0")
+    if prefs.render_as not in ("render_user", "submitter"):
+        raise ConfigError(f"render_as must be render_user or submitter, not {prefs.render_as!r}")
     if not prefs.farm or len(prefs.farm) > 64:
         raise ConfigError("farm must be a name of 1 to 64 characters")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -25,11 +24,13 @@ from node.assets.swarm import Swarm
 from node.assets.transfer import Transfers
 from node.config import Preferences
 from node.control.server import Caller, ControlServer, Method
+from node.dashboard.service import Dashboard, dashboard_off
 from node.db import Database
 from node.jobs.api import JobsApi
 from node.jobs.book import JobBook
 from node.jobs.election import Election
 from node.jobs.operations import Jobs
+from node.jobs.owners import Owners
 from node.jobs.replication import Replication
 from node.jobs.scheduler import Scheduler
 from node.jobs.watch import Watcher
@@ -40,8 +41,12 @@ from node.membership.machines import MachineTable
 from node.membership.overlay import Overlay
 from node.membership.peers import Peers
 from node.render.results import Results
+from node.render.sandbox import Sandbox
 from node.render.worker import Worker
-from node.service import power
+from node.service import accounts, power, privilege
+from node.service.accounts import Account, RenderIdentity
+from node.service.runas import RunAs
+from node.service.statelock import StateLock
 from node.service.token import reload_token
 from protocol.connection import derive_psk
 from protocol.membership.entries import Meta
@@ -72,14 +77,25 @@ class Node:
     assets: Assets
     overlay: Overlay
     methods: dict[str, Method] = field(default_factory=dict)
+    identity: RenderIdentity | None = None  #: whom renders run as
+    runas: RunAs | None = None  #: file work with users' rights
+    dashboard: Dashboard | None = None  #: the web dashboard, unless ``dashboard = false``
 
 
 def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -> Node:
     """Create (but do not start) a node's services."""
     env = dict(os.environ if env is None else env)
-    os.makedirs(prefs.state_dir, mode=0o750, exist_ok=True)
+    os.makedirs(prefs.state_dir, mode=0o700, exist_ok=True)
+    if os.stat(prefs.state_dir).st_uid == os.geteuid():
+        os.chmod(prefs.state_dir, 0o700)  # key, database, chunks: the daemon's alone
     ident = load_or_create(prefs.state_dir)
     db = Database(prefs.state_dir)
+    identity = RenderIdentity(prefs.render_user, prefs.render_as, prefs.render_groups,
+                              prefs.control_group)
+    if identity.warning():
+        log.warning("%s", identity.warning())
+    runas = RunAs(identity.switching)
+    owners = Owners(db)
     table = MachineTable(db)
     backends, versions = renderers.load(os.path.join(prefs.state_dir, "renderers.json"))
     peers = Peers(prefs, ident, table, derive_psk(token, prefs.farm),
@@ -97,22 +113,33 @@ def build(prefs: Preferences, token: bytes, env: dict[str, str] | None = None) -
                     capabilities=",".join(sorted(versions))[:128], sharing=prefs.share, server=server)
 
     overlay = Overlay(peers, prefs.state_dir, meta)
-    api = MembershipApi(prefs, ident, peers, election.status)
+    api = MembershipApi(prefs, ident, peers, election.status, identity.status)
     transfers = Transfers(peers)
     store = ChunkStore(os.path.join(prefs.state_dir, "chunks"), prefs.asset_cache_mb << 20)
     swarm = Swarm(store, peers, transfers)
-    assets = Assets(store, swarm, book, peers, election, prefs.state_dir, set(versions), prefs.share)
+    assets = Assets(store, swarm, book, peers, election, prefs.state_dir, set(versions), prefs.share,
+                    prefs.work_dir)
     results = Results(db, jobs, peers, election, swarm, prefs.state_dir)
-    worker = Worker(peers, election, jobs, backends, results, prefs.state_dir)
+    results.owners, results.runas = owners, runas
+    sandbox = Sandbox(prefs.state_dir, prefs.work_dir, identity, runas, prefs.render_env)
+    worker = Worker(peers, election, jobs, backends, results, prefs.state_dir, sandbox)
     worker.assets = assets
     worker.on_busy.append(lambda busy: swarm.throttle(busy, prefs.serve_slots_rendering))
     scheduler = Scheduler(jobs, peers, election, worker, versions, prefs.share, prefs.retries,
                           prefs.exclude_after, prefs.lease)
     worker.report_local = scheduler.on_update
     jobs_api = JobsApi(jobs, replication, peers, prefs.replicas, results, assets)
-    return Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
-                results, worker, scheduler, swarm, assets, overlay,
-                {**api.methods(), **jobs_api.methods()})
+    jobs_api.owners, jobs_api.runas = owners, runas
+    node = Node(prefs, ident, db, table, peers, api, book, jobs, replication, election, jobs_api,
+                results, worker, scheduler, swarm, assets, overlay, {**api.methods(), **jobs_api.methods()},
+                identity, runas)
+    if prefs.dashboard:
+        dashboard = node.dashboard = Dashboard(node)
+        api.status_extra.append(dashboard.status_info)
+        node.methods.update(dashboard.methods())
+    else:
+        node.methods.update(dashboard_off())
+    return node
 
 
 async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,9 +159,13 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
             await nursery.start(node.jobs_api.run)
             await nursery.start(node.worker.run)
             await nursery.start(node.scheduler.run)
-            await nursery.start(power.Power.of(node).run)
-            await nursery.start(Watcher(prefs.watch, node.db, _watch_submit(node)).run)
-            await nursery.start(ControlServer(prefs.socket, node.methods).run)
+            pw = power.Power.of(node)
+            await nursery.start(pw.run)
+            await nursery.start(Watcher(prefs.watch, node.db, _watch_submit(node), _watch_frames(node)).run)
+            if node.dashboard is not None:
+                node.dashboard.status.waking = pw.waking
+                await nursery.start(node.dashboard.run)
+            await nursery.start(ControlServer(prefs.socket, node.methods, prefs.control_group).run)
             if prefs.mdns:
                 addresses: list[tuple[str, int]] = []
                 for text in node.peers.advertised:
@@ -152,16 +183,37 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
         node.db.close()
 
 
+def _folder_owner(folder: str) -> Account:
+    """The owner of a watch folder: its jobs are theirs, read and written with their rights."""
+    return accounts.of_uid(os.stat(folder).st_uid)
+
+
 def _watch_submit(node: Node) -> Callable[[dict[str, Any]], Awaitable[str]]:
     async def submit(args: dict[str, Any]) -> str:
-        try:
-            owner = pwd.getpwuid(os.stat(args["scene"]).st_uid).pw_name
-        except (KeyError, OSError):
-            owner = "watch"
-        result = await node.jobs_api.submit(Caller(0, -1, -1, owner), args)
+        owner = await trio.to_thread.run_sync(_folder_owner, args["watch_folder"])
+        caller = Caller(0, owner.uid, owner.gid, owner.name, owner.groups)
+        result = await node.jobs_api.submit(caller, args)
+        if result["uuid"] is None:  # remembered all the same: tried again once the file changes
+            log.warning("watch folder: %s refused (%s): %s", args["scene"], result["result_name"],
+                        result.get("reason", ""))
+            return ""
         return str(result["uuid"])
 
     return submit
+
+
+def _watch_frames(node: Node) -> Callable[[str, str], Awaitable[str]]:
+    async def frames(path: str, renderer: str) -> str:
+        if renderer != "builtin" or node.runas is None:
+            return "1"
+        owner = await trio.to_thread.run_sync(_folder_owner, os.path.dirname(path))
+        try:
+            return await node.runas.scene_frames(owner, path)
+        except OSError as exc:
+            log.warning("cannot read the frame range of %s (%s); rendering frame 1", path, exc)
+            return "1"
+
+    return frames
 
 
 def _txt(node: Node) -> dict[str, str]:
@@ -172,7 +224,15 @@ def _txt(node: Node) -> dict[str, str]:
 
 
 async def serve(prefs: Preferences, token: bytes, notify: Any = None) -> None:
-    """The daemon: run the node until SIGTERM or SIGINT; SIGHUP reloads the token."""
+    """The daemon: run the node until SIGTERM or SIGINT; SIGHUP reloads the token.
+    The state dir is locked first: a second daemon on it fails (ConfigError)."""
+    os.umask(0o077)  # the daemon's files are its own; the control socket sets its mode itself
+    privilege.keep_capabilities_to_self()
+    with StateLock(prefs.state_dir, prefs.socket):
+        await _serve(prefs, token, notify)
+
+
+async def _serve(prefs: Preferences, token: bytes, notify: Any) -> None:
     node = build(prefs, token)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

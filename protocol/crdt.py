@@ -19,6 +19,9 @@ two more parts of a task's state are grow-only, joined rather than replaced:
 ``seen``, every machine any replica's state listed, and ``runs``, every
 (term, attempt) it was assigned as, so the state that wins a merge (a
 majority server's) never hides the renders a minority server had made.
+``previews`` (the chunk hashes of the task's frame previews, made by the
+worker that rendered them) is joined as the greater tuple, so the state that
+marks a task SUCCEEDED need not carry the previews the worker's state named.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class TaskState:
     failures: int = 0  #: attempts that failed in the render (a lost worker is not the task's fault)
     seen: tuple[str, ...] = ()  #: sorted: every machine a state of this generation listed (grow-only)
     runs: tuple[tuple[int, int], ...] = ()  #: sorted (term, attempt) of every assignment (grow-only)
+    previews: tuple[str, ...] = ()  #: SHA-256 of each frame's preview chunk, in frame order ("" = none)
 
     @property
     def key(self) -> tuple[int, int, int, int, Stamp]:
@@ -107,8 +111,9 @@ class TaskState:
 
 def merge_task(a: TaskState | None, b: TaskState | None) -> TaskState | None:
     """The join of two task states: the greater by ``key``, and within one
-    generation the union of both ``seen`` and ``runs`` and the larger failure
-    count.  The winner itself is returned when the other adds nothing."""
+    generation the union of both ``seen`` and ``runs``, the larger failure
+    count and the greater ``previews``.  The winner itself is returned when
+    the other adds nothing."""
     if a is None:
         return b
     if b is None:
@@ -119,10 +124,11 @@ def merge_task(a: TaskState | None, b: TaskState | None) -> TaskState | None:
     seen = set(win.seen) | set(win.machines)
     seen_all = seen | set(lose.seen) | set(lose.machines)
     runs = set(win.runs) | set(lose.runs)
-    if seen_all == seen and runs == set(win.runs) and win.failures >= lose.failures:
+    if (seen_all == seen and runs == set(win.runs) and win.failures >= lose.failures
+            and win.previews >= lose.previews):
         return win
     return replace(win, seen=tuple(sorted(seen_all)), runs=tuple(sorted(runs)),
-                   failures=max(win.failures, lose.failures))
+                   failures=max(win.failures, lose.failures), previews=max(win.previews, lose.previews))
 
 
 @dataclass(frozen=True)
@@ -298,29 +304,40 @@ def _number(v: Any) -> float:
     return float(v)
 
 
+def _is_hash(v: Any) -> bool:
+    return isinstance(v, str) and (v == "" or (len(v) == 64 and all(c in "0123456789abcdef" for c in v)))
+
+
 def task_to_wire(t: TaskState) -> list[Any]:
     """A task state as a msgpack-friendly list."""
     out = [t.gen, t.done, t.attempt, t.phase, list(t.stamp), t.worker, list(t.machines),
            t.render_time, t.error, t.lease_until, t.term, t.failures]
-    if t.seen or t.runs:
+    if t.seen or t.runs or t.previews:
         out += [list(t.seen), [list(r) for r in t.runs]]
+    if t.previews:
+        out.append(list(t.previews))
     return out
 
 
 def task_from_wire(v: Any) -> TaskState:
     """Inverse of ``task_to_wire``; RemoteProtocolError if malformed."""
     try:
-        if not isinstance(v, (list, tuple)) or len(v) not in (11, 12, 14):
-            raise ValueError("expected a list of 11, 12 or 14 fields")
+        if not isinstance(v, (list, tuple)) or len(v) not in (11, 12, 14, 15):
+            raise ValueError("expected a list of 11, 12, 14 or 15 fields")
         gen, done, attempt, phase, stamp, worker, machines, rt, err, lease, term = v[:11]
         failures = _int(v[11]) if len(v) >= 12 else 0  # states stored before failures were counted apart
         seen: tuple[str, ...] = ()
         runs: tuple[tuple[int, int], ...] = ()
-        if len(v) == 14:  # states stored before seen and runs leave them empty
+        previews: tuple[str, ...] = ()
+        if len(v) >= 14:  # states stored before seen and runs leave them empty
             if not isinstance(v[12], (list, tuple)) or not isinstance(v[13], (list, tuple)):
                 raise ValueError("seen and runs must be lists")
             seen = tuple(sorted({str(m) for m in v[12]}))
             runs = tuple(sorted({(_int(r[0]), _int(r[1])) for r in v[13]}))
+        if len(v) == 15:  # states stored before previews leave them empty
+            if not isinstance(v[14], (list, tuple)) or not all(_is_hash(h) for h in v[14]):
+                raise ValueError("previews must be a list of SHA-256 hex digests or empty strings")
+            previews = tuple(v[14])
         if failures < 0:
             raise ValueError(f"failures must not be negative, not {shown(failures)}")
         if _int(done) not in (0, 1):
@@ -328,7 +345,7 @@ def task_from_wire(v: Any) -> TaskState:
         # a phase outside the enum would outrank every real state of its attempt
         state = TaskState(_int(gen), _int(done), _int(attempt), int(Phase(_int(phase))), _stamp(stamp),
                           str(worker), tuple(str(m) for m in machines), _number(rt), str(err), _number(lease),
-                          _int(term), failures, seen, runs)
+                          _int(term), failures, seen, runs, previews)
     except (TypeError, ValueError, LookupError, OverflowError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None
     return state

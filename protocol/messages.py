@@ -273,6 +273,23 @@ class FetchAssets(Message):
 
 @register
 @dataclass(frozen=True)
+class NodeStatus(Message):
+    """What a node is doing, for every dashboard: sent to each peer when it changes
+    (and now and then when it does not).  ``rendering`` holds job, task, frames and
+    progress of the task it renders, if any; ``waking`` the machines it sent
+    Wake-on-LAN to lately."""
+
+    TYPE = "node_status"
+    load: float = 0.0  #: 1-minute load average
+    cpus: int = 0
+    mem_total: int = 0  #: bytes
+    mem_available: int = 0  #: bytes
+    rendering: dict[str, Any] = field(default_factory=dict)
+    waking: list[str] = field(default_factory=list)
+
+
+@register
+@dataclass(frozen=True)
 class Overlay(Message):
     """A membership message (``protocol.membership.messages``, packed) between
     neighbours of the farm's overlay: joins, views, failure checks, gossip."""

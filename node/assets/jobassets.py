@@ -18,9 +18,9 @@ assets as soon as the job starts, instead of when it gets a task.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 
@@ -34,6 +34,8 @@ from node.jobs.operations import renders_on
 from node.membership.peers import Peers
 from node.membership.session import SessionLost
 from node.nursery import service_nursery
+from node.service import privilege
+from node.service.runas import Opened
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import NetRenderFlags
@@ -42,8 +44,6 @@ from protocol.manifest import Manifest
 log = logging.getLogger("rendernode.assets")
 F = NetRenderFlags
 FETCH_ROUNDS = 3  #: fetch + materialise rounds before a chunk that keeps vanishing fails the task
-_POV_INCLUDE = re.compile(r'#include\s+"([^"]+)"')
-_POV_FILE = re.compile(r'\b(?:png|jpeg|jpg|tga|tiff|gif|ppm|pgm|sys|exr|hdr|iff|df3)\s+"([^"]+)"', re.I)
 
 
 class AssetMissing(Exception):
@@ -52,49 +52,6 @@ class AssetMissing(Exception):
     def __init__(self, paths: list[str]) -> None:
         super().__init__("missing: " + ", ".join(paths))
         self.paths = paths
-
-
-def povray_dependencies(scene: str) -> list[str]:
-    """Files a POV-Ray scene includes or maps, recursively; system includes are skipped."""
-    found: list[str] = []
-    todo = [scene]
-    seen = {os.path.abspath(scene)}
-    while todo:
-        path = todo.pop()
-        try:
-            with open(path, errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        base = os.path.dirname(os.path.abspath(path))
-        for name in _POV_INCLUDE.findall(text) + _POV_FILE.findall(text):
-            full = os.path.normpath(os.path.join(base, name))
-            if full in seen:
-                continue
-            seen.add(full)
-            if not os.path.exists(full) and name.endswith(".inc") and not os.path.isabs(name):
-                continue  # a standard include from POV-Ray's library path
-            found.append(full)
-            if name.endswith((".inc", ".pov")):
-                todo.append(full)
-    return found
-
-
-def dependencies(scene: str, renderer: str, extra: list[str]) -> list[str]:
-    """Absolute paths of every file the scene needs, besides the scene."""
-    deps: list[str] = []
-    if renderer == "builtin":
-        from node.renderers.builtin import scene_dependencies
-
-        deps = scene_dependencies(scene)
-    elif renderer == "blender":
-        from node.renderers.blender_deps import blend_dependencies
-
-        deps = blend_dependencies(scene)
-    elif renderer == "povray":
-        deps = povray_dependencies(scene)
-    deps += [os.path.abspath(p) for p in extra]
-    return list(dict.fromkeys(os.path.abspath(d) for d in deps))
 
 
 @dataclass(frozen=True)
@@ -108,38 +65,55 @@ class Collected:
     missing: tuple[str, ...]
 
 
-def collect(store: ChunkStore, scene: str, renderer: str, extra: list[str]) -> Collected:
-    """Chunk the scene and its dependencies into the store (blocking)."""
+def chunk_opened(store: ChunkStore, scene: str, opened: Opened) -> Collected:
+    """Chunk the opened scene and dependencies into the store (blocking): files
+    are read through the descriptors the submitter's rights opened."""
     scene = os.path.abspath(scene)
-    deps = dependencies(scene, renderer, extra)
-    files: list[str] = []
-    missing: list[str] = []
-    for path in [scene, *deps]:
-        if os.path.isdir(path):
-            for top, _, names in os.walk(path):
-                files.extend(os.path.join(top, n) for n in sorted(names))
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            missing.append(path)
+    files = list(opened.files)
     root = os.path.commonpath([os.path.dirname(p) for p in files]) if files else os.path.dirname(scene)
-    manifest = store.add_files(root, files)
+    manifest = store.add_files(root, files, opened.files)
     return Collected(manifest.id, root, os.path.relpath(scene, root).replace(os.sep, "/"),
-                     manifest.size, tuple(missing))
+                     manifest.size, tuple(opened.missing))
+
+
+def collect(store: ChunkStore, scene: str, renderer: str, extra: list[str]) -> Collected:
+    """Chunk the scene and its dependencies into the store with the daemon's own
+    rights (blocking; tools and tests: a submit opens them as the submitter)."""
+    from node.service import asuser
+
+    opened = Opened()
+
+    def keep(paths: list[str], fds: list[int]) -> None:
+        opened.files.update((p, os.dup(fd)) for p, fd in zip(paths, fds, strict=True))
+
+    try:
+        answer = asuser.collect({"scene": scene, "renderer": renderer, "extra": extra}, keep)
+        if answer["unreadable"]:
+            raise OSError("cannot read " + "; ".join(answer["unreadable"]))
+        opened.missing = list(answer["missing"])
+        return chunk_opened(store, scene, opened)
+    finally:
+        opened.close()
 
 
 class Assets:
     """Fetching and materialising job assets on this node."""
 
     def __init__(self, store: ChunkStore, swarm: Swarm, book: JobBook, peers: Peers,
-                 election: Election, state_dir: str, renderers: set[str], share: bool) -> None:
+                 election: Election, state_dir: str, renderers: set[str], share: bool,
+                 work_dir: str = "") -> None:
         self.store = store
         self.swarm = swarm
         self.book = book
         self.peers = peers
         self.election = election
         self.me = peers.ident.uuid
-        self.dir = os.path.join(state_dir, "assets")
+        #: materialised copies, one folder per manifest: under the work root, which
+        #: render users may traverse (the state dir is the daemon's alone)
+        self.dir = os.path.join(work_dir or state_dir, "assets")
+        if work_dir:
+            shutil.rmtree(os.path.join(state_dir, "assets"), ignore_errors=True)  # where they were
+        self._acl_warned = False
         self.renderers = renderers
         self.share = share
         self._locks: dict[str, trio.Lock] = {}
@@ -217,9 +191,43 @@ class Assets:
         return removed
 
     def _materialize(self, manifest: Manifest, dest: str) -> None:
+        """Write the manifest's files under ``dest``, read-only (the daemon owns
+        them; ``grant`` lets a render user read them while it renders)."""
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        os.chmod(dest, 0o700)
         self.store.materialize(manifest, dest)
         with open(os.path.join(dest, ".complete"), "w") as f:
             f.write(manifest.id)
+        for top, dirs, names in os.walk(dest):
+            for name in dirs:
+                os.chmod(os.path.join(top, name), 0o755)
+            for name in names:
+                path = os.path.join(top, name)
+                os.chmod(path, 0o444 | (os.stat(path).st_mode & 0o111))
+
+    def folder(self, doc: JobDoc) -> str:
+        """Where the job's assets are materialised ("" if it has none)."""
+        mid = str(doc.value("assets") or "")
+        return os.path.join(self.dir, mid) if mid else ""
+
+    def grant(self, folder: str, uid: int) -> None:
+        """Let ``uid`` read the materialised assets in ``folder`` until ``revoke``
+        (blocking).  Without ACLs on this file system every local user may read
+        them meanwhile: said once."""
+        try:
+            privilege.grant_read(folder, uid)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            if not self._acl_warned:
+                log.warning("%s has no ACLs: a job's assets are readable by every local user "
+                            "while it renders here", self.dir)
+                self._acl_warned = True
+            os.chmod(folder, 0o755)
+
+    def revoke(self, folder: str) -> None:
+        """Only the daemon may read ``folder`` again (blocking)."""
+        privilege.revoke(folder)
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
         """Pin live jobs' manifests; push assets of NOREQUESTONDEMAND jobs as they start."""

@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from protocol.manifest import CHUNK_SIZE, FileEntry, Manifest, check_path, decode
@@ -110,15 +110,17 @@ class ChunkStore:
 
     # -- manifests ------------------------------------------------------------------
 
-    def add_files(self, root: str, paths: list[str]) -> Manifest:
-        """Chunk and store ``paths`` (absolute, under ``root``); return their manifest."""
+    def add_files(self, root: str, paths: list[str], opened: Mapping[str, int] | None = None) -> Manifest:
+        """Chunk and store ``paths`` (absolute, under ``root``); return their manifest.
+        ``opened`` maps paths to descriptors already open for reading (opened with
+        the submitter's rights): those are read instead of the paths."""
         entries = []
         for path in paths:
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             check_path(rel)
-            st = os.stat(path)
             chunks = []
-            with open(path, "rb") as f:
+            with open(path, "rb") if opened is None else os.fdopen(os.dup(opened[path]), "rb") as f:
+                st = os.fstat(f.fileno())
                 while data := f.read(CHUNK_SIZE):
                     chunk = sha256(data)
                     self.put(chunk, data)
@@ -190,9 +192,10 @@ class ChunkStore:
             self.drop(chunk)
         return freed
 
-    def gc(self, live_manifests: set[str]) -> tuple[int, int]:
-        """Drop manifests not in ``live_manifests`` and chunks no live manifest uses."""
-        keep: set[str] = set()
+    def gc(self, live_manifests: set[str], keep_chunks: Iterable[str] = ()) -> tuple[int, int]:
+        """Drop manifests not in ``live_manifests`` and chunks no live manifest uses,
+        but ``keep_chunks`` (live jobs' frame previews)."""
+        keep: set[str] = set(keep_chunks)
         dropped_manifests = 0
         for mid in self.manifests():
             if mid in live_manifests:

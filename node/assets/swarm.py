@@ -511,6 +511,28 @@ class Swarm:
             raise RequestFailed("unexpected answer")
         return sink.data()
 
+    async def fetch_chunk(self, chunk: str, sources: list[str]) -> bytes:
+        """One chunk named outside any manifest (a frame preview): from the store, or
+        from the first of ``sources`` (then every other peer) that sends it whole and
+        verified; it is kept in the store, so this node serves it from then on."""
+        try:
+            return await trio.to_thread.run_sync(self.store.get, chunk)
+        except (KeyError, CorruptChunk):
+            pass
+        order = list(dict.fromkeys([*sources, *sorted(self.peers.sessions)]))
+        for uuid in order:
+            session = self.peers.sessions.get(uuid)
+            if session is None:
+                continue
+            try:
+                data = await self._request_chunk(session, chunk)
+                await trio.to_thread.run_sync(self.store.put, chunk, data)
+            except (RequestFailed, SessionLost, ProtocolError, trio.TooSlowError, CorruptChunk) as exc:
+                log.debug("chunk %s from %s failed: %s", chunk[:12], uuid, exc)
+                continue
+            return data
+        raise FetchFailed(f"no peer could send chunk {chunk[:12]}")
+
     # -- service -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

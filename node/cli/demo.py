@@ -68,7 +68,7 @@ def _wait_mesh(sockets: list[str], procs: list[subprocess.Popen[bytes]], logs: P
 def run_demo(nodes: int, frames: int, out_dir: Path, keep: bool) -> None:
     """Start the farm, render, write frames and a contact sheet, stop the farm."""
     from node.cli.jobs import wait_for
-    from node.renderers.png import contact_sheet
+    from node.image import contact_sheet
 
     if not EXAMPLE.exists():
         raise NodeError(f"the example scene {EXAMPLE} is missing from this installation")

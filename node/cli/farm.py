@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from node.cli.common import ListGroup, client, emit, fail, json_option, main
+from node.cli.common import ListGroup, client, emit, fail, json_option, main, short_ids, table
 from node.errors import NodeError
 from protocol.enums import MachineList
 from protocol.verification import parse_bits
@@ -65,10 +65,41 @@ def status(ctx: click.Context, as_json: bool) -> None:
     data = client(ctx).status()
 
     def render(d: dict[str, Any]) -> None:
-        for key in ("uuid", "name", "role", "term", "server", "build_id", "arch", "online_peers"):
+        for key in ("uuid", "name", "role", "term", "server", "build_id", "arch", "online_peers",
+                    "dashboard"):
             click.echo(f"{key:13} {d.get(key)}")
+        renders = d.get("renders_as")
+        if renders:
+            click.echo(f"{'renders as':13} {renders['user']} ({renders['reason']})")
 
     emit(data, as_json, render)
+
+
+@main.command()
+@click.option("--open", "open_browser", is_flag=True, help="open the URL in a web browser")
+@click.option("--revoke", is_flag=True, help="end every dashboard session instead")
+@json_option
+@click.pass_context
+def dashboard(ctx: click.Context, open_browser: bool, revoke: bool, as_json: bool) -> None:
+    """A one-time login URL for the web dashboard, valid for a minute."""
+    c = client(ctx)
+    if revoke:
+        ended = c.dashboard_revoke()
+        emit(ended, as_json, lambda d: click.echo(f"ended {d['ended']} dashboard session(s)"))
+        return
+    grant = c.dashboard_login()
+    data = {"url": grant["url"], "expires": grant["expires"]}
+    if as_json:
+        emit(data, True)
+    else:
+        until = datetime.datetime.fromtimestamp(data["expires"]).strftime("%H:%M:%S")
+        click.echo(data["url"])
+        click.echo(f"(opens the dashboard once, until {until})", err=True)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(data["url"]):
+            click.echo("rendernode: no web browser to open here; open the URL above", err=True)
 
 
 @main.command()
@@ -80,6 +111,10 @@ def config(ctx: click.Context, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         for key, value in d.items():
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value) or "-"
+            elif isinstance(value, bool):
+                value = "yes" if value else "no"
             click.echo(f"{key:20} {value}")
 
     emit(data, as_json, render)
@@ -90,8 +125,9 @@ def machines() -> None:
     """List machines (GetAllMachineUuids / GetMachinesList), add or remove them."""
 
 
-@machines.command("list")
-@click.argument("uuid", required=False)
+@machines.command("list", epilog="Also: rendernode machines add HOST[:PORT] | remove MACHINE | "
+                                  "log MACHINE TEXT (each with --help).")
+@click.argument("uuid", required=False, metavar="[MACHINE]")
 @click.option("--online", is_flag=True, help="only online machines")
 @click.option("--offline", is_flag=True, help="only offline machines")
 @click.option("--bits", help="only machines with all these bits, e.g. VERIFIED,SHARED")
@@ -103,7 +139,7 @@ def machines() -> None:
 @click.pass_context
 def machines_list(ctx: click.Context, uuid: str | None, online: bool, offline: bool, bits: str | None,
                   no_local: bool, no_discovered: bool, uuids: bool, log_count: int, as_json: bool) -> None:
-    """List machines."""
+    """List machines (MACHINE: a name, UUID or UUID prefix: that one only)."""
     which = MachineList.MACHINELIST_ALL
     if online and not offline:
         which = MachineList.MACHINELIST_ONLINE
@@ -121,22 +157,17 @@ def machines_list(ctx: click.Context, uuid: str | None, online: bool, offline: b
 
 
 def _render_machines(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in ("name", "uuid", "address", "via", "state", "bits"):
-        table.add_column(col)
-    for r in rows:
-        state = "online" if r["online"] else "offline"
-        table.add_row(r["name"] + (" (this)" if r["local"] else ""), r["uuid"], r["address"],
-                      ",".join(r["via"]), state, " ".join(r["bits"]))
-    console = Console()
-    console.print(table)
+    ids = short_ids([r["uuid"] for r in rows])
+    shown = [{"name": (r["name"] or "?") + (" (this)" if r["local"] else ""), "id": ids[r["uuid"]],
+              "address": r["address"], "via": ",".join(r["via"]),
+              "state": "online" if r["online"] else "offline",
+              "bits": " ".join(b.removeprefix("VERIFICATIONBIT_") for b in r["bits"])} for r in rows]
+    table(shown, [("name", "name"), ("id", "id"), ("address", "address"), ("via", "via"),
+                  ("state", "state"), ("bits", "bits")], whole={"name", "id", "address", "state"})
     for r in rows:
         for entry in r.get("log", []):
             ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%Y-%m-%d %H:%M:%S")
-            console.print(f"{r['name']}  {ts}  {entry['line']}", markup=False, highlight=False)
+            click.echo(f"{r['name']}  {ts}  {entry['line']}")
 
 
 @machines.command("add")
@@ -165,5 +196,6 @@ def machines_remove(ctx: click.Context, machine: str, as_json: bool) -> None:
 @click.argument("text")
 @click.pass_context
 def machines_log(ctx: click.Context, machine: str, text: str) -> None:
-    """Add a line to a machine's log (AddLogToMachine)."""
+    """Add a line to a machine's log (AddLogToMachine); MACHINE: name, UUID or prefix."""
     client(ctx).add_log_to_machine(machine, text)
+    click.echo(f"logged to {machine}")

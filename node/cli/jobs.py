@@ -5,41 +5,41 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+import warnings
+from collections.abc import Collection
 from typing import Any
 
 import click
 
-from node.cli.common import ListGroup, client, emit, json_option, main
-from node.client import Client
-from node.errors import NodeError
+from node.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ListGroup,
+    cell,
+    client,
+    emit,
+    json_option,
+    main,
+    short_ids,
+    table,
+)
+from node.client import Client, SubmitRefused, UnderReplicated
+from node.errors import NotFound
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in columns))
-    Console().print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return "" if value is None else str(value)
+def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str] = ()) -> None:
+    table(rows, [(c, c) for c in columns], whole)
 
 
 @main.command()
 @click.argument("scene")
-@click.option("--frames", help="e.g. 1-250, 1,5,10-20, 1-100x5 (default: the scene's own range, else 1)")
+@click.option("--frames", help="e.g. 1-250, 1,5,10-20, 1-100x5 (default: the scene's own range: a builtin "
+              "scene's frames, a .blend's frame_start-frame_end, a POV-Ray .ini's Initial/Final_Frame; else 1)")
 @click.option("--renderer", type=click.Choice(["auto", "builtin", "blender", "povray", "command"]),
               default="auto", show_default=True)
-@click.option("--output", default="", help="output pattern, e.g. renders/shot_####.png")
+@click.option("--output", default="", help="output pattern, e.g. renders/shot_####.exr ({frame:04d} works "
+              "too; the extension picks the file type); default renders/<scene>_####.png beside the scene")
 @click.option("--chunk", type=int, default=1, show_default=True, help="frames per task")
 @click.option("--priority", type=int, default=50, show_default=True)
 @click.option("--flag", "flags", multiple=True, help="NETRENDERFLAGS name (repeatable)")
@@ -48,17 +48,19 @@ def _cell(value: Any) -> str:
 @click.option("--command", "template", help="command template for --renderer command: {scene} {frame} {start} {end} {output}")
 @click.option("--asset", "asset_paths", multiple=True, metavar="PATH",
               help="a file the scene needs that is not found in it (repeatable); sent to the workers with it")
+@click.option("--require-replicas", type=click.IntRange(0), metavar="N",
+              help="refuse the submit unless N other machines hold the job (default: the "
+                   "require_replicas preference)")
 @click.option("--wait", is_flag=True, help="show progress until the job ends; non-zero exit if it fails")
 @json_option
 @click.pass_context
 def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
-           asset_paths: tuple[str, ...], wait: bool, as_json: bool) -> None:
-    """Submit a job (CreateRenderJob); prints its UUID."""
-    from node.jobs.watch import SCENE_TYPES, default_frames
-
-    if renderer == "auto":
-        renderer = "command" if template else SCENE_TYPES.get(os.path.splitext(scene)[1].lower(), "builtin")
+           asset_paths: tuple[str, ...], require_replicas: int | None, wait: bool, as_json: bool) -> None:
+    """Submit a job (CreateRenderJob); prints its UUID, and on stderr where the frames
+    go, missing assets and how many machines hold the job when fewer than
+    the farm's replicas do.  A refusal prints its CREATEJOBRESULT_* and reason
+    and exits 3."""
     if not os.path.exists(scene):
         raise click.BadParameter(f"{scene} does not exist", param_hint="SCENE")
     for path in asset_paths:
@@ -70,12 +72,29 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
     if asset_paths:
         rdata["assets"] = [os.path.abspath(p) for p in asset_paths]
     c = client(ctx)
-    result = c.create_render_job(
-        os.path.abspath(scene), frames=frames or default_frames(scene, renderer), renderer=renderer,
-        output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
-        flags=list(flags), name=name, start=not paused,
-        rdata=rdata or None,
-    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnderReplicated)  # said below, in the CLI's words
+            result = c.create_render_job(
+                os.path.abspath(scene), frames=frames or None,
+                renderer=None if renderer == "auto" else renderer,  # None: the client picks it as the scene's type says
+                output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
+                flags=list(flags), name=name, start=not paused,
+                rdata=rdata or None, require_replicas=require_replicas,
+            )
+    except SubmitRefused as refused:
+        if as_json:
+            emit(refused.result, True)
+        for path in refused.missing:
+            click.echo(f"rendernode: missing: {path}", err=True)
+        raise
+    if result.get("under_replicated"):
+        click.echo(f"rendernode: warning: job {result['uuid']} {result['note']}", err=True)
+    for path in result.get("missing", []):
+        click.echo(f"rendernode: warning: missing asset {path} (the render may fail; "
+                   "--flag HANDLEWARNINGASERROR refuses such a submit)", err=True)
+    if result.get("output") and not as_json:
+        click.echo(f"rendernode: frames go to {result['output']}", err=True)
     if not wait:
         emit(result, as_json, lambda d: click.echo(d["uuid"]))
         return
@@ -83,13 +102,15 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         click.echo(result["uuid"])
     final = wait_for(c, result["uuid"], quiet=as_json)
     if as_json:
-        emit({**result, "state": final["state"], "frames_done": final["frames_done"]}, True)
+        emit({**result, "state": final["state"], "frames_done": final["frames_done"],
+              "result": final["result"], "errors": final.get("errors", [])}, True)
     if final["state"] != "done":
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
-def wait_for(c: Client, job_uuid: str, quiet: bool = False, poll: float = 0.25) -> dict[str, Any]:
-    """Show a progress bar (frames, rate, ETA, machines busy) until the job ends."""
+def wait_for(c: Client, job_uuid: str, quiet: bool = False) -> dict[str, Any]:
+    """Show a progress bar (frames, rate, ETA, machines busy) until the job ends; say
+    on stderr why it did not end done (the first failed frames' errors)."""
     import time
 
     from rich.progress import (
@@ -101,29 +122,85 @@ def wait_for(c: Client, job_uuid: str, quiet: bool = False, poll: float = 0.25) 
     )
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.2f} frames/s"), TimeRemainingColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                TextColumn("{task.fields[busy]} busy  {task.fields[state]}")]
     started = time.monotonic()
     with Progress(*columns, disable=quiet, transient=False) as bar:
-        task = None
-        while True:
-            rows = c.get_jobs_list(selected_job=job_uuid, selected_job_only=True)
-            if not rows:
-                raise NodeError(f"job {job_uuid} was deleted")
-            job = rows[0]
-            rate = job["frames_done"] / max(1e-6, time.monotonic() - started)
+        task: Any = None
+
+        def show(job: dict[str, Any]) -> None:
+            nonlocal task
             if task is None:
-                task = bar.add_task(job["name"], total=job["frames_total"], rate=0.0, busy=0, state="")
-            bar.update(task, completed=job["frames_done"], rate=rate, busy=job["machines_busy"],
-                       state=job["state"])
-            if job["state"] in ("done", "failed", "stopped"):
-                return job
-            time.sleep(poll)
+                task = bar.add_task(job["name"], total=job["frames_total"], rate="", busy=0, state="")
+            bar.update(task, completed=job["frames_done"], rate=rate_text(job["frames_done"], started),
+                       busy=job["machines_busy"], state=job["state"])
+
+        try:
+            job = c.wait(job_uuid, on_progress=show)
+        except KeyboardInterrupt:
+            bar.stop()
+            click.echo(f"rendernode: stopped waiting; job {job_uuid} goes on rendering "
+                       f"(`rendernode stop {job_uuid}` stops it)", err=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+    if job["state"] != "done":
+        click.echo(f"rendernode: job {job_uuid} {job['state']} ({job['result']})", err=True)
+        for failure in job.get("errors", []):
+            click.echo(f"  frames {failure['frames']}: {failure['error']}", err=True)
+        more = job.get("tasks_failed", 0) - len(job.get("errors", []))
+        if more > 0:
+            click.echo(f"  ... and {more} more failed tasks: `rendernode tasks {job_uuid}`", err=True)
+    return job
+
+
+def rate_text(frames: int, started: float) -> str:
+    """Frames per second, or seconds per frame when that reads better; blank until
+    a frame is done or within the first second (an instant job has no rate)."""
+    import time
+
+    elapsed = time.monotonic() - started
+    if frames == 0 or elapsed < 1.0:
+        return ""
+    rate = frames / elapsed
+    return f"{rate:.1f} frames/s" if rate >= 1 else f"{elapsed / frames:.1f} s/frame"
+
+
+def shown_state(row: dict[str, Any]) -> str:
+    """A job's state as the tables show it: a job created without starting is
+    paused; an under-replicated one says so."""
+    state = "paused" if row["state"] == "created" else str(row["state"])
+    if row.get("under_replicated"):
+        state += f" (under-replicated {row['copies']})"
+    return state
+
+
+def machine_names(c: Client) -> dict[str, str]:
+    """Machine UUID -> name, for tables that show machines by name."""
+    return {m["uuid"]: m["name"] or m["uuid"][:8] for m in c.get_machines_list()}
+
+
+def _details(row: dict[str, Any], names: dict[str, str]) -> None:
+    """The details a listing carries for a job, as text below the table."""
+    for name in ("rdata", "assets", "results", "log"):
+        if name not in row:
+            continue
+        click.echo(f"\n{name} of {row['name']} ({row['uuid']}):")
+        value = row[name]
+        if name == "log":
+            for entry in value:
+                ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%Y-%m-%d %H:%M:%S")
+                click.echo(f"  {ts} {entry['line']}")
+        elif name == "results":
+            for r in value:
+                click.echo(f"  frame {r['frame']:>5}  {r['kind']:10} {r['path']}  "
+                           f"{names.get(r['machine'], r['machine'])}")
+        else:
+            for key, item in sorted((value or {}).items()):
+                click.echo(f"  {key:12} {cell(item)}")
 
 
 @main.command()
 @click.option("--user", help="only this user's jobs")
-@click.option("--job", help="the selected job")
+@click.option("--job", help="the selected job (name, UUID or UUID prefix)")
 @click.option("--details", default="", help="details of the selected job: rdata,assets,results,log")
 @json_option
 @click.pass_context
@@ -136,10 +213,22 @@ def jobs(ctx: click.Context, user: str | None, job: str | None, details: str, as
     def sel(name: str) -> int:
         return 1 if name in wanted else 0
 
-    rows = client(ctx).get_jobs_list(rdata=sel("rdata"), assets=sel("assets"), results=sel("results"),
-                                     log=sel("log"), selected_job=job, user=user)
-    emit(rows, as_json, lambda r: _table(r, ["uuid", "name", "user", "state", "frames_done",
-                                             "frames_total", "renderer", "priority"]))
+    c = client(ctx)
+    rows = c.get_jobs_list(rdata=sel("rdata"), assets=sel("assets"), results=sel("results"),
+                           log=sel("log"), selected_job=job, user=user)
+
+    def render(r: list[dict[str, Any]]) -> None:
+        ids = short_ids([row["uuid"] for row in r])
+        shown = [{**row, "id": ids[row["uuid"]], "done": f"{row['frames_done']}/{row['frames_total']}",
+                  "state": shown_state(row)} for row in r]
+        table(shown, [("id", "job"), ("name", "name"), ("user", "user"), ("state", "state"),
+                      ("done", "frames"), ("renderer", "renderer"), ("priority", "pri")],
+              whole={"id", "state", "done"})
+        names = machine_names(c) if "results" in wanted else {}
+        for row in r:
+            _details(row, names)
+
+    emit(rows, as_json, render)
 
 
 @main.command()
@@ -147,14 +236,17 @@ def jobs(ctx: click.Context, user: str | None, job: str | None, details: str, as
 @json_option
 @click.pass_context
 def job(ctx: click.Context, job: str, as_json: bool) -> None:
-    """One job with its settings and log."""
+    """One job with its settings and log (JOB: name, UUID or UUID prefix)."""
     data = client(ctx).get_job(job)
 
     def render(d: dict[str, Any]) -> None:
         for key in ("uuid", "name", "scene", "default_scene", "user", "state", "result", "renderer",
                     "frames", "chunk", "priority", "flags", "output", "machines", "frames_done",
                     "frames_total"):
-            click.echo(f"{key:14} {_cell(d.get(key))}")
+            value = shown_state(d) if key == "state" else d.get(key)
+            click.echo(f"{key:14} {cell(value) or '-'}")
+        for failure in d.get("errors", []):
+            click.echo(f"  failed frames {failure['frames']}: {failure['error']}")
         for entry in d.get("log", []):
             ts = datetime.datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
             click.echo(f"  {ts} {entry['line']}")
@@ -186,6 +278,16 @@ def stop(ctx: click.Context, job: str, as_json: bool) -> None:
     """Stop a job (StopRendering, RENDERRESULT_USERBREAK)."""
     result = client(ctx).stop_rendering(job)
     emit({"result": result}, as_json, lambda d: click.echo(f"stopped ({result})"))
+
+
+@main.command()
+@click.argument("job")
+@json_option
+@click.pass_context
+def retry(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Render a job's failed frames again; its finished frames are kept."""
+    result = client(ctx).retry_failed(job)
+    emit(result, as_json, lambda d: click.echo(f"{d['retried']} task(s) queued again"))
 
 
 @main.command()
@@ -225,7 +327,7 @@ def move(ctx: click.Context, job: str, before: str | None, after: str | None, as
 def scene(ctx: click.Context, job: str, name: str, as_json: bool) -> None:
     """Set a job's default scene name (SetDefaultSceneName)."""
     client(ctx).set_default_scene_name(job, name)
-    emit({"default_scene": name}, as_json, lambda d: None)
+    emit({"default_scene": name}, as_json, lambda d: click.echo(f"default scene of {job} set to {name}"))
 
 
 @main.command("log")
@@ -237,7 +339,8 @@ def scene(ctx: click.Context, job: str, name: str, as_json: bool) -> None:
 def log_cmd(ctx: click.Context, job: str, text: str, replace: bool, as_json: bool) -> None:
     """Add a line to a job's log (AddLogToJob)."""
     client(ctx).add_log_to_job(job, text, append=not replace)
-    emit({"logged": True}, as_json, lambda d: None)
+    emit({"logged": True}, as_json,
+         lambda d: click.echo(f"{'replaced the log of' if replace else 'logged to'} {job}"))
 
 
 @main.command()
@@ -245,10 +348,38 @@ def log_cmd(ctx: click.Context, job: str, text: str, replace: bool, as_json: boo
 @json_option
 @click.pass_context
 def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
-    """A job's tasks: frame, state, render time, machines (CopyRenderTaskFrom)."""
-    rows = client(ctx).copy_render_task_from(job)
-    emit(rows, as_json, lambda r: _table(r, ["task", "frames", "state", "render_time", "machines",
-                                             "attempt", "failures", "error"]))
+    """A job's tasks: frames, state, render time, which machine rendered the frames
+    kept, which it was tried on, errors (CopyRenderTaskFrom).  Errors are cut to
+    one line here; --json has them whole."""
+    c = client(ctx)
+    rows = c.copy_render_task_from(job)
+
+    def render(r: list[dict[str, Any]]) -> None:
+        names = machine_names(c)
+        shown = [{**row, "time": f"{row['render_time']:.1f} s" if row["render_time"] else "",
+                  "by": names.get(row["rendered_by"], row["rendered_by"][:8]) if row.get("rendered_by") else "",
+                  "tried": ",".join(dict.fromkeys(names.get(m, m[:8]) for m in row["machines"])),
+                  "error": _abbreviate(row["error"])} for row in r]
+        table(shown, [("task", "task"), ("frames", "frames"), ("state", "state"), ("time", "time"),
+                      ("by", "rendered by"), ("tried", "tried on"), ("attempt", "attempt"),
+                      ("error", "error")], whole={"task", "frames", "state", "by"})
+
+    emit(rows, as_json, render)
+
+
+def _os_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _abbreviate(text: str, width: int = 60) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width and line == text.strip() else line[:width - 1] + "…"
 
 
 @main.command()
@@ -267,8 +398,11 @@ def users(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def message(ctx: click.Context, text: str, to: str, as_json: bool) -> None:
     """Send a message to the farm's users (Message)."""
-    result = client(ctx).message(text, to)
-    emit(result, as_json, lambda d: None)
+    c = client(ctx)
+    if to and to not in {u["name"] for u in c.get_user_pool()} and not _os_user(to):
+        raise NotFound(f"no user {to!r} on this farm or this machine; `rendernode users` lists them")
+    result = c.message(text, to)
+    emit(result, as_json, lambda d: click.echo(f"sent to {to}" if to else "sent to everyone"))
 
 
 @main.command()
@@ -305,23 +439,39 @@ def results() -> None:
     """A job's results: list, clear (ClearResults), rm (RemoveResult)."""
 
 
-@results.command("list")
+@results.command("list", epilog="Also: rendernode results clear JOB [--yes] | rm JOB PATH (each with --help).")
 @click.argument("job")
 @json_option
 @click.pass_context
 def results_list(ctx: click.Context, job: str, as_json: bool) -> None:
     """The job's result files held on this node."""
-    rows = client(ctx).results(job)
-    emit(rows, as_json, lambda r: _table(r, ["frame", "kind", "path", "size", "machine", "render_time"]))
+    c = client(ctx)
+    rows = c.results(job)
+
+    def render(r: list[dict[str, Any]]) -> None:
+        names = machine_names(c)
+        table([{**row, "machine": names.get(row["machine"], row["machine"])} for row in r],
+              [("frame", "frame"), ("kind", "kind"), ("path", "path"), ("size", "size"),
+               ("machine", "machine"), ("render_time", "render s")], whole={"frame", "path"})
+
+    emit(rows, as_json, render)
 
 
 @results.command("clear")
 @click.argument("job")
+@click.option("--yes", is_flag=True, help="do not ask first")
 @json_option
 @click.pass_context
-def results_clear(ctx: click.Context, job: str, as_json: bool) -> None:
-    """Delete the job's results here (ClearResults); start it again to re-render."""
-    client(ctx).clear_results(job)
+def results_clear(ctx: click.Context, job: str, yes: bool, as_json: bool) -> None:
+    """Delete the job's result files here (ClearResults); start it again to re-render."""
+    c = client(ctx)
+    if not yes:
+        count = len(c.results(job))
+        question = f"delete the {count} result files of {job} on this machine?"
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"{question} Pass --yes to do it without asking.")
+        click.confirm(question, abort=True, err=True)
+    c.clear_results(job)
     emit({"cleared": job}, as_json, lambda d: click.echo(f"cleared the results of {job}"))
 
 
@@ -331,7 +481,10 @@ def results_clear(ctx: click.Context, job: str, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def results_rm(ctx: click.Context, job: str, path: str, as_json: bool) -> None:
-    """Delete one result file of the job (RemoveResult)."""
+    """Delete one result file of the job (RemoveResult): PATH as `results list`
+    shows it, relative to this folder, or its file name."""
+    if os.path.exists(path):
+        path = os.path.abspath(path)
     client(ctx).remove_result(job, path)
     emit({"removed": path}, as_json, lambda d: click.echo(f"removed {path}"))
 

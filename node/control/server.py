@@ -1,9 +1,11 @@
 """The control socket: a Unix socket speaking the peer framing and codec
 (unencrypted), one ``Call`` -> one ``Reply`` or ``Error`` at a time per
-connection.  The caller is identified by SO_PEERCRED.
+connection.  The caller is identified by SO_PEERCRED, its supplementary groups
+by SO_PEERGROUPS (both as they were when it connected).
 
 A stale socket file is replaced only if it is a socket and nothing answers on
-it; the socket is mode 0660 (group ``rendernode`` when that group exists).
+it; the socket is mode 0660 (group ``control_group``, ``rendernode``, when
+that group exists).
 
 At most ``MAX_CLIENTS`` connections are served at once.  When all are taken,
 a new connection closes the one that has waited longest for its next request
@@ -46,24 +48,49 @@ class Caller:
     uid: int
     gid: int
     user: str
+    groups: tuple[int, ...] = ()  #: supplementary groups
 
 
 Method = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
 
 
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  #: Linux 4.13; Python names it from 3.13 on
+
+
+def peer_groups(sock: socket.socket, pid: int) -> tuple[int, ...]:
+    """The supplementary groups of a connected Unix socket's peer: SO_PEERGROUPS
+    (the groups it had when it connected), else the Groups line of its
+    /proc/PID/status (it waits for our answer, so it is still that process)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    except OSError:  # ERANGE beyond 256 groups; ENOPROTOOPT on old kernels
+        pass
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
+
+
 def peer_caller(sock: socket.socket) -> Caller:
-    """SO_PEERCRED of a connected Unix socket."""
+    """SO_PEERCRED (and SO_PEERGROUPS) of a connected Unix socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = f"uid{uid}"
-    return Caller(pid, uid, gid, user)
+    groups = tuple(g for g in peer_groups(sock, pid) if g != gid)
+    return Caller(pid, uid, gid, user, groups)
 
 
-def bind_unix(path: str) -> socket.socket:
-    """Bind a listening Unix socket at ``path``, replacing only a dead socket file."""
+def bind_unix(path: str, group: str = "rendernode") -> socket.socket:
+    """Bind a listening Unix socket at ``path``, replacing only a dead socket file;
+    mode 0660, group ``group`` when it exists."""
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
     try:
@@ -92,7 +119,7 @@ def bind_unix(path: str) -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, 0o660)
     try:
-        os.chown(path, -1, grp.getgrnam("rendernode").gr_gid)
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
     except (KeyError, PermissionError):
         pass
     sock.listen(64)
@@ -102,15 +129,16 @@ def bind_unix(path: str) -> socket.socket:
 class ControlServer:
     """Serves ``methods`` on the control socket."""
 
-    def __init__(self, path: str, methods: dict[str, Method]) -> None:
+    def __init__(self, path: str, methods: dict[str, Method], group: str = "rendernode") -> None:
         self.path = path
         self.methods = methods
+        self.group = group
         self._clients = trio.Semaphore(MAX_CLIENTS)
         self._idle: dict[trio.CancelScope, None] = {}  #: connections awaiting a request, longest first
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind and serve until cancelled; removes the socket file on exit."""
-        raw = bind_unix(self.path)
+        raw = bind_unix(self.path, self.group)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
         try:
             await trio.serve_listeners(self._serve, [listener], task_status=task_status)

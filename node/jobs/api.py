@@ -2,32 +2,42 @@
 
 Permission rule: only a job's owner or an admin (preference ``admins``) may
 start, stop, delete, move or rename it.  The caller is the OS user the control
-socket's SO_PEERCRED names.
+socket's SO_PEERCRED names.  A submit reads the scene and its assets, and tests
+the output folder, with the caller's rights (``node.service.runas``), and
+records who the caller was (``node.jobs.owners``) for writing the frames.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid as uuidlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from node.assets.jobassets import Assets, collect
+from node.assets.jobassets import Assets, Collected, chunk_opened
 from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed
 from node.control.server import Caller, Method
 from node.errors import BadRequest
-from node.jobs.operations import CREATE_OK, Jobs, JobSpec
+from node.jobs.operations import CREATE_OK, Jobs, JobSpec, frame_file, output_pattern
+from node.jobs.owners import Owners
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from node.nursery import service_nursery
-from node.render.results import Results
+from node.render.results import Results, write_test
+from node.renderers import detect_renderer, scene_frames, scene_mismatch
+from node.resolve import resolve
+from node.service.accounts import Account
+from node.service.runas import RunAs
 from protocol import ProtocolError
 from protocol.crdt import JobDoc
 from protocol.enums import CreateJobResult, DetailSelector, NetRenderFlags, parse_flag_names
+from protocol.frames import parse_frames
 from protocol.messages import Chat, Error, FetchAssets, Reply
 
 INBOX_SIZE = 500
@@ -42,6 +52,27 @@ def _str(args: dict[str, Any], name: str, required: bool = True) -> str:
     if not isinstance(value, str) or (required and not value):
         raise BadRequest(f"argument {name!r} must be a non-empty string")
     return value
+
+
+def submitter(caller: Caller) -> Account:
+    """The account whose rights a caller's job reads and writes files with."""
+    return Account(caller.user, caller.uid, caller.gid, caller.groups)
+
+
+def _refused(result: CreateJobResult, reason: str, **extra: Any) -> dict[str, Any]:
+    """A submit's answer when it is not CREATEJOBRESULT_OK."""
+    return {"uuid": None, "result": int(result), "result_name": result.name.removeprefix("CREATEJOBRESULT_"),
+            "reason": reason, **extra}
+
+
+def _own_frames(scene: str, renderer: str) -> str:
+    """The scene's own frame range; "1" for a scene that is not there (the submit is
+    refused as ASSETMISSING: no renderer need look for it)."""
+    return scene_frames(scene, renderer) if os.path.exists(scene) else "1"
+
+
+def _machines(n: int) -> str:
+    return "no other machine is" if n == 0 else "1 other machine is" if n == 1 else f"{n} other machines are"
 
 
 def _flags(value: Any) -> int | None:
@@ -70,6 +101,9 @@ class JobsApi:
         self.replicas = replicas
         self.inbox: deque[dict[str, Any]] = deque(maxlen=INBOX_SIZE)
         self.callers: set[str] = set()
+        self.owners: Owners | None = None  #: who submitted each job here
+        self.runas = RunAs(switching=False)  #: reads and tests files with the submitter's rights
+        self.on_message: list[Callable[[dict[str, Any]], None]] = []  #: told of every new message
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Chat, self._on_chat)
         peers.register_delivery(Chat, lambda origin, msg: self._store(msg))  # type: ignore[arg-type]
@@ -79,7 +113,7 @@ class JobsApi:
         """Name -> coroutine function, for the control server."""
         return {
             "submit": self.submit, "jobs": self.list_jobs, "job": self.job, "start": self.start,
-            "stop": self.stop, "delete": self.delete, "move": self.move, "scene": self.scene,
+            "stop": self.stop, "retry": self.retry, "delete": self.delete, "move": self.move, "scene": self.scene,
             "log": self.log, "tasks": self.tasks, "users": self.users, "message": self.message,
             "messages": self.messages, "results": self.list_results,
             "results_clear": self.clear_results, "results_rm": self.remove_result,
@@ -89,11 +123,14 @@ class JobsApi:
     def _seen(self, caller: Caller) -> None:
         self.callers.add(caller.user)
 
-    async def _durable_and_replicated(self, deltas: list[JobDoc], assets: bool = False) -> dict[str, Any]:
+    async def _durable_and_replicated(self, deltas: list[JobDoc], assets: bool = False,
+                                      want: int | None = None,
+                                      holders: set[str] | None = None) -> dict[str, Any]:
         """Wait until the job is on disk here and on ``replicas`` peers (with its
         assets, when it has some, so it can render if this machine dies)."""
         await self.jobs.book.durable()
-        want = min(self.replicas, len(self.peers.online_uuids()))
+        if want is None:
+            want = min(self.replicas, len(self.peers.online_uuids()))
         job = deltas[0].uuid
 
         async def fetch_assets(session: Session) -> None:
@@ -103,8 +140,15 @@ class JobsApi:
 
         acked = await self.replication.replicate(
             deltas, want, fetch_assets if assets else None,
-            patience=ASSET_REPLICATE_TIMEOUT if assets else REPLICATE_TIMEOUT)
+            patience=ASSET_REPLICATE_TIMEOUT if assets else REPLICATE_TIMEOUT, holders=holders)
         return {"replicas": acked, "wanted": want}
+
+    def _replicas_target(self) -> int:
+        """Peers a job submitted now should reach: ``replicas``, or fewer when the
+        farm has fewer other machines (verified at least once): a farm of one
+        machine needs none."""
+        others = sum(1 for m in self.peers.table.all() if not m.local and m.was_verified)
+        return min(self.replicas, others)
 
     async def _on_fetch_assets(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, FetchAssets)
@@ -128,14 +172,44 @@ class JobsApi:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery that answers peers' asset requests."""
+        target = self._replicas_target()
+        for doc in self.jobs.book.live():  # counted again from the peers' digests
+            if doc.value("origin") == self.peers.ident.uuid:
+                self.replication.watch(doc.uuid, target, set())
         async with service_nursery(self):
             task_status.started()
             await trio.sleep_forever()
 
     async def submit(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        """CreateRenderJob: acknowledged once durable here and on ``replicas`` peers."""
+        """CreateRenderJob: acknowledged once durable here and on ``replicas`` peers.
+
+        Refused before anything is made (a CREATEJOBRESULT_* other than OK, with a
+        reason): SAVINGFAILED when this daemon cannot write the output folder
+        (unless NETRENDERFLAGS_NOWRITETEST), ASSETMISSING when the scene (or, with
+        HANDLEWARNINGASERROR, another file it needs) is missing, REPOSITORYERROR
+        when fewer than ``require_replicas`` peers could take the job (then the job
+        is deleted again)."""
         self._seen(caller)
+        args = await self._complete(args)
         spec = JobSpec.from_args({**args, "flags": _flags(args.get("flags")) or 0})
+        self._check_machines(list(spec.machines))
+        require = args.get("require_replicas")
+        if require is None:
+            require = self.peers.prefs.require_replicas
+        if not isinstance(require, int) or isinstance(require, bool) or require < 0:
+            raise BadRequest(f"require_replicas must be a whole number, 0 or more, not {require!r}")
+        if require > len(self.peers.sessions):
+            return _refused(CreateJobResult.CREATEJOBRESULT_REPOSITORYERROR,
+                            f"the job must reach {require} other machines (require_replicas) and "
+                            f"{_machines(len(self.peers.sessions))} online")
+        account = submitter(caller)
+        if spec.outputs and not spec.flags & NetRenderFlags.NETRENDERFLAGS_NOWRITETEST:
+            folder = os.path.dirname(frame_file(output_pattern(spec.output, spec.scene, spec.extension),
+                                                parse_frames(spec.frames)[0]))
+            reason = await write_test(self.runas, account, folder, self.peers.prefs.output_dirs)
+            if reason:
+                return _refused(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED,
+                                f"{reason} (NETRENDERFLAGS_NOWRITETEST skips this test)", folder=folder)
         job_uuid = args.get("uuid")
         if job_uuid is not None:
             try:
@@ -143,33 +217,105 @@ class JobsApi:
             except ValueError:
                 raise BadRequest(f"job uuid {job_uuid!r} is not a UUID") from None
         extra: dict[str, Any] = {}
+        got: Collected | None = None
         if self.assets is not None:
             wanted = (spec.rdata or {}).get("assets", [])
             if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
                 raise BadRequest("rdata.assets must be a list of file paths")
-            try:
-                got = await trio.to_thread.run_sync(collect, self.assets.store, spec.scene, spec.renderer, wanted)
-            except (OSError, ValueError) as exc:
-                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
-                        "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+            collected = await self._collect_as(account, spec, wanted)
+            if isinstance(collected, dict):
+                return collected
+            got = collected
             fatal = spec.scene in got.missing or bool(
                 got.missing and spec.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR)
             if fatal:
-                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
-                        "result_name": "ASSETMISSING", "missing": list(got.missing),
-                        "reason": "missing: " + ", ".join(got.missing)}
+                return _refused(CreateJobResult.CREATEJOBRESULT_ASSETMISSING,
+                                "missing: " + ", ".join(got.missing), missing=list(got.missing))
             extra = {"assets": got.manifest, "asset_root": got.root, "scene_rel": got.scene_rel,
                      "asset_size": got.size}
             self.assets.swarm.announce(got.manifest)
         delta = self.jobs.create(spec, caller.user, job_uuid, extra)
-        if extra and got.missing:
+        if self.owners is not None:
+            await self.owners.record(delta.uuid, account)
+        if got is not None and got.missing:
             self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(got.missing))
+        target = self._replicas_target()
+        holders: set[str] = set()
+        want = min(max(self.replicas, require), len(self.peers.sessions))
         try:
-            copies = await self._durable_and_replicated([delta], assets=bool(extra))
-        except OSError:
-            return {"uuid": delta.uuid, "result": int(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED),
-                    "result_name": "SAVINGFAILED"}
-        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies}
+            copies = await self._durable_and_replicated([delta], assets=bool(extra), want=want,
+                                                        holders=holders)
+        except OSError as exc:
+            return _refused(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED,
+                            f"cannot save the job on this machine: {exc}", uuid=delta.uuid)
+        if copies["replicas"] < require:
+            doc = self.jobs.book.get(delta.uuid)
+            if doc is not None:
+                await self._durable_and_replicated([self.jobs.delete(doc)])
+            return _refused(CreateJobResult.CREATEJOBRESULT_REPOSITORYERROR,
+                            f"the job must reach {require} other machines (require_replicas) and "
+                            f"{copies['replicas']} took it in time; it was deleted again")
+        target = max(target, require)
+        self.replication.watch(delta.uuid, target, holders)
+        held = len(holders)
+        note: dict[str, Any] = {"replicas_target": target, "under_replicated": held < target}
+        if held < target:
+            where = "this machine only" if held == 0 else f"{held} of {target} other machines"
+            note["note"] = f"held by {where}; copied to the others when they come back"
+        if got is not None and got.missing:
+            note["missing"] = list(got.missing)
+        return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies, **note,
+                "output": output_pattern(spec.output, spec.scene, spec.extension) if spec.outputs else ""}
+
+    def _check_machines(self, machines: list[str]) -> None:
+        """Every machine a job is limited to must be one this node knows (UUID, name
+        or UUID prefix, kept as the user wrote it); NotFound names one that is not."""
+        rows = [(self.peers.ident.uuid, self.peers.prefs.name),
+                *((m.uuid, m.name) for m in self.peers.table.all())]
+        for ref in machines:
+            resolve(ref, rows, "machine", "machines")
+
+    async def _complete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A submit's renderer (from the scene's type when it names none or "auto") and
+        frames (the scene's own range when it names none); a scene the renderer
+        cannot render is refused (BadRequest)."""
+        scene = args.get("scene")
+        if not isinstance(scene, str) or not scene:
+            raise BadRequest("submit needs a scene path")
+        renderer = args.get("renderer")
+        if renderer in (None, "", "auto"):
+            rdata = args.get("rdata") or {}
+            renderer = detect_renderer(scene, rdata.get("command") if isinstance(rdata, dict) else None)
+        if isinstance(renderer, str):
+            mismatch = scene_mismatch(scene, renderer)
+            if mismatch:
+                raise BadRequest(mismatch)
+        frames = args.get("frames")
+        if frames is None and isinstance(renderer, str):
+            frames = await trio.to_thread.run_sync(_own_frames, scene, renderer)
+        return {**args, "renderer": renderer, "frames": frames}
+
+    async def _collect_as(self, account: Account, spec: JobSpec,
+                          wanted: list[str]) -> Collected | dict[str, Any]:
+        """Chunk the scene and its files, opened with the submitter's rights; a
+        CREATEJOBRESULT_ASSETMISSING reply if one cannot be read by them."""
+        assert self.assets is not None
+        try:
+            opened = await self.runas.collect(account, spec.scene, spec.renderer, wanted)
+        except (OSError, ValueError) as exc:
+            return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                    "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+        try:
+            if opened.unreadable:
+                return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                        "result_name": "ASSETMISSING", "missing": [p.rsplit(": ", 1)[0] for p in opened.unreadable],
+                        "reason": f"{account.name} cannot read " + "; ".join(opened.unreadable)}
+            return await trio.to_thread.run_sync(chunk_opened, self.assets.store, spec.scene, opened)
+        except (OSError, ValueError) as exc:
+            return {"uuid": None, "result": int(CreateJobResult.CREATEJOBRESULT_ASSETMISSING),
+                    "result_name": "ASSETMISSING", "missing": [spec.scene], "reason": str(exc)}
+        finally:
+            opened.close()
 
     async def list_jobs(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetJobsList(rdata, assets, results, log, selectedJob, selectedJobOnly, user)."""
@@ -191,7 +337,7 @@ class JobsApi:
             is_selected = doc.uuid == selected_uuid
             if only and selected_uuid and not is_selected:
                 continue
-            item = self.jobs.summary(doc)
+            item = self._summary(doc)
             for name, sel in selectors.items():
                 want = (sel == DetailSelector.DETAILSELECTOR_SELECTED and is_selected) or (
                     sel == DetailSelector.DETAILSELECTOR_NONSELECTED and not is_selected)
@@ -199,6 +345,16 @@ class JobsApi:
                     item[name] = self._detail(doc, name)
             out.append(item)
         return out
+
+    def _summary(self, doc: JobDoc) -> dict[str, Any]:
+        """``Jobs.summary`` and, for a job submitted here that fewer peers hold than it
+        wants, ``under_replicated`` and ``copies`` ("1/2": peers known to hold it / wanted)."""
+        item = self.jobs.summary(doc)
+        copies = self.replication.copies(doc.uuid)
+        item["under_replicated"] = copies is not None
+        if copies is not None:
+            item["copies"] = f"{copies[0]}/{copies[1]}"
+        return item
 
     def _detail(self, doc: JobDoc, name: str) -> Any:
         if name == "rdata":
@@ -215,7 +371,7 @@ class JobsApi:
     async def job(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """One job with every detail."""
         doc = self.jobs.find(_str(args, "job"))
-        item = self.jobs.summary(doc)
+        item = self._summary(doc)
         for name in DETAILS:
             item[name] = self._detail(doc, name)
         return item
@@ -228,6 +384,7 @@ class JobsApi:
         if machines is not None and (not isinstance(machines, list)
                                      or not all(isinstance(m, str) for m in machines)):
             raise BadRequest("machines must be a list of machine UUIDs or names")
+        self._check_machines(machines or [])
         delta = self.jobs.start(doc, caller.user, _flags(args.get("flags")), machines,
                                 bool(args.get("restart", False)))
         await self.jobs.book.durable()
@@ -241,6 +398,14 @@ class JobsApi:
         self.jobs.stop(doc, caller.user)
         await self.jobs.book.durable()
         return {"uuid": doc.uuid, "result": "USERBREAK"}
+
+    async def retry(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """Render the failed (and unfinished) frames again, keeping the finished ones."""
+        doc = self.jobs.find(_str(args, "job"))
+        self.jobs.check_owner(doc, caller.user)
+        retried = self.jobs.retry_failed(doc, caller.user)
+        await self.jobs.book.durable()
+        return {"uuid": doc.uuid, "retried": retried}
 
     async def delete(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """DeleteRenderJob(informClients)."""
@@ -315,9 +480,11 @@ class JobsApi:
     def _store(self, chat: Chat) -> None:
         if any(m["id"] == chat.mid for m in self.inbox):
             return
-        self.inbox.append({"id": chat.mid, "sender": chat.sender, "text": chat.text,
-                           "time": chat.time, "to": chat.to, "private": bool(chat.to),
-                           "node": chat.node})
+        message = {"id": chat.mid, "sender": chat.sender, "text": chat.text, "time": chat.time,
+                   "to": chat.to, "private": bool(chat.to), "node": chat.node}
+        self.inbox.append(message)
+        for listener in self.on_message:
+            listener(message)
 
     async def _on_chat(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Chat)
@@ -371,6 +538,7 @@ class JobsApi:
         if self.assets is None:
             return {"manifests": 0, "bytes": 0}
         live = {str(d.value("assets")) for d in self.jobs.book.live() if d.value("assets")}
-        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live)
+        previews = {h for d in self.jobs.book.live() for t in d.tasks.values() for h in t.previews if h}
+        manifests, freed = await trio.to_thread.run_sync(self.assets.store.gc, live, previews)
         await trio.to_thread.run_sync(self.assets.prune, live)
         return {"manifests": manifests, "bytes": freed}

@@ -8,18 +8,23 @@ book; replication carries it to the other nodes.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from node.errors import BadRequest, NotFound, PermissionDenied
+from node.errors import BadRequest, PermissionDenied
 from node.jobs.book import JobBook
+from node.renderers import output_formats
+from node.resolve import resolve
 from protocol.crdt import JobDoc, Phase, Register, TaskState, key_between, task_current
 from protocol.enums import CreateJobResult, NetRenderFlags, RenderJobCreator, RenderResult
 from protocol.frames import chunk_frames, format_frames, parse_frames
 
 RENDERERS = ("builtin", "blender", "povray", "command")
+SHOWN_ERRORS = 3  #: failed tasks whose errors a job's summary carries
 TASK_STATES = {Phase.QUEUED: "queued", Phase.ASSIGNED: "assigned", Phase.RENDERING: "rendering",
                Phase.DELIVERING: "delivering", Phase.FAILED: "failed", Phase.SUCCEEDED: "done"}
 
@@ -41,6 +46,16 @@ class JobSpec:
     creator: int = RenderJobCreator.RENDERJOBCREATOR_USER
     start: bool = True
     watch_folder: str = ""
+
+    @property
+    def outputs(self) -> bool:
+        """False for a command job whose template names no ``{output}``: its frames leave no file."""
+        return self.renderer != "command" or "{output}" in str((self.rdata or {}).get("command", ""))
+
+    @property
+    def extension(self) -> str:
+        """The frames' file type, from the output pattern (png when it names none)."""
+        return os.path.splitext(self.output)[1].lstrip(".").lower() or "png"
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> JobSpec:
@@ -84,10 +99,51 @@ class JobSpec:
         output = args.get("output") or ""
         if not isinstance(name, str) or not isinstance(output, str):
             raise BadRequest("name and output must be strings")
-        return cls(name=name, scene=scene, renderer=renderer, frames=frames, chunk=ints["chunk"],
+        spec = cls(name=name, scene=scene, renderer=renderer, frames=frames, chunk=ints["chunk"],
                    priority=ints["priority"], flags=ints["flags"], output=output,
                    machines=tuple(machines), rdata=rdata, creator=ints["creator"],
                    start=bool(args.get("start", True)), watch_folder=str(args.get("watch_folder", "")))
+        if output and spec.outputs and not has_placeholder(output) and len(parse_frames(frames)) > 1:
+            raise BadRequest(f"the output pattern {output} has no frame number placeholder (#### or "
+                             f"{{frame:04d}}): every frame of {frames} would overwrite the last")
+        formats = output_formats(renderer)
+        if spec.outputs and formats is not None and spec.extension not in formats:
+            raise BadRequest(f"the {renderer} renderer cannot write .{spec.extension} frames ({output}); "
+                             f"it writes {', '.join(formats)}")
+        return spec
+
+
+_HASHES = re.compile(r"#+")
+_FORMAT = re.compile(r"\{frame(?::0?(\d+)d)?\}")  #: {frame} and {frame:04d}, as Python formats them
+
+
+def output_pattern(output: str, scene: str, ext: str = "png") -> str:
+    """The pattern a job's frames are written to, with ``#`` placeholders: ``output``
+    as given (``{frame:04d}`` read as ``####``, ``{frame}`` as ``#``; ``.ext``
+    added when it names no file type); with no ``output``,
+    ``renders/<scene name>_####.<ext>`` beside the scene."""
+    pattern = _FORMAT.sub(lambda m: "#" * int(m.group(1) or 1), output)
+    if not pattern:
+        stem = os.path.splitext(os.path.basename(scene))[0] or "frame"
+        return os.path.join(os.path.dirname(scene) or ".", "renders", f"{stem}_####.{ext}")
+    if not os.path.splitext(os.path.basename(pattern))[1]:
+        pattern += "." + ext
+    return pattern
+
+
+def has_placeholder(output: str) -> bool:
+    """True if the output pattern names where the frame number goes."""
+    return bool(_HASHES.search(output) or _FORMAT.search(output))
+
+
+def frame_file(pattern: str, frame: int) -> str:
+    """``pattern`` with its last run of ``#`` replaced by ``frame``, zero-padded
+    (a pattern without one is the file itself: a one-frame job's)."""
+    runs = list(_HASHES.finditer(pattern))
+    if not runs:
+        return pattern
+    match = runs[-1]
+    return pattern[: match.start()] + f"{frame:0{len(match.group())}d}" + pattern[match.end():]
 
 
 def task_frames(doc: JobDoc) -> list[list[int]]:
@@ -134,18 +190,16 @@ class Jobs:
         return Register(self.book.stamp(), value)
 
     def find(self, ref: str) -> JobDoc:
-        """A live job by UUID or unique UUID prefix; NotFound otherwise."""
+        """A live job by UUID, unique name or unique UUID prefix; NotFound otherwise."""
         if not isinstance(ref, str) or not ref:
-            raise BadRequest("a job UUID is needed")
+            raise BadRequest("a job UUID or name is needed")
         doc = self.book.get(ref)
         if doc is not None:
             return doc
-        matches = [d for d in self.book.live() if d.uuid.startswith(ref)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise BadRequest(f"job id {ref!r} is ambiguous; give more of the UUID")
-        raise NotFound(f"no job {ref!r}; `rendernode jobs` lists them")
+        uuid = resolve(ref, ((d.uuid, str(d.value("name", ""))) for d in self.book.live()), "job", "jobs")
+        found = self.book.get(uuid)
+        assert found is not None
+        return found
 
     def check_owner(self, doc: JobDoc, user: str) -> None:
         """Only the job's owner or an admin may change it."""
@@ -177,7 +231,7 @@ class Jobs:
             "user": user, "origin": self.node, "created": time.time(),
             "position": key_between(last, None), "state": "queued" if spec.start else "created",
             "watch_folder": spec.watch_folder, "result": int(RenderResult.RENDERRESULT_OK),
-            "outputs": spec.renderer != "command" or "{output}" in str((spec.rdata or {}).get("command", "")),
+            "outputs": spec.outputs,
             **(extra or {}),
         }
         stamp = self.book.stamp()
@@ -207,6 +261,25 @@ class Jobs:
                        log={self.book.stamp(): f"{'restarted' if restart else 'started'} by {user}"})
         self.book.apply(delta)
         return delta
+
+    def retry_failed(self, doc: JobDoc, user: str) -> int:
+        """Render the failed frames again: a new generation (a task's state cannot go
+        back from failed within one) in which the finished tasks are done already,
+        with their machines, render times and previews; returns how many tasks are
+        queued again.  BadRequest if none failed."""
+        n = len(task_frames(doc))
+        states = [task_current(doc, tid) for tid in range(n)]
+        if not any(s.done and s.phase == Phase.FAILED for s in states):
+            raise BadRequest(f"job {doc.uuid} has no failed frames")
+        gen = doc.gen + 1
+        stamp = self.book.stamp()
+        kept = {tid: replace(s, gen=gen, stamp=stamp, worker="", lease_until=0.0, runs=())
+                for tid, s in enumerate(states) if s.done and s.phase == Phase.SUCCEEDED}
+        fields = {"state": "queued", "result": int(RenderResult.RENDERRESULT_OK)}
+        self.book.apply(JobDoc(doc.uuid, fields={k: Register(stamp, v) for k, v in fields.items()},
+                               gen=gen, tasks=kept,
+                               log={self.book.stamp(): f"failed frames queued again by {user}"}))
+        return n - len(kept)
 
     def stop(self, doc: JobDoc, user: str) -> JobDoc:
         """StopRendering: the job stops with RENDERRESULT_USERBREAK."""
@@ -265,20 +338,26 @@ class Jobs:
         states = [task_current(doc, tid) for tid in range(len(tasks))]
         done_frames = sum(len(tasks[i]) for i, s in enumerate(states) if s.done and s.phase == Phase.SUCCEEDED)
         busy = {s.worker for s in states if not s.done and s.phase in (Phase.ASSIGNED, Phase.RENDERING) and s.worker}
-        failed = sum(1 for s in states if s.done and s.phase == Phase.FAILED)
+        failed = [tid for tid, s in enumerate(states) if s.done and s.phase == Phase.FAILED]
+        state = job_state(doc)
         return {
             "uuid": doc.uuid, "name": doc.value("name"), "scene": doc.value("scene"),
             "default_scene": doc.value("default_scene"), "user": doc.value("user"),
             "renderer": doc.value("renderer"), "frames": doc.value("frames"),
             "chunk": doc.value("chunk"), "priority": doc.value("priority"),
-            "flags": _flag_names(int(doc.value("flags", 0))), "state": job_state(doc),
+            "flags": _flag_names(int(doc.value("flags", 0))), "state": state,
             "creator": RenderJobCreator(int(doc.value("creator", 3))).name.removeprefix("RENDERJOBCREATOR_"),
-            "result": RenderResult(int(doc.value("result", 0))).name.removeprefix("RENDERRESULT_"),
-            "machines": doc.value("machines", []), "output": doc.value("output"),
+            "result": _result(doc, state, [states[tid].error for tid in failed]),
+            "machines": doc.value("machines", []),
+            "output": output_pattern(str(doc.value("output") or ""), str(doc.value("scene")),
+                                     os.path.splitext(str(doc.value("output") or ""))[1].lstrip(".") or "png")
+            if doc.value("outputs", True) else "",
             "origin": doc.value("origin"), "created": doc.value("created"),
             "position": doc.value("position"), "generation": doc.gen,
             "frames_total": sum(len(t) for t in tasks), "frames_done": done_frames,
-            "tasks_total": len(tasks), "tasks_failed": failed, "machines_busy": len(busy),
+            "tasks_total": len(tasks), "tasks_failed": len(failed), "machines_busy": len(busy),
+            "errors": [{"task": tid, "frames": format_frames(tasks[tid]), "error": states[tid].error}
+                       for tid in failed[:SHOWN_ERRORS]],
         }
 
     def tasks(self, doc: JobDoc) -> list[dict[str, Any]]:
@@ -292,8 +371,23 @@ class Jobs:
                 "render_time": s.render_time, "machines": s.all_machines, "attempt": s.attempt, "attempts": s.attempts,
                 "failures": s.failures,
                 "worker": s.worker, "error": s.error,
+                "rendered_by": s.worker if s.done and s.phase == Phase.SUCCEEDED else "",
             })
         return out
+
+
+def _result(doc: JobDoc, state: str, errors: list[str]) -> str:
+    """The job's RENDERRESULT_* name (without the prefix), consistent with its state:
+    a failed job shows what failed its first failed task (its error starts with
+    the name), or FAILED when no name is known; never OK."""
+    stored = RenderResult(int(doc.value("result", 0))).name.removeprefix("RENDERRESULT_")
+    if state != "failed":
+        return stored
+    for error in errors:
+        name = error.partition(":")[0].strip()
+        if name.startswith("RENDERRESULT_") and name in RenderResult.__members__:
+            return name.removeprefix("RENDERRESULT_")
+    return stored if stored != "OK" else "FAILED"
 
 
 def _flag_names(flags: int) -> list[str]:

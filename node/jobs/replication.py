@@ -84,6 +84,8 @@ class Replication:
         self._nursery: trio.Nursery | None = None
         self._incoming: JobDoc | None = None  #: the peer's delta being merged
         self._random = random.Random()
+        #: jobs submitted here that fewer peers hold than they want: job -> (wanted, holders)
+        self.short: dict[str, tuple[int, set[str]]] = {}
         book.listeners.append(self._on_change)
         peers.register_handler(JobDelta, self._on_delta)
         peers.register_delivery(JobDelta, self._on_pushed)
@@ -136,8 +138,30 @@ class Replication:
         except (SessionLost, ProtocolError):
             pass
 
+    def watch(self, job: str, wanted: int, holders: set[str]) -> None:
+        """Count the peers holding ``job`` until ``wanted`` of them do (a peer's
+        digest naming the job counts it)."""
+        if len(holders) < wanted:
+            self.short[job] = (wanted, set(holders))
+
+    def copies(self, job: str) -> tuple[int, int] | None:
+        """(peers known to hold it, peers it wants) for a job submitted here that is
+        under-replicated; None once it has its replicas (or was never watched)."""
+        entry = self.short.get(job)
+        if entry is None:
+            return None
+        if self.book.get(job) is None:  # deleted
+            del self.short[job]
+            return None
+        return len(entry[1]), entry[0]
+
     async def _on_digest(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, JobDigest)
+        for job in [j for j in self.short if j in msg.digests]:
+            wanted, holders = self.short[job]
+            holders.add(session.uuid)
+            if len(holders) >= wanted:
+                del self.short[job]
         ours = self.book.digests()
         differ = [u for u, d in ours.items() if msg.digests.get(u) != d]
         if differ and self._nursery is not None:
@@ -169,11 +193,12 @@ class Replication:
 
     async def replicate(self, deltas: list[JobDoc], want: int,
                         then: Callable[[Session], Awaitable[None]] | None = None,
-                        patience: float = REPLICATE_TIMEOUT) -> int:
+                        patience: float = REPLICATE_TIMEOUT, holders: set[str] | None = None) -> int:
         """Send ``deltas`` to every live peer; return once ``want`` of them have them
         on disk (and have done ``then``, e.g. fetched the job's assets), or every
-        peer answered, or ``patience`` seconds passed: the count.  Only ``want``
-        peers do ``then`` at a time; another takes the place of one that fails."""
+        peer answered, or ``patience`` seconds passed: the count (the peers counted
+        are added to ``holders``).  Only ``want`` peers do ``then`` at a time;
+        another takes the place of one that fails."""
         sessions = list(self.peers.sessions.values())
         if len(sessions) < want:  # too few sessions up: open some to other online members
             others = [u for u in self.peers.online_uuids() if u not in self.peers.sessions]
@@ -204,6 +229,8 @@ class Replication:
                             return
                         await then(session)
                 acked += 1
+                if holders is not None:
+                    holders.add(session.uuid)
             except (SessionLost, ProtocolError, RequestFailed) as exc:
                 log.info("replica %s did not take the job: %s", session.uuid, exc)
             answered += 1

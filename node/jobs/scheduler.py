@@ -146,6 +146,7 @@ class Scheduler:
         self.book.listeners.append(self._on_change)
         peers.on_change.append(self._peers_changed)
         peers.register_handler(TaskUpdate, self._on_update_msg)
+        peers.register_delivery(TaskUpdate, self._on_relayed_update)
         election.on_role.append(self.poke)
 
     # -- events --------------------------------------------------------------------
@@ -487,8 +488,7 @@ class Scheduler:
                 await self.local.cancel(msg)
             return
         try:
-            session = await self.peers.session(worker, hold="worker")
-            await session.send(msg)
+            await self.peers.deliver_to(worker, msg, hold="worker")
         except (SessionLost, ProtocolError) as exc:
             self._unreachable[worker] = time.monotonic()
             self._roster = None
@@ -500,6 +500,11 @@ class Scheduler:
     async def _on_update_msg(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, TaskUpdate)
         self.on_update(session.uuid, msg)
+
+    def _on_relayed_update(self, origin: str, msg: Any) -> None:
+        """A worker's report that reached us through the overlay (no session between us)."""
+        assert isinstance(msg, TaskUpdate)
+        self.on_update(origin, msg)
 
     def on_update(self, worker: str, msg: TaskUpdate) -> None:
         """A worker's progress or end of a task."""
@@ -605,9 +610,7 @@ class Scheduler:
         now = time.monotonic()
         if self._membership:
             self._membership = False
-            # online in the farm, not "has a session here": with the overlay the
-            # server assigns to members it is still dialing
-            online = set(self.peers.online_uuids()) | {self.me}
+            online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
             for key, lease in list(self.leases.items()):
                 if lease.worker not in online and self.leases.get(key) is lease:
                     self._lapse(key, "worker went offline")

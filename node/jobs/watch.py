@@ -23,11 +23,11 @@ import trio
 
 from node.db import Database
 from node.errors import NodeError
+from node.renderers import SCENE_TYPES, scene_frames
 from protocol.enums import RenderJobCreator
 
 log = logging.getLogger("rendernode.watch")
 SCAN_INTERVAL = 1.0
-SCENE_TYPES = {".json": "builtin", ".toml": "builtin", ".blend": "blender", ".pov": "povray"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watch_seen (
     path TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL, job TEXT NOT NULL,
@@ -35,28 +35,27 @@ CREATE TABLE IF NOT EXISTS watch_seen (
 );
 """
 Submit = Callable[[dict[str, Any]], Awaitable[str]]
+Frames = Callable[[str, str], Awaitable[str]]  #: (scene, renderer) -> its frame range
 
 
 def default_frames(path: str, renderer: str) -> str:
-    """The frame range a watched scene renders."""
-    if renderer == "builtin":
-        try:
-            from node.renderers.builtin import scene_frames
+    """The frame range a watched scene renders: the scene's own (``node.renderers.scene_frames``)."""
+    return scene_frames(path, renderer)
 
-            return str(scene_frames(path))
-        except (ImportError, OSError, ValueError) as exc:
-            log.warning("cannot read the frame range of %s (%s); rendering frame 1", path, exc)
-    return "1"
+
+async def _frames_as_self(path: str, renderer: str) -> str:
+    return await trio.to_thread.run_sync(default_frames, path, renderer)
 
 
 class Watcher:
     """Scans the watch folders and submits complete new scene files."""
 
-    def __init__(self, folders: list[str], db: Database, submit: Submit) -> None:
+    def __init__(self, folders: list[str], db: Database, submit: Submit, frames: Frames | None = None) -> None:
         self.folders = [os.path.abspath(f) for f in folders]
         self.db = db
         db.migrate(SCHEMA)
         self.submit = submit
+        self.frames = frames or _frames_as_self
         self._sizes: dict[str, tuple[int, float]] = {}
 
     def _seen(self, path: str, size: int, mtime: float) -> bool:
@@ -83,7 +82,7 @@ class Watcher:
     async def _submit(self, path: str, size: int, mtime: float, creator: RenderJobCreator) -> None:
         renderer = SCENE_TYPES[os.path.splitext(path)[1].lower()]
         stem = os.path.splitext(os.path.basename(path))[0]
-        frames = await trio.to_thread.run_sync(default_frames, path, renderer)
+        frames = await self.frames(path, renderer)
         args = {"scene": path, "renderer": renderer, "frames": frames, "creator": int(creator),
                 "output": os.path.join(os.path.dirname(path), "output", f"{stem}_####.png"),
                 "watch_folder": os.path.dirname(path), "name": os.path.basename(path)}

@@ -16,6 +16,7 @@ from node.errors import BadRequest, NotFound
 from node.membership.identity import Identity
 from node.membership.machines import Machine
 from node.membership.peers import Peers
+from node.resolve import resolve
 from protocol.enums import MachineList, Output
 from protocol.verification import VerificationBits
 
@@ -37,11 +38,14 @@ class MembershipApi:
     """status, machines, machine_add/remove, config, machine log, console output."""
 
     def __init__(self, prefs: Preferences, ident: Identity, peers: Peers,
-                 role: Callable[[], dict[str, Any]]) -> None:
+                 role: Callable[[], dict[str, Any]],
+                 renders: Callable[[], dict[str, Any]] | None = None) -> None:
         self.prefs = prefs
         self.ident = ident
         self.peers = peers
         self.role = role
+        self.renders = renders  #: whom renders run as, and why
+        self.status_extra: list[Callable[[], dict[str, Any]]] = []  #: more for ``status`` (the dashboard's URL)
 
     def methods(self) -> dict[str, Method]:
         """Name -> coroutine function, for the control server."""
@@ -57,7 +61,7 @@ class MembershipApi:
 
     async def status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         """GetUuid, GetName, role, term and server."""
-        return {
+        out = {
             "uuid": self.ident.uuid,
             "name": self.prefs.name,
             **self.role(),
@@ -68,7 +72,12 @@ class MembershipApi:
             "sessions": len(self.peers.sessions),
             "traffic": self.peers.traffic(),
             "caller": caller.user,
+            "renders_as": self.renders() if self.renders is not None else None,
+            "dashboard": "off (dashboard = false)",
         }
+        for extra in self.status_extra:
+            out.update(extra())
+        return out
 
     async def machines(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetAllMachineUuids / GetMachinesList with the seed's filters."""
@@ -79,9 +88,11 @@ class MembershipApi:
         only = _arg(args, "uuid", str, "")
         log_count = _arg(args, "log", int, 0)
         rows = [self._local_row(), *(m for m in self.peers.table.all() if not m.local)]
+        if only:
+            only = self.resolve(only)
         out = []
         for row in rows:
-            if only and row.uuid != only and not row.uuid.startswith(only):
+            if only and row.uuid != only:
                 continue
             if row.local and not include_local:
                 continue
@@ -100,6 +111,11 @@ class MembershipApi:
         if only and not out:
             raise NotFound(f"no machine {only!r}; `rendernode machines` lists them")
         return out
+
+    def resolve(self, ref: str) -> str:
+        """The UUID of the machine ``ref`` names (UUID, unique name or UUID prefix)."""
+        rows = [self._local_row(), *(m for m in self.peers.table.all() if not m.local)]
+        return resolve(ref, ((m.uuid, m.name) for m in rows), "machine", "machines")
 
     def _local_row(self) -> Machine:
         bits = (VerificationBits.VERIFICATIONBIT_ONLINE | VerificationBits.VERIFICATIONBIT_VERIFIED
@@ -129,6 +145,10 @@ class MembershipApi:
         which = _arg(args, "machine", str)
         if not which:
             raise BadRequest("machine_remove needs a UUID or address")
+        try:
+            which = self.resolve(which)
+        except NotFound:
+            pass  # a static address: the peers know it
         if which == self.ident.uuid:
             raise BadRequest("this node cannot remove itself")
         if not self.peers.remove(which):
@@ -136,8 +156,12 @@ class MembershipApi:
         return True
 
     async def config(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        """GetNetPreferences: the effective values, never the token."""
-        return self.prefs.public()
+        """GetNetPreferences: the effective values, never the token; ``listen``
+        with the port bound when the preference asked for any (port 0)."""
+        out = self.prefs.public()
+        if out["listen"].endswith(":0") and self.peers.advertised:
+            out["listen"] = ", ".join(self.peers.advertised)
+        return out
 
     async def add_log_to_machine(self, caller: Caller, args: dict[str, Any]) -> bool:
         """AddLogToMachine(machineUuid, log)."""
@@ -145,8 +169,7 @@ class MembershipApi:
         line = _arg(args, "line", str)
         if line is None:
             raise BadRequest("add_log_to_machine needs a line")
-        if uuid != self.ident.uuid and self.peers.table.get(uuid) is None:
-            raise NotFound(f"no machine {uuid!r}")
+        uuid = self.resolve(uuid)
         if uuid == self.ident.uuid:
             self._local_row()
         self.peers.table.log(uuid, f"[{caller.user}] {line}")

@@ -86,6 +86,12 @@ class Overlay:
         data = codec.encode(message)
         self._input(lambda m, now: m.broadcast(data, now))
 
+    def send_to(self, uuid: str, message: Message) -> None:
+        """Send ``message`` to ``uuid`` through the overlay, relayed by other nodes
+        when this one has no session to it (the receiver's delivery handler gets it)."""
+        data = codec.encode(message)
+        self._input(lambda m, now: m.send_to(uuid, data, now))
+
     def update_meta(self) -> None:
         """This node's metadata (``meta()``) changed: a new incarnation, gossiped."""
         if self.machine is not None and self._meta() != self.machine.me.meta:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,12 +28,15 @@ from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed, Swarm, bits_of
 from node.assets.transfer import write_atomic
 from node.db import Database
-from node.errors import BadRequest, NotFound
+from node.errors import BadRequest, NodeError, NotFound
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, task_frames
+from node.jobs.operations import Jobs, frame_file, output_pattern, task_frames
+from node.jobs.owners import Owners
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from node.nursery import service_nursery
+from node.service.accounts import Account
+from node.service.runas import RunAs
 from protocol import ProtocolError
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags
@@ -51,22 +53,46 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 RETRY = 2.0
+DELIVERY_TRIES = 5  #: a frame its target refuses (cannot write it) this many times fails its task
 FETCH_TIMEOUT = 600.0  #: seconds a target may take to fetch one frame
-_HASHES = re.compile(r"#+")
 
 
 def output_path(doc: JobDoc, frame: int, ext: str) -> str:
     """Where the submitting node writes ``frame`` of ``doc``."""
-    pattern = str(doc.value("output") or "")
-    if not pattern:
-        scene = str(doc.value("scene"))
-        stem = os.path.splitext(os.path.basename(scene))[0] or "frame"
-        pattern = os.path.join(os.path.dirname(scene) or ".", "renders", f"{stem}_####.{ext}")
-    if not _HASHES.search(pattern):
-        root, dot_ext = os.path.splitext(pattern)
-        pattern = f"{root}_####{dot_ext or '.' + ext}"
-    match = list(_HASHES.finditer(pattern))[-1]
-    return pattern[: match.start()] + f"{frame:0{len(match.group())}d}" + pattern[match.end():]
+    return output_path_of(str(doc.value("output") or ""), str(doc.value("scene")), frame, ext)
+
+
+def output_path_of(pattern: str, scene: str, frame: int, ext: str) -> str:
+    """Where ``frame`` of a job with output ``pattern`` and ``scene`` is written."""
+    return frame_file(output_pattern(pattern, scene, ext), frame)
+
+
+class SavingFailed(NodeError):
+    """A frame cannot be written where the job's output pattern puts it."""
+
+    code = "saving_failed"
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+async def write_test(runas: RunAs, account: Account | None, folder: str, output_dirs: list[str]) -> str:
+    """"" if ``account`` (the submitter) may write frames into ``folder``, else why not.
+
+    The one place the output folder is tested at submit (NETRENDERFLAGS_NOWRITETEST
+    skips it): the folder must lie within ``output_dirs`` when that preference
+    names some (the systemd unit lets the daemon's helpers write only there), exist
+    or be creatable, and take a file, with the submitter's rights."""
+    if output_dirs and not any(_inside(folder, d) for d in output_dirs):
+        return (f"cannot write to the output folder {folder}: it is outside the folders this "
+                f"daemon may write to (output_dirs: {', '.join(output_dirs)})")
+    try:
+        await runas.check_writable(account, folder)
+    except OSError as exc:
+        return f"cannot write to the output folder {folder}: {exc.strerror or exc}"
+    return ""
 
 
 @dataclass
@@ -82,6 +108,7 @@ class OutboxItem:
     targets: list[str]  #: "origin" and/or "repository"
     render_time: float
     machine: str
+    failures: int = 0  #: deliveries the target refused (a lost session does not count)
 
     @property
     def meta_path(self) -> str:
@@ -106,6 +133,8 @@ class Results:
         os.makedirs(self.outbox_dir, exist_ok=True)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.owners: Owners | None = None  #: who submitted each job here: frames are written as them
+        self.runas = RunAs(switching=False)
         peers.register_handler(ResultReady, self._on_ready)
         peers.on_session.append(lambda s: self.wake())
         election.on_role.append(self.wake)
@@ -164,9 +193,16 @@ class Results:
                     async with self.peers.using(node, "results") as session:
                         with trio.fail_after(FETCH_TIMEOUT):
                             await session.request(ResultReady(**{**ready.__dict__, "manifest": manifest.id}))
-            except (SessionLost, ProtocolError, RequestFailed, OSError, BadRequest, trio.TooSlowError) as exc:
+            except (SessionLost, ProtocolError, OSError, trio.TooSlowError) as exc:
                 log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
                 continue
+            except (RequestFailed, SavingFailed, BadRequest) as exc:
+                refused = not isinstance(exc, RequestFailed) or exc.reason.startswith(SavingFailed.code + ":")
+                if not refused:  # the target could not fetch it this time
+                    log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
+                    continue
+                if not self._refused(item, target, doc, exc.reason.removeprefix(SavingFailed.code + ": ")):
+                    continue
             item.targets.remove(target)
             if item.targets:
                 write_atomic(item.meta_path, json.dumps(item.__dict__).encode())
@@ -174,6 +210,31 @@ class Results:
             self._drop(item)
             return True
         return False
+
+    def _refused(self, item: OutboxItem, target: str, doc: JobDoc, reason: str) -> bool:
+        """Count a refused delivery; True once the frame is given up (after
+        DELIVERY_TRIES), its task FAILED with the reason when the target was the
+        submitter (``--wait`` prints it)."""
+        item.failures += 1
+        where = "the submitting machine" if target == "origin" else "the server's repository"
+        log.warning("delivering frame %d of %s to %s failed (try %d of %d): %s", item.frame, item.job,
+                    where, item.failures, DELIVERY_TRIES, reason)
+        if item.failures == 1:
+            self.jobs.add_log(doc, f"delivering frame {item.frame} to {where} failed: {reason}; "
+                                   f"trying {DELIVERY_TRIES - 1} more times")
+        if item.failures < DELIVERY_TRIES:
+            write_atomic(item.meta_path, json.dumps(item.__dict__).encode())
+            return False
+        error = (f"RENDERRESULT_SAVINGFAILED: frame {item.frame} could not be delivered to {where} "
+                 f"after {item.failures} tries: {reason}")
+        self.jobs.add_log(doc, f"task {item.task} failed: {error}")
+        cur = task_current(doc, item.task)
+        if target == "origin" and not cur.done and cur.gen == item.gen:
+            self.jobs.set_task(doc, item.task, TaskState(
+                gen=cur.gen, done=1, attempt=cur.attempt, phase=Phase.FAILED, stamp=self.jobs.book.stamp(),
+                machines=cur.machines, render_time=cur.render_time, error=error, term=cur.term,
+                failures=cur.failures))
+        return True
 
     def _drop(self, item: OutboxItem) -> None:
         for path in (item.path, item.meta_path):
@@ -230,8 +291,10 @@ class Results:
                                        deadline=trio.current_time() + FETCH_TIMEOUT, announce=False)
                 data = await trio.to_thread.run_sync(self._assemble, manifest)
                 reply = Reply(await self.store(ready, data))
-        except (FetchFailed, CorruptChunk, OSError, BadRequest, ProtocolError, SessionLost) as exc:
-            reply = Error("saving_failed", f"frame {ready.frame} of {ready.job}: {exc}")
+        except (SavingFailed, BadRequest) as exc:  # the worker counts these and gives up
+            reply = Error(SavingFailed.code, exc.reason)
+        except (FetchFailed, CorruptChunk, OSError, ProtocolError, SessionLost) as exc:  # tried again
+            reply = Error("fetch_failed", f"frame {ready.frame} of {ready.job}: {exc}")
         try:
             await session.send(reply, req_id)
         except (SessionLost, ProtocolError):
@@ -261,7 +324,13 @@ class Results:
                 raise BadRequest("this node did not submit the job")
             path = output_path(doc, offer.frame, ext)
         digest = hashlib.sha256(data).hexdigest()
-        await trio.to_thread.run_sync(write_atomic, path, data)
+        try:
+            if kind == "output":
+                await self.write_as_owner(offer.job, path, data)
+            else:
+                await trio.to_thread.run_sync(write_atomic, path, data)
+        except OSError as exc:
+            raise SavingFailed(f"cannot write {path}: {exc.strerror or exc}") from None
         row = (offer.job, offer.gen, offer.frame, kind, offer.task, path, digest, len(data),
                offer.machine, offer.render_time, time.time())
         await self.db.run(lambda c: c.execute(
@@ -269,6 +338,27 @@ class Results:
         if kind == "output":
             self._maybe_done(doc, offer)
         return {"stored": True, "path": path}
+
+    async def write_as_owner(self, job: str, path: str, data: bytes) -> None:
+        """Write a frame with the rights of whoever submitted ``job`` here."""
+        if self.owners is None:  # a node built without owners (tests of this module)
+            await trio.to_thread.run_sync(write_atomic, path, data)
+            return
+        await self.runas.write(self._owner(job), path, data)
+
+    def _owner(self, job: str) -> Account:
+        account = self.owners.get(job) if self.owners is not None else None
+        if account is None:
+            raise BadRequest(f"this node has no record of who submitted job {job}; "
+                             "it writes and removes no file of that job")
+        return account
+
+    async def _unlink_result(self, job: str, path: str, kind: str) -> None:
+        """Remove a result file: an output with its owner's rights, ours from the repository."""
+        if kind == "output" and self.owners is not None:
+            await self.runas.unlink(self._owner(job), path)
+        else:
+            await trio.to_thread.run_sync(_unlink, path)
 
     def _maybe_done(self, doc: JobDoc, offer: ResultReady) -> None:
         frames = task_frames(doc)[offer.task]
@@ -286,7 +376,7 @@ class Results:
         machines = tuple(dict.fromkeys((*cur.machines, offer.machine))) if offer.machine else cur.machines
         self.jobs.set_task(doc, offer.task, TaskState(
             gen=doc.gen, done=1, attempt=cur.attempt, phase=Phase.SUCCEEDED,
-            stamp=self.jobs.book.stamp(), machines=machines,
+            stamp=self.jobs.book.stamp(), machines=machines, worker=offer.machine,
             render_time=max(total, cur.render_time), term=cur.term, failures=cur.failures))
 
     # -- listing and clearing -----------------------------------------------------------
@@ -314,22 +404,25 @@ class Results:
 
     async def clear(self, job: str) -> int:
         """ClearResults: delete this node's result files of the job; returns how many."""
-        rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
-        for (path,) in rows:
-            await trio.to_thread.run_sync(_unlink, path)
+        rows = self.db.conn.execute("SELECT path, kind FROM results WHERE job=?", (job,)).fetchall()
+        for path, kind in rows:
+            await self._unlink_result(job, path, kind)
         await self.db.run(lambda c: c.execute("DELETE FROM results WHERE job=?", (job,)))
         return len(rows)
 
     async def remove(self, job: str, path: str) -> bool:
-        """RemoveResult: delete one result file of the job (by path or file name)."""
-        rows = self.db.conn.execute("SELECT path FROM results WHERE job=?", (job,)).fetchall()
-        match = [p for (p,) in rows if p == path or os.path.basename(p) == path]
+        """RemoveResult: delete one result file of the job, named by its path as
+        ``results list`` shows it, its path relative to a folder above it, or its
+        file name."""
+        rows = self.db.conn.execute("SELECT path, kind FROM results WHERE job=?", (job,)).fetchall()
+        tail = "/" + path.lstrip("./")
+        match = [(p, k) for p, k in rows if p == path or os.path.basename(p) == path or p.endswith(tail)]
         if not match:
             raise NotFound(f"job {job} has no result {path!r}; `rendernode results {job}` lists them")
-        for p in match:
-            await trio.to_thread.run_sync(_unlink, p)
+        for p, k in match:
+            await self._unlink_result(job, p, k)
         await self.db.run(lambda c: c.executemany(
-            "DELETE FROM results WHERE job=? AND path=?", [(job, p) for p in match]))
+            "DELETE FROM results WHERE job=? AND path=?", [(job, p) for p, _ in match]))
         return True
 
 

@@ -4,8 +4,11 @@ One task renders at a time (one slot), and one more may wait behind it (the
 server's prefetch: it starts the moment the current one ends, with no round
 trip to the server in between); an assignment beyond that is refused as
 busy.  Each task runs as a subprocess of its backend (the built-in renderer
-too) in a fresh work folder; its output is read line by line (``\\n`` or
-``\\r``) for progress and a bounded log tail.  Progress goes to the server at
+too) in a fresh work folder, as the render user with an allow-listed
+environment (``node.render.sandbox``); its output is read line by line
+(``\\n`` or ``\\r``) for progress and a bounded log tail.  When it exits, what
+it left is copied out of its folder, the folder is removed, and only then
+does the backend judge the outcome and the next task start.  Progress goes to the server at
 most every ``REPORT_INTERVAL`` (newest value only) and renews the lease; the
 waiting task is reported (progress 0) with it, which renews its lease too.  A
 cancelled waiting task is dropped and reported stopped.  Stop: SIGTERM to the
@@ -13,17 +16,20 @@ process group, SIGKILL after ``KILL_AFTER`` seconds.
 
 Finished frames go to the outbox (``node.render.results``); the task becomes
 DELIVERING until the submitter holds them, or SUCCEEDED at once for a job
-whose frames leave no file.
+whose frames leave no file.  Before a frame leaves, the worker makes its
+preview (``node.render.preview``), keeps it as a chunk in its store and names
+it in the task's state, so any node's dashboard can fetch it.
+
+Frames are written in the type the job's output pattern names
+(``renders/shot_####.exr``) when the renderer can write it, else as PNG.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -35,7 +41,7 @@ from typing import Any
 import trio
 
 from node.assets.jobassets import Assets
-from node.assets.store import CorruptChunk
+from node.assets.store import CorruptChunk, sha256
 from node.assets.swarm import FetchFailed
 from node.jobs.book import is_live
 from node.jobs.election import Election
@@ -43,10 +49,12 @@ from node.jobs.operations import Jobs
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
+from node.render.preview import PreviewError, make_preview
 from node.render.results import Results
+from node.render.sandbox import Place, Sandbox
 from node.renderers.base import Outcome, Renderer, TaskSpec
 from node.renderers.command import reads_assets
-from node.renderers.scene import PATH_MAP_ENV
+from node.service.runas import RunAs
 from protocol import ProtocolError
 from protocol.crdt import Phase, TaskState, task_current
 from protocol.enums import NetRenderFlags, RenderResult
@@ -73,20 +81,23 @@ class Running:
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL))
     stop_reason: str = ""
     prepared: trio.Event | None = None  #: set once the work folder is fresh (None: not begun)
+    place: Place | None = None  #: the task's folder and account, once prepared
+    failed: Outcome | None = None  #: why the task cannot render (set while preparing)
 
 
 class Worker:
     """Takes assignments, runs renderers, reports, hands frames to the outbox."""
 
     def __init__(self, peers: Peers, election: Election, jobs: Jobs, backends: dict[str, Renderer],
-                 results: Results, state_dir: str) -> None:
+                 results: Results, state_dir: str, sandbox: Sandbox | None = None) -> None:
         self.peers = peers
         self.election = election
         self.jobs = jobs
         self.backends = backends
         self.results = results
         self.me = peers.ident.uuid
-        self.work_dir = os.path.join(state_dir, "work")
+        #: task folders and render accounts (default: renders as the daemon's own user)
+        self.sandbox = sandbox or Sandbox(state_dir, "", None, RunAs(switching=False))
         self.current: Running | None = None
         self.waiting: Running | None = None  #: the task to start when the current one ends
         self.report_local: ReportLocal | None = None
@@ -97,6 +108,8 @@ class Worker:
         self._nursery: trio.Nursery | None = None
         peers.register_handler(Assign, self._on_assign)
         peers.register_handler(Cancel, self._on_cancel)
+        peers.register_delivery(Assign, self._on_relayed)
+        peers.register_delivery(Cancel, self._on_relayed)
 
     @property
     def busy(self) -> bool:
@@ -106,6 +119,16 @@ class Worker:
     async def _on_assign(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Assign)
         await self.assign(msg, session.uuid)
+
+    def _on_relayed(self, origin: str, msg: Any) -> None:
+        """An Assign or Cancel that reached us through the overlay (the server has no
+        session to us): handled like one on a session, in a task of its own."""
+        if self._nursery is None:
+            return
+        if isinstance(msg, Assign):
+            self._nursery.start_soon(self.assign, msg, origin)
+        elif isinstance(msg, Cancel):
+            self._nursery.start_soon(self.cancel, msg)
 
     async def _on_cancel(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, Cancel)
@@ -158,17 +181,26 @@ class Worker:
         for callback in self.on_busy:
             callback(busy)
 
-    def _workdir(self, msg: Assign) -> str:
-        return os.path.join(self.work_dir, f"{msg.job}-{msg.task}-{msg.gen}-{msg.attempt}")
-
     async def _prepare(self, running: Running) -> None:
-        """Make the task's fresh work folder, once."""
+        """Make the task's fresh work folder as the account that renders it, once."""
         if running.prepared is not None:
             await running.prepared.wait()
             return
         running.prepared = trio.Event()
+        msg = running.msg
         try:
-            await trio.to_thread.run_sync(_fresh_dir, self._workdir(running.msg))
+            if not await self._job_arrived(msg.job):
+                running.failed = Outcome(RenderResult.RENDERRESULT_NOMACHINE,
+                                         f"job {msg.job} has not reached this node")
+                return
+            doc = self.jobs.book.get(msg.job)
+            user = str(doc.value("user", "")) if doc is not None else ""
+            try:
+                running.place = await self.sandbox.open(
+                    user, f"{msg.job}-{msg.task}-{msg.gen}-{msg.attempt}")
+            except OSError as exc:
+                running.failed = Outcome(RenderResult.RENDERRESULT_SAVINGFAILED,
+                                         f"cannot make the task's work folder: {exc}")
         finally:
             running.prepared.set()
 
@@ -199,40 +231,59 @@ class Worker:
                 self.peers.release(self._server_held, "server")
             self._server_held = target
         try:
-            session = await self.peers.session(target, hold="server")
-            await session.send(update)
+            await self.peers.deliver_to(target, update, hold="server")
         except (SessionLost, ProtocolError) as exc:
             log.debug("progress report to %s failed: %s", target, exc)
 
     async def _discard(self, running: Running) -> None:
         """Remove the folder prepared for a task that will not run."""
         await self._prepare(running)
-        await trio.to_thread.run_sync(shutil.rmtree, self._workdir(running.msg), True)
+        if running.place is not None:
+            await self.sandbox.discard(running.place)
 
     async def _run(self, running: Running) -> None:
         msg = running.msg
-        workdir = self._workdir(msg)
         outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, "stopped")
         elapsed = 0.0
+        place: Place | None = None
         try:
-            await self._prepare(running)
             backend = self.backends[msg.renderer]
             spec = TaskSpec(job=msg.job, task=msg.task, frames=list(msg.frames), scene=msg.scene,
-                            workdir=workdir, rdata=dict(msg.rdata))
+                            workdir="", rdata=dict(msg.rdata))
+            granted = ""
+            code: int | Outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, "stopped")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._progress_reports, running)  # renews the lease while assets arrive too
                 with running.scope:
-                    spec, env, failed = await self._assets(spec)
-                    if failed is not None:
-                        outcome = failed
+                    await self._prepare(running)
+                    place = running.place
+                    if running.failed is not None or place is None:
+                        code = running.failed or code
                     else:
-                        start = time.monotonic()
-                        outcome = await self._render(backend, spec, running, env)
-                        elapsed = time.monotonic() - start
+                        spec = dataclasses.replace(spec, workdir=place.workdir)
+                        spec, path_map, failed = await self._assets(spec)
+                        if failed is not None:
+                            code = failed
+                        else:
+                            granted = await self._grant(spec.job, place)
+                            start = time.monotonic()
+                            code = await self._render(backend, spec, running,
+                                                      self.sandbox.env(place, path_map))
+                            elapsed = time.monotonic() - start
                 nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):  # nothing of the render may outlive this point
+                if place is not None:
+                    wanted = [] if running.scope.cancelled_caught else [
+                        os.path.basename(spec.frame_path(f)) for f in spec.frames]
+                    await self.sandbox.close(place, wanted)
+                    spec = dataclasses.replace(spec, workdir=place.harvest)
+                if granted and self.assets is not None:
+                    await trio.to_thread.run_sync(self.assets.revoke, granted)
+            outcome = backend.outcome(code, list(running.log_tail), spec) if isinstance(code, int) else code
             self._handoff(running)  # the next task renders while this one's frames are handed on
             if running.scope.cancelled_caught:
                 outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, running.stop_reason or "stopped")
+            outcome = _user_paths(outcome, running, spec.rdata.get("path_map") or {})
             if outcome.result == RenderResult.RENDERRESULT_OK and outcome.warnings and (
                     msg.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR):
                 outcome = Outcome(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT,
@@ -247,14 +298,26 @@ class Worker:
                     finished=True, result=int(outcome.result), error=outcome.message,
                     render_time=elapsed, log_tail=list(running.log_tail)[-10:],
                     warnings=len(outcome.warnings)))
-                await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+                if running.prepared is not None:
+                    await running.prepared.wait()
+                if running.place is not None:
+                    await self.sandbox.discard(running.place)
+
+    async def _grant(self, job: str, place: Place) -> str:
+        """Let the task's account read the job's materialised assets; the folder granted."""
+        doc = self.jobs.book.get(job)
+        folder = self.assets.folder(doc) if self.assets is not None and doc is not None else ""
+        if not folder or place.account is None or self.assets is None:
+            return ""
+        await trio.to_thread.run_sync(self.assets.grant, folder, place.account.uid)
+        return folder
 
     async def _assets(self, spec: TaskSpec) -> tuple[TaskSpec, dict[str, str] | None, Outcome | None]:
-        """Fetch and materialise the job's assets: (spec with the local scene, env, failure)."""
-        if not await self._job_arrived(spec.job):
-            return spec, None, Outcome(RenderResult.RENDERRESULT_NOMACHINE,
-                                       f"job {spec.job} has not reached this node")
+        """Fetch and materialise the job's assets: (spec with the local scene, path map, failure)."""
         doc = self.jobs.book.get(spec.job)
+        if doc is not None:  # frames in the type the output pattern names
+            ext = os.path.splitext(str(doc.value("output") or ""))[1].lstrip(".").lower()
+            spec = dataclasses.replace(spec, extension=ext or spec.extension)
         if self.assets is None or doc is None or not doc.value("assets"):
             return spec, None, None
         if str(doc.value("renderer")) == "command" and not reads_assets(spec.rdata):
@@ -265,7 +328,7 @@ class Worker:
             return spec, None, Outcome(RenderResult.RENDERRESULT_ASSETMISSING,
                                        f"cannot fetch the job's assets: {exc}")
         spec = dataclasses.replace(spec, scene=scene, rdata={**spec.rdata, "path_map": path_map})
-        return spec, {**os.environ, PATH_MAP_ENV: json.dumps(path_map)}, None
+        return spec, path_map, None
 
     async def _job_arrived(self, job: str) -> bool:
         """Wait until the job's creation (or deletion) is in the book; False after JOB_WAIT.
@@ -284,12 +347,16 @@ class Worker:
             await trio.sleep(0.01)
 
     async def _render(self, backend: Renderer, spec: TaskSpec, running: Running,
-                      env: dict[str, str] | None = None) -> Outcome:
+                      env: dict[str, str]) -> int | Outcome:
+        """Run the backend's command as the task's account: its exit status (the
+        outcome is judged once what it left is out of its folder)."""
         argv, cwd = backend.command(spec)
+        assert running.place is not None
         try:
             proc = await trio.lowlevel.open_process(
                 argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                **self.sandbox.process_args(running.place))
         except OSError as exc:
             return Outcome(RenderResult.RENDERRESULT_PROJECTNOTFOUND, f"cannot start {argv[0]}: {exc}")
         try:
@@ -312,7 +379,7 @@ class Worker:
             if proc.returncode is None:
                 with trio.CancelScope(shield=True):
                     await _stop(proc)
-        return backend.outcome(code, list(running.log_tail), spec)
+        return code
 
     async def _progress_reports(self, running: Running) -> None:
         msg = running.msg
@@ -331,8 +398,10 @@ class Worker:
         if doc is None:
             return
         per_frame = elapsed / max(1, len(spec.frames))
+        previews: list[str] = []
         if msg.outputs:
             for frame in spec.frames:
+                previews.append(await trio.to_thread.run_sync(self._preview, spec.frame_path(frame)))
                 await trio.to_thread.run_sync(self.results.put, spec.frame_path(frame), doc, msg.gen,
                                               msg.task, frame, per_frame)
         cur = task_current(doc, msg.task)
@@ -343,21 +412,47 @@ class Worker:
             gen=msg.gen, done=0 if msg.outputs else 1, attempt=msg.attempt, phase=phase,
             stamp=self.jobs.book.stamp(), worker=self.me,
             machines=tuple(dict.fromkeys((*cur.machines, self.me))), render_time=elapsed, term=msg.term,
-            failures=cur.failures))
+            failures=cur.failures, previews=tuple(previews) if any(previews) else ()))
         self.rendered += 1
         if msg.outputs:
             self.results.wake()
 
+    def _preview(self, path: str) -> str:
+        """Make the frame's preview and keep it as a chunk; its hash, or "" (blocking)."""
+        try:
+            data = make_preview(path)
+        except (PreviewError, OSError) as exc:
+            log.info("no preview of %s: %s", os.path.basename(path), exc)
+            return ""
+        chunk = sha256(data)
+        self.results.swarm.store.put(chunk, data)
+        return chunk
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the nursery tasks run in."""
+        """Hold the nursery tasks run in (after clearing what a crash left)."""
+        await trio.to_thread.run_sync(self.sandbox.setup)
+        await self.sandbox.clear_leftovers()
         async with service_nursery(self):
             task_status.started()
             await trio.sleep_forever()
 
 
-def _fresh_dir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
+def _user_paths(outcome: Outcome, running: Running, path_map: dict[str, str]) -> Outcome:
+    """The outcome and log tail with this worker's copies of the job's files named
+    by the submitter's paths (the path map, reversed): errors the user can act on."""
+    if not path_map:
+        return outcome
+
+    def back(text: str) -> str:
+        for theirs, here in path_map.items():
+            text = text.replace(here.rstrip("/") + "/", theirs.rstrip("/") + "/").replace(here, theirs)
+        return text
+
+    tail = [back(line) for line in running.log_tail]
+    running.log_tail.clear()
+    running.log_tail.extend(tail)
+    return dataclasses.replace(outcome, message=back(outcome.message),
+                               warnings=tuple(back(w) for w in outcome.warnings))
 
 
 async def _stop(proc: trio.Process) -> None:

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 
 from .base import Renderer
@@ -75,3 +76,76 @@ def load(cache_file: str | None = None) -> tuple[dict[str, Renderer], dict[str, 
         except OSError as exc:
             log.debug("cannot cache renderer versions: %s", exc)
     return out, versions
+
+
+def output_formats(renderer: str) -> list[str] | None:
+    """File types (extensions) ``renderer`` writes its frames as; None for a
+    renderer whose command writes whatever it writes (``command``)."""
+    if renderer == "builtin":
+        from .builtin import writable_formats
+
+        return writable_formats()
+    if renderer == "blender":
+        from .blender import FORMATS as BLENDER
+
+        return sorted(BLENDER)
+    if renderer == "povray":
+        from .povray import FORMATS as POVRAY
+
+        return sorted(POVRAY)
+    return None
+
+
+#: scene file extension -> the renderer that renders it
+SCENE_TYPES = {".json": "builtin", ".toml": "builtin", ".blend": "blender", ".pov": "povray",
+               ".ini": "povray"}
+_INI_KEY = re.compile(r"^\s*(Initial_Frame|Final_Frame|Subset_Start_Frame|Subset_End_Frame)\s*=\s*(-?\d+)",
+                      re.IGNORECASE | re.MULTILINE)
+
+
+def detect_renderer(scene: str, command: str | None = None) -> str:
+    """The renderer a scene file asks for by its extension (``command`` when a
+    command template is given; builtin for an unknown type)."""
+    if command:
+        return "command"
+    return SCENE_TYPES.get(os.path.splitext(scene)[1].lower(), "builtin")
+
+
+def scene_mismatch(scene: str, renderer: str) -> str:
+    """"" if ``renderer`` can render ``scene``'s type, else why not, saying which can."""
+    ext = os.path.splitext(scene)[1].lower()
+    meant = SCENE_TYPES.get(ext)
+    if renderer == "command" or meant is None or meant == renderer:
+        return ""
+    own = ", ".join(e for e, r in SCENE_TYPES.items() if r == renderer)
+    return (f"the {renderer} renderer cannot render a {ext} scene ({scene}); it renders {own} "
+            f"files, and {ext} scenes are for --renderer {meant}")
+
+
+def povray_ini_frames(path: str) -> str:
+    """Initial_Frame-Final_Frame of a POV-Ray .ini file ("1" when it animates nothing)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        keys = {k.lower(): int(v) for k, v in _INI_KEY.findall(f.read())}
+    first = keys.get("subset_start_frame", keys.get("initial_frame", 1))
+    last = keys.get("subset_end_frame", keys.get("final_frame", first))
+    return f"{first}-{last}" if last > first else str(first)
+
+
+def scene_frames(path: str, renderer: str) -> str:
+    """The frame range a scene renders when the submit names none: the scene's own
+    (builtin scenes, a .blend's frame_start..frame_end read through Blender, a
+    POV-Ray .ini's Initial_Frame..Final_Frame), else "1".  Blocking."""
+    try:
+        if renderer == "builtin":
+            from .builtin import scene_frames as builtin_frames
+
+            return builtin_frames(path)
+        if renderer == "blender":
+            from .blender_deps import blend_frames
+
+            return blend_frames(path)
+        if renderer == "povray" and path.lower().endswith(".ini"):
+            return povray_ini_frames(path)
+    except (ImportError, OSError, ValueError, RuntimeError) as exc:
+        log.warning("cannot read the frame range of %s (%s); rendering frame 1", path, exc)
+    return "1"

@@ -2,10 +2,11 @@
 
 One Blender process renders every frame of a task::
 
-    blender -noaudio -b SCENE --python-exit-code 1 --python WORKDIR/rendernode_setup.py
+    blender -noaudio -b SCENE --python-exit-code 1 --python-expr SETUP_SCRIPT
             -o WORKDIR/frame_###### -F PNG -x 1 (-s A -e B -j 1 -a | -f 1,4,6..9)
 
-The setup script (``SETUP_TEMPLATE``, written into the work folder) applies the
+The setup script (``SETUP_TEMPLATE``, given on the command line: the work
+folder belongs to the render user, not to the daemon) applies the
 job's rdata, puts Cycles on the CPU unless the job asks for the GPU, turns
 denoising off everywhere (Debian's Blender has no OpenImageDenoise, and a render
 that asks for it fails), points the output at ``frame_######`` so that frames
@@ -36,7 +37,6 @@ from protocol.frames import frame_runs
 from .base import Outcome, TaskSpec, missing_frames
 
 DETECT_TIMEOUT = 60.0  #: seconds ``blender --version`` may take on a busy machine
-SETUP_NAME = "rendernode_setup.py"
 STATUS_NAME = "rendernode_setup.json"
 #: TaskSpec.extension -> Blender's file format; Blender writes exactly these extensions
 FORMATS = {"png": "PNG", "jpg": "JPEG", "exr": "OPEN_EXR", "tif": "TIFF", "bmp": "BMP",
@@ -284,13 +284,10 @@ class BlenderRenderer:
         return blender_version(self.executable)
 
     def command(self, task: TaskSpec) -> tuple[list[str], str]:
-        """Blender with the setup script written into the work folder; cwd is the scene's folder."""
-        setup = os.path.join(task.workdir, SETUP_NAME)
-        with open(setup, "w", encoding="utf-8") as f:
-            f.write(setup_script(task))
+        """Blender with the setup script on its command line; cwd is the scene's folder."""
         fmt = FORMATS.get(task.extension.lower(), "PNG")
         argv = [shutil.which(self.executable) or self.executable, "-noaudio", "-b", task.scene,
-                "--python-exit-code", "1", "--python", setup,
+                "--python-exit-code", "1", "--python-expr", setup_script(task),
                 "-o", os.path.join(task.workdir, "frame_######"), "-F", fmt, "-x", "1",
                 *frame_args(task.frames)]
         cwd = os.path.dirname(task.scene)

@@ -16,8 +16,10 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Any
 
 DEPS_TIMEOUT = 300.0  #: seconds Blender may take to load a scene and list its files
+INFO_CACHE = 64  #: versions of .blend files whose listing is kept
 _MARK = "RENDERNODE-DEPS "  #: starts the line of LIST_SCRIPT's answer
 
 LIST_SCRIPT = '''\
@@ -42,11 +44,17 @@ for group in (bpy.data.volumes, bpy.data.cache_files):
 for clip in bpy.data.movieclips:
     if clip.source == "SEQUENCE":
         sequences.append(bpy.path.abspath(clip.filepath, library=clip.library))
-print("RENDERNODE-DEPS " + json.dumps({"paths": paths, "sequences": sequences, "tiled": tiled}), flush=True)
+scene = bpy.context.scene
+frames = [scene.frame_start, scene.frame_end, scene.frame_step]
+print("RENDERNODE-DEPS " + json.dumps({"paths": paths, "sequences": sequences, "tiled": tiled,
+                                      "frames": frames}), flush=True)
 '''
 
 
-class BlendDepsError(Exception):
+_INFO: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+
+
+class BlendDepsError(ValueError):
     """Blender could not list a scene's files; the message says why."""
 
 
@@ -84,16 +92,37 @@ def _matching(folder: str, pattern: re.Pattern[str]) -> list[str]:
     return [os.path.join(folder, n) for n in sorted(names) if pattern.match(n)]
 
 
-def blend_dependencies(path: str, executable: str = "blender") -> list[str]:
-    """Absolute paths of every external file ``path`` needs, sorted; missing ones too.
+def blend_info(path: str, executable: str = "blender") -> dict[str, Any]:
+    """What Blender says of ``path``: its files (``paths``, ``sequences``, ``tiled``)
+    and the scene's ``frames`` [start, end, step].  Asked once per version of the
+    file (path, size, mtime): a submit reads both the frame range and the files."""
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise BlendDepsError(f"{path} does not exist") from None
+    key = (path, st.st_size, st.st_mtime_ns, executable)
+    info = _INFO.get(key)
+    if info is None:
+        info = _ask_blender(path, executable)
+        _INFO[key] = info
+        while len(_INFO) > INFO_CACHE:
+            _INFO.pop(next(iter(_INFO)))
+    return info
 
-    Runs Blender; BlendDepsError if it is absent, cannot read the file or
-    does not answer within DEPS_TIMEOUT.
-    """
+
+def blend_frames(path: str, executable: str = "blender") -> str:
+    """The scene's own frame range, e.g. ``"1-250"`` (``"1-250x2"`` with a step)."""
+    start, end, step = (int(v) for v in blend_info(path, executable)["frames"])
+    if end <= start:
+        return str(start)
+    return f"{start}-{end}" + (f"x{step}" if step > 1 else "")
+
+
+def _ask_blender(path: str, executable: str) -> dict[str, Any]:
     blender = shutil.which(executable)
     if blender is None:
         raise BlendDepsError(f"{executable} is not installed")
-    path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise BlendDepsError(f"{path} does not exist")
     argv = [blender, "-noaudio", "-b", path, "--python-exit-code", "1",
@@ -110,7 +139,18 @@ def blend_dependencies(path: str, executable: str = "blender") -> list[str]:
         lines = [ln for ln in (done.stdout + done.stderr).splitlines() if re.search(r"\b[Ee]rror\b", ln)]
         raise BlendDepsError(f"blender could not list the files of {path}: "
                              f"{lines[-1] if lines else f'status {done.returncode}'}")
-    listing = json.loads(found[-1][len(_MARK):])
+    listing: dict[str, Any] = json.loads(found[-1][len(_MARK):])
+    return listing
+
+
+def blend_dependencies(path: str, executable: str = "blender") -> list[str]:
+    """Absolute paths of every external file ``path`` needs, sorted; missing ones too.
+
+    Runs Blender (once per version of the file); BlendDepsError if it is absent,
+    cannot read the file or does not answer within DEPS_TIMEOUT.
+    """
+    path = os.path.abspath(path)
+    listing = blend_info(path, executable)
     sequences = {os.path.normpath(p) for p in listing["sequences"]}
     tiled = {os.path.normpath(p) for p in listing["tiled"]}
     out: set[str] = set()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
+import importlib.util
 import os
 import signal
 import sys
@@ -46,6 +47,15 @@ EXIT_CODES = {result: code for code, result in EXIT_RESULTS.items()}
 DEFAULT_PATTERN = "frame_{frame:06d}.png"
 OVERRIDES = ("width", "height", "samples")  #: rdata keys passed to the renderer
 PROGRESS_STEP = 0.01  #: print progress when it has grown by this much
+
+
+#: file types the built-in renderer writes through node.image (Pillow); exr needs OpenImageIO
+FORMATS = ("bmp", "jpeg", "jpg", "png", "tga", "tif", "tiff", "webp")
+
+
+def writable_formats() -> list[str]:
+    """File types the built-in renderer writes here (without importing Pillow)."""
+    return sorted(FORMATS) + (["exr"] if importlib.util.find_spec("OpenImageIO") is not None else [])
 
 
 def scene_frames(path: str) -> str:
@@ -137,7 +147,7 @@ def _positive(text: str) -> int:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m node.renderers.builtin",
-                                     description="Render frames of a built-in scene to PNG files.")
+                                     description="Render frames of a built-in scene to image files (PNG, JPEG, EXR...).")
     parser.add_argument("scene", help="scene file (.json or .toml)")
     parser.add_argument("--frames", help="frames to render, e.g. 1-24 or 1,5,9 (default: the scene's)")
     parser.add_argument("--out-pattern", default=DEFAULT_PATTERN,
@@ -193,11 +203,14 @@ def _render(args: argparse.Namespace) -> None:
         raise _Failure(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT,
                        f"cannot read scene {args.scene}: {exc}") from None
     frames: list[int] = args.frames if args.frames is not None else parse_frames(scene.frames)
-    if os.path.splitext(args.out_pattern)[1].lower() != ".png":
+    ext = os.path.splitext(args.out_pattern)[1].lower().lstrip(".") or "png"
+    if ext not in writable_formats():
         raise _Failure(RenderResult.RENDERRESULT_SAVINGFAILED,
-                       f"the built-in renderer writes PNG files only, not {args.out_pattern}")
+                       f"the built-in renderer cannot write .{ext} files ({args.out_pattern}); "
+                       f"it writes {', '.join(writable_formats())}")
 
-    from .png import encode_png  # numpy from here on
+    from node.image import encode  # numpy and Pillow from here on
+
     from .raytrace import load_textures, render
 
     textures = load_textures(scene)
@@ -212,7 +225,7 @@ def _render(args: argparse.Namespace) -> None:
                 print(f"PROGRESS {total:.4f}", flush=True)
                 last = total
 
-        data = encode_png(render(frame, textures, report))
+        data = encode(render(frame, textures, report), ext)
         path = args.out_pattern.format(frame=number)
         _write(path, data)
         print(f"FRAME {number} {path}", flush=True)

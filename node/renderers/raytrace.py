@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .png import Pixels, PngError, read_png, resize
+from node.image import ImageError, Pixels, read_image, resize
+
 from .scene import Frame, MissingAsset, SceneError, SceneFile, Shape
 
 F = npt.NDArray[np.float64]
@@ -47,10 +48,10 @@ def load_textures(scene: SceneFile) -> Textures:
     out: Textures = {}
     for path in scene.textures:
         try:
-            pixels = read_png(path)
+            pixels = read_image(path)
         except FileNotFoundError:
             raise MissingAsset(scene.path, "texture", f"texture {path} does not exist") from None
-        except (OSError, PngError) as exc:
+        except (OSError, ImageError) as exc:
             raise SceneError(scene.path, "texture", f"cannot read texture {path}: {exc}") from None
         out[path] = _mipmaps(pixels)
     return out

@@ -357,6 +357,11 @@ class Power:
         node.worker.on_busy.append(power.inhibitor.set_busy)
         return power
 
+    def waking(self, within: float = 120.0) -> list[str]:
+        """The machines sent a magic packet in the last ``within`` seconds."""
+        now = self.waker.clock()
+        return sorted(u for u, t in self.waker.last.items() if now - t <= within)
+
     def poke(self) -> None:
         """Something changed: look again whether sleepers should be woken."""
         self._changed.set()

@@ -18,8 +18,8 @@ import numpy as np
 import trio
 from jobs_harness import Member, wait_until
 
+from node.image import write_image
 from node.membership.session import Session
-from node.renderers.png import write_png
 from protocol.crdt import JobDoc
 from protocol.manifest import Manifest
 
@@ -37,7 +37,7 @@ def texture(path: Path, seed: int = 1, size: int = 16) -> Path:
     """A small random RGB PNG at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    write_png(str(path), pixels)
+    write_image(str(path), pixels)
     return path
 
 

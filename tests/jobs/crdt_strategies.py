@@ -19,6 +19,7 @@ from protocol.crdt import JobDoc, Register, Stamp, TaskState, merge_job
 JOB = "job-1"
 FIELD_NAMES = ("name", "priority", "state", "position")
 NODES = ("node-a", "node-b", "node-c")
+PREVIEWS = ("", "a" * 64, "b" * 64)  #: preview chunk hashes (and "no preview")
 
 values = st.one_of(
     st.integers(-5, 5), st.text(max_size=4), st.lists(st.integers(0, 3), max_size=3),
@@ -74,7 +75,8 @@ def events(draw: st.DrawFn, max_events: int = 14, deletes: bool = True) -> list[
                               failures=draw(st.integers(0, 2)),
                               seen=tuple(sorted(set(draw(st.lists(st.sampled_from(NODES), max_size=2))))),
                               runs=tuple(sorted(set(draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)),
-                                                                  max_size=2))))))
+                                                                  max_size=2))))),
+                              previews=tuple(draw(st.lists(st.sampled_from(PREVIEWS), max_size=2))))
             out.append(JobDoc(JOB, tasks={draw(st.integers(0, 3)): state}))
         elif kind == "log":
             out.append(JobDoc(JOB, log={stamp: f"line {stamp}"}))

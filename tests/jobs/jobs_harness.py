@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from node import config, daemon
-from node.client import Client
+from node.client import Client, SubmitRefused
 from node.daemon import Node
 from node.db import Database
 from node.jobs.book import JobBook
@@ -147,9 +147,15 @@ class Member:
         return await trio.to_thread.run_sync(work)
 
     async def submit(self, scene: str = "", **args: Any) -> dict[str, Any]:
-        """CreateRenderJob through the control socket (this farm's scene unless given)."""
-        result: dict[str, Any] = await self.call(
-            lambda c: c.create_render_job(scene or self.scene, **args))
+        """CreateRenderJob through the control socket (this farm's scene unless given):
+        the daemon's answer, a refusal's (``SubmitRefused.result``) included."""
+        def work(c: Client) -> dict[str, Any]:
+            try:  # one frame and the builtin renderer unless told: what these tests were written for
+                return c.create_render_job(scene or self.scene, **{"frames": "1", "renderer": "builtin", **args})
+            except SubmitRefused as refused:
+                return refused.result
+
+        result: dict[str, Any] = await self.call(work)
         return result
 
     async def link(self, other: Member) -> None:
@@ -183,7 +189,7 @@ class Farm:
         values: dict[str, Any] = {
             "state_dir": str(state), "listen": "127.0.0.1:0", "mdns": False,
             "socket": str(self.root / f"{name}.sock"), "name": name, "election_grace": GRACE,
-            "share": False, **self.defaults,
+            "share": False, "dashboard": False, **self.defaults,
         }
         admins = overrides.pop("admins", None)
         values.update(overrides)

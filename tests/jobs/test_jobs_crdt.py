@@ -119,6 +119,30 @@ def test_task_states_stored_before_seen_and_runs_load_with_them_empty() -> None:
     assert len(task_to_wire(full)) == 14 and task_from_wire(task_to_wire(full)) == full
 
 
+def test_task_states_stored_before_previews_load_with_none_and_previews_round_trip() -> None:
+    state = TaskState(0, 0, 1, Phase.DELIVERING, (1, 0, "n"), worker="w", machines=("w",))
+    with_previews = replace(state, previews=("a" * 64, ""))
+    wire = task_to_wire(with_previews)
+    assert len(wire) == 15 and task_from_wire(wire_round_trip(wire)) == with_previews
+    assert task_from_wire(wire[:14]) == state  # a 14-field state: no previews
+    for bad in (["xyz"], "a" * 64, [7], ["A" * 64]):
+        with pytest.raises(RemoteProtocolError):
+            task_from_wire([*wire[:14], bad])
+
+
+def test_the_state_that_marks_a_task_done_keeps_the_workers_previews() -> None:
+    # the worker's DELIVERING state names the preview; the submitter's SUCCEEDED
+    # state, built without it, wins the merge and still shows it, whatever the order
+    delivering = TaskState(0, 0, 0, Phase.DELIVERING, (10, 0, "w"), worker="w", machines=("w",),
+                           previews=("c" * 64,))
+    done = TaskState(0, 1, 0, Phase.SUCCEEDED, (11, 0, "o"), machines=("w",))
+    for merged in (merge_task(delivering, done), merge_task(done, delivering)):
+        assert merged is not None and merged.phase == Phase.SUCCEEDED
+        assert merged.previews == ("c" * 64,)
+    restarted = TaskState(1, 0, 0, Phase.QUEUED, (12, 0, "o"))
+    assert merge_task(restarted, merge_task(done, delivering)) is restarted  # a new generation drops them
+
+
 def test_task_stamp_breaks_a_tie_of_the_same_step() -> None:
     a = TaskState(0, 0, 0, Phase.RENDERING, (5, 0, "a"), worker="w1")
     b = TaskState(0, 0, 0, Phase.RENDERING, (5, 0, "b"), worker="w2")

@@ -6,6 +6,7 @@ once the links come back."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,7 +14,9 @@ from jobs_harness import Farm, Member, agreed_server, book_digests, connected, m
 
 from node.daemon import Node
 from node.jobs.election import TERM_FILE
+from node.jobs.operations import job_state
 from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART
+from protocol.crdt import JobDoc
 
 
 def _converged(members: list[Member]) -> bool:
@@ -196,3 +199,51 @@ async def test_a_node_linked_to_one_peer_only_still_gets_every_job(
     uuid = (await a.submit())["uuid"]
     with trio.fail_after(1):
         await wait_until(lambda: c.node.book.get(uuid) is not None, "the job to reach c")
+
+
+async def test_a_worker_the_server_cannot_dial_gets_its_work_through_another_node(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    """A firewall between the server and a worker (neither can dial the other),
+    a third node that reaches both: the server's assignments and the worker's
+    reports travel through the overlay's relay, and the job renders there."""
+    farm = Farm(nursery, short_dir, token, defaults={"share": True})
+    a = await farm.start("a", server_priority=100)
+    b = await farm.start("b", peers=[a], server_priority=0)
+    c = await farm.start("c", peers=[b], server_priority=0, share=True)
+    for x, y in ((a, c), (c, a)):  # the firewall: x never gets a session to y
+        _unreachable(x, y)
+    with trio.fail_after(10):
+        await wait_until(lambda: c.uuid in a.node.peers.online_uuids() and a.node.election.role == "server"
+                         and c.node.election.server == a.uuid, "c online at the server a, through b")
+    assert c.uuid not in a.node.peers.sessions and a.uuid not in c.node.peers.sessions
+    uuid = (await a.submit(renderer="command", frames="1-6",
+                           rdata={"command": "true"}, machines=[c.uuid]))["uuid"]
+    with trio.fail_after(30):
+        await wait_until(lambda: job_state(a.node.book.get(uuid) or JobDoc(uuid)) == "done",
+                         "the job rendered on c through the relay")
+    doc = a.node.book.get(uuid)
+    assert doc is not None
+    assert all(c.uuid in t.all_machines for t in doc.tasks.values())
+    assert c.uuid not in a.node.peers.sessions
+
+
+def _unreachable(x: Member, y: Member) -> None:
+    """``x`` can neither dial ``y`` nor take a session from it (a firewall between them)."""
+    peers = x.node.peers
+    connect, register = peers.connect, peers._register
+
+    def no_connect(uuid: str, addresses: Any = None, on_failure: Any = None) -> None:
+        if uuid == y.uuid:
+            if on_failure is not None:
+                on_failure(uuid, False)
+            return
+        connect(uuid, addresses, on_failure)
+
+    def no_register(s: Any, facts: Any) -> bool:
+        if s.uuid == y.uuid:
+            peers._nursery.start_soon(peers._goodbye, s, "firewalled")  # type: ignore[union-attr]
+            return False
+        return register(s, facts)
+
+    peers.connect = no_connect  # type: ignore[method-assign]
+    peers._register = no_register  # type: ignore[method-assign]

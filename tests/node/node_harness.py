@@ -37,7 +37,7 @@ def node_prefs(root: Path, name: str, **overrides: Any) -> config.Preferences:
     state = root / name
     values: dict[str, Any] = {
         "state_dir": str(state), "listen": "127.0.0.1:0", "mdns_interfaces": ["127.0.0.1"],
-        "socket": str(state / "x.sock"), "name": name,
+        "socket": str(state / "x.sock"), "name": name, "dashboard": False,
     }
     values.update(overrides)
     return config.load(None, env={}, overrides=values)

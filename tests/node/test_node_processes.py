@@ -370,7 +370,7 @@ async def test_start_up_errors_are_one_line_and_say_what_to_do(farm: Any, tmp_pa
     squatted = farm("squat", new_token(), "--no-mdns", start=False)
     squatted.socket.write_text("not a socket")
 
-    expected = {weak.name: "secrets.token_urlsafe", exposed.name: f"chmod 600 {token_file}",
+    expected = {weak.name: "rendernode init", exposed.name: f"chmod 600 {token_file}",
                 typo.name: "heartbeat_intervall", squatted.name: "not a socket"}
     lines: dict[str, str] = {}
 

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 from jobs_harness import Farm, Member, agreed_server, connected, wait_until
 
-from node.renderers.png import read_png
+from node.image import read_image
 from protocol.crdt import JobDoc, task_current
 from protocol.enums import RenderJobCreator, RenderResult
 
@@ -90,7 +90,7 @@ def reference_render(scene: Path | str, frames: str, out_dir: Path, rdata: dict[
 
 def same_pixels(a: Path | str, b: Path | str) -> bool:
     """True when two PNGs decode to the same pixels."""
-    pa, pb = read_png(str(a)), read_png(str(b))
+    pa, pb = read_image(str(a)), read_image(str(b))
     return pa.shape == pb.shape and bool((pa == pb).all())
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from render_harness import ROOT, RenderFarm, cli, cli_run, frame_files, small_scene
 
-from node.renderers.png import read_png
+from node.image import read_image
 
 
 async def test_submit_wait_exits_zero_once_the_job_is_done_and_tasks_tell_how(
@@ -52,8 +52,8 @@ def test_demo_renders_its_frames_and_a_contact_sheet(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     frames = frame_files(out)
     assert sorted(frames) == [1, 2, 3, 4]
-    assert all(read_png(str(p)).shape[:2] == (180, 320) for p in frames.values())
-    sheet = read_png(str(out / "contact_sheet.png"))
+    assert all(read_image(str(p)).shape[:2] == (180, 320) for p in frames.values())
+    sheet = read_image(str(out / "contact_sheet.png"))
     assert sheet.shape[1] > 4 * 160 and sheet.shape[0] > 90
     assert "4 frames written" in done.stdout and "farm stopped" in done.stdout
 

@@ -117,8 +117,10 @@ async def test_delete_mid_job_removes_it_everywhere_and_the_workers_let_go(
                          lambda: render_pids(uuid))
 
         def workdirs() -> list[str]:  # removed in a thread once the worker let the task go
-            return [n for m in members for n in os.listdir(os.path.join(m.node.prefs.state_dir, "work"))
-                    if uuid in n]
+            return [n for m in members
+                    for folder in (os.path.join(m.node.prefs.state_dir, "work"),
+                                   os.path.join(m.node.prefs.work_dir, "tasks"))
+                    for n in os.listdir(folder) if uuid in n]
 
         await wait_until(lambda: not workdirs(), "no work folder of the deleted job left", workdirs)
     assert not any(alive(pid) for pid in pids), "a render process outlived the delete"

@@ -22,7 +22,7 @@ from render_harness import (
     wait_state,
 )
 
-from node.renderers.png import read_png
+from node.image import read_image
 
 BLENDER = shutil.which("blender")
 POVRAY = shutil.which("povray")
@@ -66,7 +66,7 @@ async def test_a_blender_job_renders_its_frames_on_the_farm(farm: RenderFarm, sh
         assert await wait_state(a, uuid, "done", "failed") == "done", tasks(a, uuid)
     got = frame_files(out)
     assert sorted(got) == [1, 2]
-    images = [read_png(str(got[f])) for f in (1, 2)]
+    images = [read_image(str(got[f])) for f in (1, 2)]
     assert all(img.shape[:2] == (18, 32) for img in images)
     assert (images[0] != images[1]).any(), "the cube turns between frames 1 and 2"
     assert all(r["state"] == "done" and r["render_time"] > 0 and r["machines"] for r in tasks(a, uuid))
@@ -88,7 +88,7 @@ async def test_a_povray_animation_renders_as_one_run_would(farm: RenderFarm, sho
         assert await wait_state(a, uuid, "done", "failed") == "done", tasks(a, uuid)
     got = frame_files(out)
     assert sorted(got) == [1, 2, 3]
-    images = [read_png(str(got[f])) for f in (1, 2, 3)]
+    images = [read_image(str(got[f])) for f in (1, 2, 3)]
     assert all(img.shape[:2] == (H, W) for img in images)
     # one task per frame, yet the clock runs 0, 0.5, 1 over the job (the ball's whole orbit)
     assert (images[0] != images[1]).any() and (images[1] != images[2]).any(), \

@@ -71,7 +71,7 @@ async def test_a_worker_that_dies_mid_frame_loses_only_that_attempt(
     victim = next(m for m in members if m is not server)
     out = short_dir / "out"
     uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
-    its_renders = f"{victim.node.prefs.state_dir}/work/{uuid}-"  # in every render's command line
+    its_renders = f"{victim.node.prefs.work_dir}/tasks/{uuid}-"  # in every render's command line
     with trio.fail_after(60):
         await wait_until(lambda: mid_frame(victim, uuid) and bool(render_pids(its_renders)),
                          "the victim renders a frame of the job")

@@ -57,7 +57,7 @@ async def test_results_are_listed_removed_one_by_one_and_cleared(farm: RenderFar
     assert code != 0 and "has no result" in err
 
     generation = summary(origin, uuid)["generation"]
-    assert await cli(origin, "results", "clear", uuid) == {"cleared": uuid}
+    assert await cli(origin, "results", "clear", uuid, "--yes") == {"cleared": uuid}
     assert frame_files(out) == {}
     assert await cli(origin, "results", uuid) == []
     after = await cli(origin, "job", uuid)

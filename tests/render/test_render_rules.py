@@ -36,7 +36,7 @@ needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
                                   reason="povray is not installed (Debian: apt-get install povray)")
 #: fails fast in a work folder of the node named "bad", takes a moment elsewhere
 #: (the command renderer runs in the task's work folder, under the node's state dir)
-FAILS_ON_BAD = "sh -c 'case $PWD in */bad/*) exit 3;; esac; sleep 0.2'"
+FAILS_ON_BAD = "sh -c 'case $PWD in */bad-work/*) exit 3;; esac; sleep 0.2'"  # the work_dir of node bad
 #: POV-Ray warns of a scene without #version (and without assumed_gamma)
 WARNS = """camera { location <0, 1, -3> look_at <0, 0, 0> }
 light_source { <2, 4, -3> color rgb 1 }

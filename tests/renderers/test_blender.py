@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from node.image import read_image, write_image
 from node.renderers.base import Outcome, TaskSpec
-from node.renderers.blender import BlenderRenderer, frame_args, setup_settings
+from node.renderers.blender import BlenderRenderer, frame_args, setup_script, setup_settings
 from node.renderers.blender_deps import (
     BlendDepsError,
     blend_dependencies,
     expand_sequence,
     expand_tiles,
 )
-from node.renderers.png import read_png, write_png
 from protocol.enums import RenderResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "libs" / "inner" / "tex").mkdir(parents=True)
     for name in ("tex/wood.png", "tex/seq_0001.png", "tex/seq_0002.png", "tex/seq_0003.png",
                  "tex/seq_other.png", "libs/inner/tex/deep.png"):
-        write_png(str(d / name), texel)
+        write_image(str(d / name), texel)
     (d / "make_deps.py").write_text(MAKE_DEPS)
     blender_run("--python", str(MAKE_CUBE), "--", str(d / "cube.blend"), cwd=d)
     blender_run("--python", str(d / "make_deps.py"), "--", str(d), cwd=d)
@@ -166,7 +166,7 @@ def test_frames_one_and_two_land_at_the_frame_paths(scenes: Path, tmp_path: Path
     outcome, fractions = run_like_worker(BlenderRenderer(), task)
     print(f"blender rendered 2 frames in {time.monotonic() - start:.2f} s")
     assert outcome == Outcome(RenderResult.RENDERRESULT_OK)
-    images = [read_png(task.frame_path(f)) for f in (1, 2)]
+    images = [read_image(task.frame_path(f)) for f in (1, 2)]
     for image in images:
         assert image.shape[:2] == (18, 32)
         assert image[..., :3].std() > 5  # a lit cube on a blue world, not a blank frame
@@ -254,15 +254,15 @@ def test_contiguous_frames_render_as_an_animation_and_others_as_a_list() -> None
     assert frame_args([0, 1, 2, 7, 9, 10]) == ["-f", "0..2,7,9..10"]
 
 
-def test_command_writes_the_setup_script_and_outputs_into_the_workdir(tmp_path: Path) -> None:
+def test_command_passes_the_setup_script_and_outputs_into_the_workdir(tmp_path: Path) -> None:
     task = task_for(tmp_path / "scene.blend", tmp_path / "work", [4, 6], samples=3, device="gpu")
     argv, cwd = BlenderRenderer().command(task)
-    setup = str(tmp_path / "work" / "rendernode_setup.py")
-    assert argv[1:] == ["-noaudio", "-b", task.scene, "--python-exit-code", "1", "--python", setup,
-                        "-o", str(tmp_path / "work" / "frame_######"), "-F", "PNG", "-x", "1",
-                        "-f", "4,6"]
+    assert argv[1:] == ["-noaudio", "-b", task.scene, "--python-exit-code", "1", "--python-expr",
+                        setup_script(task), "-o", str(tmp_path / "work" / "frame_######"), "-F", "PNG",
+                        "-x", "1", "-f", "4,6"]
     assert cwd == str(tmp_path)
-    compile(Path(setup).read_text(), setup, "exec")
+    assert not list((tmp_path / "work").iterdir())  # nothing written: the folder is the render user's
+    compile(argv[7], "setup", "exec")
     assert setup_settings(task)["samples"] == 3 and setup_settings(task)["device"] == "GPU"
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from node.image import read_image
 from node.renderers.base import Outcome, TaskSpec
-from node.renderers.png import read_png
 from node.renderers.povray import PovrayRenderer, frame_runs, option_args
 from protocol.enums import RenderResult
 
@@ -79,7 +79,7 @@ def test_frames_one_to_three_of_an_animation_land_at_the_frame_paths(tmp_path: P
     outcome, fractions = run_like_worker(PovrayRenderer(), task)
     print(f"povray rendered 3 frames in {time.monotonic() - start:.2f} s")
     assert outcome == Outcome(RenderResult.RENDERRESULT_OK)
-    images = [read_png(task.frame_path(f)) for f in (1, 2, 3)]
+    images = [read_image(task.frame_path(f)) for f in (1, 2, 3)]
     for image in images:
         assert image.shape[:2] == (18, 32)
         assert image.std() > 10
@@ -95,8 +95,8 @@ def test_a_frame_has_the_same_clock_whichever_task_renders_it(tmp_path: Path) ->
     alone = task_for(ORBIT, tmp_path / "b", [7], **whole)
     for task in (stepped, alone):
         assert run_like_worker(PovrayRenderer(), task)[0].result == RenderResult.RENDERRESULT_OK
-    assert np.array_equal(read_png(stepped.frame_path(7)), read_png(alone.frame_path(7)))
-    assert not np.array_equal(read_png(stepped.frame_path(4)), read_png(alone.frame_path(7)))
+    assert np.array_equal(read_image(stepped.frame_path(7)), read_image(alone.frame_path(7)))
+    assert not np.array_equal(read_image(stepped.frame_path(4)), read_image(alone.frame_path(7)))
 
 
 @needs_povray

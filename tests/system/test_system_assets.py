@@ -171,7 +171,7 @@ def test_every_worker_gets_the_asset_and_an_interrupted_worker_resumes(
     assert submitted.get("result_name") == "OK", submitted
     want = sha256_file(asset)
     for h in workers:
-        copy = h.state_dir / "assets" / manifest / "cache.bin"
+        copy = h.state_dir.parent / f"{h.state_dir.name}-work" / "assets" / manifest / "cache.bin"
         poll_until(lambda copy=copy: (copy.parent.joinpath(".complete").exists(), str(copy)), 15,
                    f"{h.name} materialised the asset")
         assert sha256_file(copy) == want, f"{h.name} has other bytes"

@@ -72,7 +72,7 @@ def test_every_frame_arrives_though_a_worker_is_killed_mid_frame(farm: Farm) -> 
     assert submitted["result_name"] == "OK", submitted
     uuid = submitted["uuid"]
     t_submit = time.monotonic()
-    mine = f"{victim.state_dir}/work/{uuid}-"
+    mine = f"{victim.state_dir}-work/tasks/{uuid}-"
 
     def mid_job() -> tuple[bool, str]:
         arrived = sorted(p.name for p in out.glob("frame_*.png"))
