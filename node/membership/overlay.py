@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rendernode.overlay")
 INCARNATION_FILE = "incarnation"
+ACTIVE_MAX = 7  #: neighbours this node keeps sessions to: farms of 8 or fewer are a full mesh
 
 
 class Overlay:
@@ -68,7 +69,7 @@ class Overlay:
                  config: Config | None = None) -> None:
         self.peers = peers
         self.me = peers.ident.uuid
-        self.config = config or Config()
+        self.config = config or Config(active_max=ACTIVE_MAX)
         self._meta = meta
         self._path = Path(state_dir) / INCARNATION_FILE
         self.machine: Membership | None = None

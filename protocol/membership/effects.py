@@ -68,7 +68,7 @@ class Config:
     """Sizes and timeouts (seconds); the defaults are those docs/membership.md argues for."""
 
     # HyParView
-    active_max: int = 7  #: sessions the overlay keeps; farms of <= active_max + 1 (8) are a full mesh
+    active_max: int = 6  #: sessions the overlay keeps; farms of <= active_max + 1 are a full mesh
     passive_max: int = 30
     arwl: int = 6  #: active random walk length (ForwardJoin)
     prwl: int = 3  #: at this ttl a ForwardJoin leaves the new node in the passive view

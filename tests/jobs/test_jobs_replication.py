@@ -212,6 +212,10 @@ async def test_a_worker_the_server_cannot_dial_gets_its_work_through_another_nod
     c = await farm.start("c", peers=[b], server_priority=0, share=True)
     for x, y in ((a, c), (c, a)):  # the firewall: x never gets a session to y
         _unreachable(x, y)
+    for x, y in ((a, c), (c, a)):  # one the overlay made before the firewall went up ends
+        session = x.node.peers.sessions.get(y.uuid)
+        if session is not None:
+            await x.node.peers._goodbye(session, "firewalled")
     with trio.fail_after(10):
         await wait_until(lambda: c.uuid in a.node.peers.online_uuids() and a.node.election.role == "server"
                          and c.node.election.server == a.uuid, "c online at the server a, through b")
