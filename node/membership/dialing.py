@@ -238,12 +238,20 @@ class Dialing(PeersState):
             await stream.aclose()
             return
         self._accepting[ip] += 1
+        counted = True
+
+        def handshake_over() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._accepting[ip] -= 1
+                if self._accepting[ip] <= 0:
+                    del self._accepting[ip]
+
         try:
-            await self._serve_stream(stream, initiator=False, target=None)
+            await self._serve_stream(stream, initiator=False, target=None, handshake_over=handshake_over)
         finally:
-            self._accepting[ip] -= 1
-            if self._accepting[ip] <= 0:
-                del self._accepting[ip]
+            handshake_over()
 
 
 def _refused_connection(exc: BaseException) -> bool:

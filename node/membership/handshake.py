@@ -8,6 +8,7 @@ outcome (a UUID only an unauthenticated hint named gets no row).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -41,7 +42,10 @@ class Handshakes(PeersState):
     """Handshake, verification and machine bits (a part of ``Peers``)."""
 
     async def _serve_stream(self, stream: trio.SocketStream, *, initiator: bool,
-                            target: Target | None) -> str:
+                            target: Target | None, handshake_over: Callable[[], None] | None = None) -> str:
+        """Handshake, then run the session until it ends; ``handshake_over`` is
+        called once the handshake has ended either way (the accept side's
+        per-address count covers handshakes, not sessions)."""
         try:
             remote_ip = str(stream.socket.getpeername()[0])
         except OSError:
@@ -53,8 +57,12 @@ class Handshakes(PeersState):
         )
         session = Session(stream, conn, initiator=initiator, remote_ip=remote_ip)
         try:
-            async with self._handshakes:
-                outcome = await self._establish(session, target)
+            try:
+                async with self._handshakes:
+                    outcome = await self._establish(session, target)
+            finally:
+                if handshake_over is not None:
+                    handshake_over()
             if outcome != "ok":
                 return outcome
             await self._run_session(session)

@@ -125,6 +125,23 @@ async def test_static_add_through_the_client_works_with_mdns_off(tmp_path: Path)
         nursery.cancel_scope.cancel()
 
 
+async def test_the_per_address_cap_counts_handshakes_not_sessions(tmp_path: Path) -> None:
+    """max_handshakes 4 lets one handshake at a time in from one address; the
+    sessions made stay, so four nodes behind one address (here 127.0.0.1) all
+    join a hub that only they dial."""
+    token = new_token()
+    async with trio.open_nursery() as nursery:
+        hub = await start_node(nursery, node_prefs(tmp_path, unique("hub"), mdns=False, max_handshakes=4), token)
+        spokes = [await start_node(nursery, node_prefs(tmp_path, unique(f"spoke{i}"), mdns=False), token)
+                  for i in range(4)]
+        for spoke in spokes:
+            spoke.node.peers.add_static(f"127.0.0.1:{hub.port}")
+        await wait_until(lambda: all(hub.sees_up(s) for s in spokes), FIND, "the hub holds every spoke ONLINE",
+                         lambda: [hub.node.table.get(s.uuid) for s in spokes])
+        assert len(hub.node.peers.sessions) >= len(spokes)
+        nursery.cancel_scope.cancel()
+
+
 async def test_restart_keeps_the_uuid_lists_offline_peers_and_comes_back_online(tmp_path: Path) -> None:
     token = new_token()
     prefs_a = node_prefs(tmp_path, unique("restartA"))
