@@ -18,6 +18,10 @@ control socket) once all of them are online, and the clock runs.  The daemon
 still pushes every task state it writes to every worker, as it would to
 real ones.
 
+Before the job starts, the daemon's CPU is measured for ``--idle`` seconds with
+every fake worker connected and idle (keepalives both ways, liveness): the
+server's cost per worker session, printed per 1,000 workers.
+
 Printed: the worker count, the task count, the submit time, tasks/s (tasks
 over the time from the first Assign to the last task finished), and the
 idle-to-assigned latency (from a worker sending its finished report to its
@@ -68,7 +72,9 @@ from protocol.version import build_id
 
 FARM = "bench-dispatch"
 RECV_SIZE = 256 * 1024
-HEARTBEAT = 0.5  #: seconds between a fake worker's heartbeats (the daemon's default interval)
+HEARTBEAT = 0.75  #: seconds between a fake worker's keepalives (the daemon's heartbeat_interval; an idle
+#: session sends one a interval, a busy one none)
+HANDSHAKES = trio.CapacityLimiter(8)  #: fake workers in handshake at once
 READY_TIMEOUT = 30.0  #: seconds the daemon may take to start and claim the server role
 CONNECT_TIMEOUT = 10.0  #: seconds a fake worker's handshake may take
 RUN_TIMEOUT = 600.0  #: seconds the whole dispatch may take
@@ -90,6 +96,7 @@ class Stats:
     assigns: int = 0
     first_assign: float = 0.0
     cpu_at_start: float = 0.0
+    idle_cpu: float = 0.0  #: the daemon's CPU seconds over the idle window, every fake worker connected
     last_finish: float = 0.0
     all_done: trio.Event = field(default_factory=trio.Event)
 
@@ -111,7 +118,13 @@ class FakeWorker:
         self.counter = 0
 
     async def connect(self, port: int) -> None:
-        """Dial the daemon and run the handshake, Hellos and Verdicts."""
+        """Dial the daemon and run the handshake, Hellos and Verdicts, a few
+        at a time: the daemon takes at most max_handshakes / 4 at once from
+        one address, and every fake worker comes from 127.0.0.1."""
+        async with HANDSHAKES:
+            await self._connect(port)
+
+    async def _connect(self, port: int) -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         conn = PeerConnection(initiator=True, static_key=self.key, psk=self.psk, farm_id=FARM,
                               hint={"uuid": self.uuid, "name": self.name})
@@ -304,7 +317,7 @@ async def report_progress(stats: Stats, daemon: Daemon) -> None:
 
 
 async def dispatch(daemon: Daemon, token: str, workers: int, frames: int,
-                   verbose: bool) -> tuple[Stats, float, float, float]:
+                   verbose: bool, idle: float) -> tuple[Stats, float, float, float]:
     """Connect the fake workers, submit the job, start it, wait until every task
     finished.  Returns the stats, the submit time, the seconds until the daemon
     called the job done, and the daemon's CPU seconds from the start to the last task."""
@@ -333,6 +346,10 @@ async def dispatch(daemon: Daemon, token: str, workers: int, frames: int,
         with trio.fail_after(READY_TIMEOUT):
             while await trio.to_thread.run_sync(online) < workers:  # noqa: ASYNC110 (another process)
                 await trio.sleep(0.05)
+        if idle > 0:  # the server's cost of the sessions alone: keepalives and liveness
+            idle_from = daemon.cpu()
+            await trio.sleep(idle)
+            stats.idle_cpu = daemon.cpu() - idle_from
         stats.cpu_at_start = daemon.cpu()
         await trio.to_thread.run_sync(lambda: daemon.call("start", job=job["uuid"]))
         with trio.fail_after(RUN_TIMEOUT):
@@ -366,6 +383,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--frames", type=int, default=20_000)
+    parser.add_argument("--idle", type=float, default=10.0,
+                        help="seconds the server's idle CPU is measured with every worker connected, before the job")
     parser.add_argument("--profile", default="", help="run the daemon under cProfile, stats to this file")
     parser.add_argument("--keep", action="store_true", help="keep the daemon's state dir and log")
     parser.add_argument("--log-level", default="warning", help="the daemon's log level")
@@ -378,7 +397,7 @@ def main() -> None:
     ok = False
     try:
         stats, submit, done_after, cpu = trio.run(dispatch, daemon, token, args.workers, args.frames,
-                                                  args.verbose)
+                                                  args.verbose, args.idle)
         ok = True
     except* SessionGone as group:
         lost = [str(e) for e in _leaves(group)]
@@ -396,6 +415,10 @@ def main() -> None:
     print(f"assignments: {stats.assigns}")
     print(f"submit: {submit * 1000:.0f} ms")
     print(f"dispatch: {elapsed:.2f} s (job done on the daemon {done_after * 1000:.0f} ms after the last task)")
+    if args.idle > 0:
+        share = stats.idle_cpu / args.idle * 100
+        print(f"server idle cpu: {share:.2f} % of a core with {args.workers} workers "
+              f"({share / args.workers * 1000:.1f} % per 1,000 workers)")
     print(f"daemon cpu per task: {cpu / len(stats.finished) * 1e6:.0f} us")
     print(f"load average: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
     print(f"tasks/s: {len(stats.finished) / elapsed:.0f}")
