@@ -67,6 +67,8 @@ class Links(PeersState):
                 else:
                     self.table.log(s.uuid, f"session closed: {s.lost_reason or 'closed'}")
                     overlay.disconnected(s)
+                    if not self.sessions:
+                        self._members_recounted("this node has no session to any peer")
                 for callback in self.on_change:
                     callback()
 

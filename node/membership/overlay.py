@@ -98,6 +98,10 @@ class Overlay:
         if self.machine is not None and self._meta() != self.machine.me.meta:
             self._input(lambda m, now: m.update(now, meta=self._meta()))
 
+    def members(self) -> list[Member]:
+        """Every entry this node holds, itself included."""
+        return self.machine.members() if self.machine is not None else []
+
     def online(self) -> list[str]:
         """Members this node counts as ONLINE (see ``counts_online``), itself left out."""
         if self.machine is None:
@@ -108,8 +112,16 @@ class Overlay:
         """ONLINE here: ALIVE, or SUSPECT while a session to it is still up.  A
         suspect this node cannot talk to shows OFFLINE at once (as a lost session
         did before the overlay), though the farm waits out the suspicion before it
-        holds it DEAD: a suspicion refuted brings it back ONLINE."""
-        return entry.state == State.ALIVE or (entry.state == State.SUSPECT and entry.uuid in self.peers.sessions)
+        holds it DEAD: a suspicion refuted brings it back ONLINE.  A node with no
+        session at all (cut off: every neighbour lost) counts nobody ONLINE: what
+        it last heard of the members it was not watching says nothing now, and
+        finding each of them out by a dial and a suspicion takes seconds apiece.
+        The entries stay ALIVE (no suspicion is gossiped), so the first session
+        back brings them ONLINE again."""
+        sessions = self.peers.sessions
+        if entry.uuid in sessions:
+            return entry.state in (State.ALIVE, State.SUSPECT)
+        return entry.state == State.ALIVE and bool(sessions)
 
     def member(self, uuid: str) -> Member | None:
         """What this node knows of ``uuid``."""

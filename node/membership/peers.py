@@ -274,7 +274,17 @@ class Peers(Dialing, Handshakes, Links):
         """Why the session to ``uuid`` is kept."""
         return set(self._holds.get(uuid, ()))
 
-    def member_changed(self, member: Member) -> None:
+    def _members_recounted(self, why: str) -> None:
+        """This node went from some sessions to none or back: a node with no
+        session counts nobody ONLINE (``Overlay._counts``), so every member's row
+        is counted again."""
+        if self.overlay is None:
+            return
+        for member in self.overlay.members():
+            if member.uuid != self.ident.uuid and member.uuid not in self.sessions:
+                self.member_changed(member, why)
+
+    def member_changed(self, member: Member, why: str = "") -> None:
         """The overlay's entry for ``member`` changed: the machine table follows."""
         uuid, meta = member.uuid, member.meta
         if uuid in self.blocked:
@@ -295,7 +305,8 @@ class Peers(Dialing, Handshakes, Links):
             self.table.update(uuid, online=online,
                               bits=int(V.VERIFICATIONBIT_ONLINE if online else V.VERIFICATIONBIT_NONE))
         if online != was_online:
-            self.table.log(uuid, "online" if online else f"offline: {member.state.name.lower()} in the farm")
+            self.table.log(uuid, ("online" if online else
+                                  f"offline: {why or member.state.name.lower() + ' in the farm'}"))
         for callback in self.on_change:
             callback()
 
@@ -358,6 +369,7 @@ class Peers(Dialing, Handshakes, Links):
                 return False
             if self._nursery is not None:
                 self._nursery.start_soon(self._goodbye, existing, "duplicate session")
+        alone = not self.sessions
         self.sessions[uuid] = s
         self.sessions_opened += 1
         self.facts[uuid] = facts
@@ -375,6 +387,8 @@ class Peers(Dialing, Handshakes, Links):
         self.table.log(uuid, f"online, verified ({s.remote_ip})")
         if self.overlay is not None:
             self.overlay.connected(s)
+        if alone:
+            self._members_recounted("a session again")
         for callback in self.on_change:
             callback()
         for session_callback in self.on_session:

@@ -111,8 +111,12 @@ class PeersState:
         raise NotImplementedError
 
     async def _serve_stream(self, stream: trio.SocketStream, *, initiator: bool,
-                            target: Target | None) -> str:
+                            target: Target | None, handshake_over: Callable[[], None] | None = None) -> str:
         """Handshake on ``stream`` and serve the session (Handshakes)."""
+        raise NotImplementedError
+
+    def _members_recounted(self, why: str) -> None:
+        """Count every member's ONLINE bit again (Peers)."""
         raise NotImplementedError
 
     async def _run_session(self, s: Session) -> None:
