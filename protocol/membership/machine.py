@@ -60,6 +60,7 @@ class Membership:
         self.outbox = Outbox()
         me = Member(uuid, incarnation, State.ALIVE, tuple(addresses), meta or Meta())
         self.table = MemberTable(me, self.config, self.outbox)
+        self._linked_before = False  #: a neighbour was ever up (a first link after that is a return from isolation)
         self.views = Views(uuid, self.config, self.outbox, self.table, rng)
         self.tree = Plumtree(uuid, self.config, self.outbox, rng)
         self.router = Router(uuid, self.config, self.outbox, self.tree)
@@ -268,8 +269,15 @@ class Membership:
         self.tree.neighbor_up(uuid, now)
         self.sync.begin(uuid)
         if alone:  # first link (a join, or back from isolation): announce ourselves
+            # under a new incarnation: while we were cut off the farm may have held us
+            # SUSPECT or DEAD at our current one, which the same incarnation cannot
+            # beat; waiting to hear of it (anti-entropy) before refuting cost seconds
             self.table.forgive()
-            self.table.pending.append(Update(self.table.me))
+            if self._linked_before:
+                self.table.bump()
+            else:  # a start: our incarnation is new already
+                self.table.pending.append(Update(self.table.me))
+        self._linked_before = True
 
     def _neighbor_down(self, uuid: str, now: float) -> None:
         self.tree.neighbor_down(uuid)
