@@ -30,12 +30,13 @@ import shutil
 import time
 from typing import Any, Protocol
 
+import numpy as np
 import trio
 
 from node.assets.transfer import write_atomic
 from node.db import Database
 from node.errors import BadRequest, NodeError
-from node.image import ImageError, encode_exact, read_exact
+from node.image import ImageError, encode, encode_exact, read_exact
 from node.jobs.operations import Jobs, frame_file, output_pattern, task_shape, tiling_of
 from node.jobs.tiling import Tiling
 from node.render.tiles import TileError, assemble
@@ -199,6 +200,24 @@ class Assembly:
         except (OSError, NodeError) as exc:
             log.info("cannot remove the partial image of frame %d of %s: %s", offer.frame, doc.uuid, exc)
         return final
+
+    def partial_png(self, doc: JobDoc, frame: int) -> bytes | None:
+        """The frame as far as its tiles here go, as a PNG (OpenEXR tiles tone mapped
+        for a browser); None when none is here.  Blocking."""
+        tiling = tiling_of(doc)
+        present = self._present(doc, frame) if tiling is not None else {}
+        if tiling is None or not present:
+            return None
+        image = assemble(tiling.width, tiling.height,
+                         [(t, tiling.region(t), p) for t, p in sorted(present.items())], complete=False)
+        pixels = image.pixels
+        if pixels.dtype != np.uint8:
+            from node.render.preview import srgb
+
+            colour = srgb(pixels[:, :, :3]) if pixels.shape[2] >= 3 else srgb(pixels[:, :, :1])
+            alpha = np.asarray(np.round(np.clip(pixels[:, :, -1:], 0, 1) * 255), dtype=np.uint8)
+            pixels = np.concatenate([colour, alpha], axis=2)
+        return encode(pixels, "png")
 
     def _task_done(self, doc: JobDoc, offer: ResultReady) -> None:
         """SUCCEEDED once every tile of the task is kept (its frame assembled, if it
