@@ -7,17 +7,23 @@ renderer cannot take is refused at submit."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 from jobs_harness import wait_until
 from render_harness import (
+    EXAMPLES,
     SLOW,
     SMALL,
     RenderFarm,
     attempts,
+    cli,
+    cli_run,
     doc_of,
     frame_files,
     log_lines,
@@ -25,15 +31,23 @@ from render_harness import (
     reference_render,
     render_pids,
     same_pixels,
+    small_scene,
     state,
     submit,
     summary,
     tasks,
     wait_state,
 )
+from test_render_external import make_cube
 
 from node.image import read_image
 from node.render.assembly import partial_path
+
+BLENDER = shutil.which("blender")
+needs_blender = pytest.mark.skipif(BLENDER is None,
+                                   reason="blender is not installed (Debian: apt-get install blender)")
+needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
+                                  reason="povray is not installed (Debian: apt-get install povray)")
 
 #: a command that draws the region it is given, with pixels that depend only on where they are
 #: in the frame, and fails in the work folders of the node named "bad"
@@ -197,3 +211,83 @@ async def test_what_the_renderer_cannot_take_is_refused_at_submit(
     if "no setting" in says:
         assert "the builtin renderer takes: width, height, samples, assets" in result["reason"]
     assert not a.node.book.live(), "a refused submit made a job"
+
+
+@needs_povray
+async def test_the_command_line_sets_povray_settings_and_tiles_and_shows_them(
+        farm: RenderFarm, short_dir: Path) -> None:
+    """POV-Ray at the size and anti-aliasing the command line asks for, as 3x2 tiles
+    of method 1 anti-aliasing: the same frame as an untiled job's."""
+    folder = short_dir / "pov"
+    shutil.copytree(EXAMPLES / "pov", folder)
+    (a, b), _ = await farm.ready("a", "b")
+    common = [str(folder / "orbit.pov"), "--frames", "2", "--resolution", "70x41", "--set", "antialias=0.3",
+              "--set", "antialias_method=1", "--wait", "--json"]
+    code, out, err = await cli_run(a.sock, "submit", *common, "--tiles", "3x2",
+                                   "--output", str(short_dir / "tiled" / "o_##.png"))
+    assert code == 0, err + out
+    tiled = json.loads(out)
+    assert tiled["state"] == "done" and tiled["tiles"] == "3x2" and tiled["resolution"] == "70x41", tiled
+    code, out, err = await cli_run(a.sock, "submit", *common, "--output", str(short_dir / "plain" / "o_##.png"))
+    assert code == 0, err + out
+    ours, theirs = read_image(str(short_dir / "tiled" / "o_02.png")), read_image(str(short_dir / "plain" / "o_02.png"))
+    assert ours.shape == (41, 70, 3) and (ours == theirs).all()
+
+    rows = await cli(a, "tasks", tiled["uuid"])
+    assert [(r["frame"], r["tile"], r["region"]) for r in rows][:2] == [(2, 0, [0, 0, 23, 20]), (2, 1, [23, 0, 46, 20])]
+    code, text, err = await cli_run(a.sock, "job", tiled["uuid"])
+    assert code == 0 and "3x2" in text and "70x41" in text, text + err
+    assert "antialias=0.3" in text and "antialias_method=1" in text and "resolution_x=70" in text, text
+    code, text, err = await cli_run(a.sock, "tasks", tiled["uuid"])
+    assert code == 0 and "23,0-46,20" in text, text + err
+    listed = await cli(a, "renderers")
+    povray = [r for r in listed if r["renderer"] == "povray"]
+    assert {r["machine"] for r in povray} == {a.uuid, b.uuid}
+    assert {"antialias_method", "resolution_x", "jitter"} <= {s["name"] for s in povray[0]["settings"]}
+    code, text, err = await cli_run(a.sock, "renderers")
+    assert code == 0 and "settings of povray:" in text and "antialias_method" in text, text + err
+
+
+async def test_the_command_line_refuses_what_the_renderer_cannot_take(farm: RenderFarm, short_dir: Path) -> None:
+    (a,), _ = await farm.ready("a")
+    scene = small_scene(short_dir / "shot.json", frames="1")
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--tiles", "0x3")
+    assert code == 3, err + out
+    assert "CREATEJOBRESULT_SAVINGFAILED" in err and "tiles must be at least 1x1, not 0x3" in err, err
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--tiles", "65x2")
+    assert code == 3 and "65x2 tiles are more than the 64x36 pixels of the frame" in err, err
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--set", "spp=4")
+    assert code == 3 and "no setting 'spp'" in err and "takes: width, height, samples, assets" in err, err
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--resolution", "64by36")
+    assert code == 2 and "WIDTHxHEIGHT" in err, err
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--set", "samples")
+    assert code == 2 and "KEY=VALUE" in err, err
+    assert not a.node.book.live()
+    code, out, err = await cli_run(a.sock, "submit", str(scene), "--percentage", "50", "--set", "samples=1",
+                                   "--output", str(short_dir / "half.png"), "--wait", "--json")
+    assert code == 0, err + out
+    assert read_image(str(short_dir / "half.png")).shape == (18, 32, 3)  # half the scene's 64x36
+
+
+@needs_blender
+async def test_a_tiled_blender_still_is_the_ordinary_jobs_frame(farm: RenderFarm, short_dir: Path) -> None:
+    """Cycles on the CPU, denoising off, a scene without dither (whose noise depends
+    on the image buffer): 3x2 tiles on two machines assemble to the untiled frame."""
+    scene = await trio.to_thread.run_sync(make_cube, short_dir)
+    assert BLENDER is not None
+    await trio.run_process([BLENDER, "-noaudio", "-b", str(scene), "--python-expr",
+                            "import bpy; bpy.context.scene.render.dither_intensity = 0; bpy.ops.wm.save_mainfile()"],
+                           capture_stdout=True, capture_stderr=True)
+    (a, b), _ = await farm.ready("a", "b")
+    plain = await submit(a, scene, frames="3", renderer="blender", output=str(short_dir / "plain" / "f_####.png"),
+                         rdata={"samples": 4})
+    tiled = await submit(a, scene, frames="3", renderer="blender", output=str(short_dir / "tiled" / "f_####.png"),
+                         rdata={"samples": 4}, tiles="3x2")
+    with trio.fail_after(240):
+        for uuid in (plain, tiled):
+            assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
+    ours = read_image(str(short_dir / "tiled" / "f_0003.png"))
+    theirs = read_image(str(short_dir / "plain" / "f_0003.png"))
+    assert ours.shape == theirs.shape == (18, 32, 4)
+    assert int(np.abs(ours.astype(int) - theirs.astype(int)).max()) == 0
+    assert any(line.startswith("tiles: tiles render with dither off") for line in log_lines(a, tiled))
