@@ -204,7 +204,11 @@ class Client:
                           job_uuid: str | None = None, creator: int = 3, start: bool = True,
                           machines: list[str] | None = None,
                           rdata: dict[str, Any] | None = None,
-                          require_replicas: int | None = None) -> dict[str, Any]:
+                          require_replicas: int | None = None,
+                          resolution: str | tuple[int, int] | list[int] | None = None,
+                          percentage: int | None = None,
+                          tiles: str | tuple[int, int] | list[int] | None = None,
+                          overscan: int | None = None) -> dict[str, Any]:
         """CreateRenderJob: the daemon's answer (uuid, ``result_name`` "OK", replicas),
         once the job is durable here and on ``replicas`` peers.  Any other
         CREATEJOBRESULT_* raises ``SubmitRefused`` carrying its name and reason.
@@ -217,7 +221,16 @@ class Client:
         Paths (scene, output, ``rdata["assets"]``) are resolved here, against this
         process's working directory; ``renderer`` None picks it from the scene's
         type as ``rendernode submit`` does (``command`` with ``rdata["command"]``);
-        ``frames`` None renders the scene's own frame range."""
+        ``frames`` None renders the scene's own frame range.
+
+        Render settings: ``rdata`` (``rendernode submit --set``; values may be text,
+        turned into each setting's type: ``rendernode renderers`` lists them),
+        ``resolution`` ("1920x1080" or (1920, 1080)) and ``percentage``; a key or
+        value the renderer does not take is refused (``SubmitRefused``).  Tiles:
+        ``tiles`` ("4x4", (4, 4) or "auto": about two tiles per machine that can
+        render it) cuts every frame into tiles rendered as tasks of their own and
+        assembled on this machine; ``overscan`` grows the region each tile's
+        renderer draws by that many pixels (cut off again)."""
         scene = os.path.abspath(scene)
         output = os.path.abspath(output) if output else ""
         if rdata and isinstance(rdata.get("assets"), list):
@@ -228,12 +241,21 @@ class Client:
             "submit", scene=scene, frames=frames, renderer=renderer, output=output, chunk=chunk,
             priority=priority, flags=flags, name=name, uuid=job_uuid, creator=creator, start=start,
             machines=machines, rdata=rdata, require_replicas=require_replicas,
+            resolution=list(resolution) if isinstance(resolution, tuple | list) else resolution,
+            percentage=percentage, tiles=list(tiles) if isinstance(tiles, tuple | list) else tiles,
+            overscan=overscan,
         )
         if result.get("result_name") != "OK" or not result.get("uuid"):
             raise SubmitRefused(result)
         if result.get("under_replicated"):
             warnings.warn(UnderReplicated(f"job {result['uuid']} {result.get('note', 'is under-replicated')}"),
                           stacklevel=2)
+        return result
+
+    def renderers(self) -> list[dict[str, Any]]:
+        """Each machine's renderers: machine, name, online, renderer, version, and the
+        settings (name, type, help) it takes."""
+        result: list[dict[str, Any]] = self.call("renderers")
         return result
 
     def wait(self, job: str, timeout: float | None = None,
@@ -304,7 +326,8 @@ class Client:
         return bool(self.call("log", job=job_uuid, text=log, replace=not append))
 
     def copy_render_task_from(self, job_uuid: str) -> list[dict[str, Any]]:
-        """CopyRenderTaskFrom: frame, state, render time, machines per task."""
+        """CopyRenderTaskFrom: frame, state, render time, machines per task; a tiled
+        job's: a row per tile, with its ``tile`` and ``region`` [x0, y0, x1, y1]."""
         result: list[dict[str, Any]] = self.call("tasks", job=job_uuid)
         return result
 

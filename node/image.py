@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -146,6 +148,107 @@ def _read_exr(path: str) -> Pixels:
         source.close()
     levels: Pixels = np.floor(np.clip(np.asarray(data), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return levels
+
+
+@dataclass(frozen=True)
+class Exact:
+    """An image as its file holds it: 8-bit ``uint8`` pixels (Pillow's formats), or
+    an OpenEXR file's ``float32`` pixels with its channel names and whether they
+    are stored as half floats.  What tiles are read, cut and assembled as, so an
+    assembled frame has the values of its tiles, not an 8-bit copy of them."""
+
+    pixels: npt.NDArray[Any]  #: (height, width, channels)
+    channels: tuple[str, ...] = ()  #: OpenEXR channel names; () for 8-bit images
+    half: bool = False  #: OpenEXR: stored as half floats
+
+    @property
+    def width(self) -> int:
+        """Width in pixels."""
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Height in pixels."""
+        return int(self.pixels.shape[0])
+
+
+def read_exact(path: str) -> Exact:
+    """Read an image as ``Exact`` (OSError, ImageError); 16-bit files are refused
+    rather than cut to 8 bits."""
+    if not path.lower().endswith(".exr"):
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+                    raise ImageError(f"{path}: {image.mode} images (more than 8 bits a channel) "
+                                     "are not assembled; write tiles as 8-bit PNG or OpenEXR")
+                image.load()
+                return Exact(_pixels(image))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+            raise ImageError(f"{path}: not an image this can read: {exc}") from None
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    if not has_exr():
+        raise ImageError(f"{path}: reading OpenEXR needs OpenImageIO (pip install OpenImageIO)")
+    import OpenImageIO as oiio
+
+    source = oiio.ImageInput.open(path)
+    if source is None:
+        raise ImageError(f"{path}: {oiio.geterror()}")
+    try:
+        spec = source.spec()
+        if spec.width * spec.height > MAX_PIXELS:
+            raise ImageError(f"{path}: {spec.width}x{spec.height} is more than {MAX_PIXELS} pixels")
+        floats = source.read_image("float")
+    finally:
+        source.close()
+    if floats is None:
+        raise ImageError(f"{path}: OpenImageIO could not read the pixels")
+    pixels = np.asarray(floats, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
+    return Exact(pixels, tuple(spec.channelnames), str(spec.format) == "half")
+
+
+def encode_exact(image: Exact, ext: str) -> bytes:
+    """The bytes of a file of type ``ext`` holding ``image``: OpenEXR keeps the
+    channel names and half or full floats; 8-bit images go through ``encode``."""
+    ext = ext.lower().lstrip(".")
+    if ext != "exr":
+        if image.pixels.dtype != np.uint8:
+            raise ImageError(f"cannot write OpenEXR pixels as .{ext}")
+        return encode(image.pixels, ext)
+    if image.pixels.dtype == np.uint8:
+        return _encode_exr(image.pixels)
+    import tempfile
+
+    import OpenImageIO as oiio
+
+    height, width, count = image.pixels.shape
+    fd, tmp = tempfile.mkstemp(suffix=".exr")
+    os.close(fd)
+    try:
+        out = oiio.ImageOutput.create(tmp)
+        if out is None:
+            raise ImageError(f"OpenImageIO cannot write OpenEXR: {oiio.geterror()}")
+        spec = oiio.ImageSpec(width, height, count, "half" if image.half else "float")
+        names = image.channels if len(image.channels) == count else tuple(spec.channelnames)
+        spec.channelnames = names
+        if "A" in names:
+            spec.alpha_channel = names.index("A")
+        if not out.open(tmp, spec) or not out.write_image(np.ascontiguousarray(image.pixels)):
+            raise ImageError(f"OpenImageIO could not write OpenEXR: {out.geterror()}")
+        out.close()
+        with open(tmp, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(tmp)
+
+
+def write_exact(path: str, image: Exact) -> None:
+    """Write ``image`` to ``path`` in the type its extension names (not atomically)."""
+    data = encode_exact(image, os.path.splitext(path)[1] or "png")
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def write_image(path: str, pixels: Pixels) -> None:

@@ -181,6 +181,11 @@ class Assign(Message):
     rdata: dict[str, Any] = field(default_factory=dict)
     flags: int = 0
     outputs: bool = True  #: False for jobs whose frames leave no file (no-op, command)
+    #: a tiled job's task: [tile, x0, y0, x1, y1] of each tile (x1, y1 excluded), on a
+    #: frame of ``size`` [width, height]; the renderer draws each region grown by ``overscan``
+    tiles: list[list[int]] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    overscan: int = 0
 
 
 @register
@@ -230,6 +235,7 @@ class ResultReady(Message):
     render_time: float = 0.0
     machine: str = ""
     repository: bool = False  #: store in the repository (SAVERESULTSINREPOSITORY)
+    tile: int = -1  #: a tile of the frame (tiled jobs), -1 for the whole frame
 
 
 @register

@@ -1,5 +1,5 @@
 """``rendernode`` commands about this node and the farm's machines: daemon,
-status, config, machines (list, add, remove, log)."""
+status, config, machines (list, add, remove, log), renderers."""
 
 from __future__ import annotations
 
@@ -199,3 +199,29 @@ def machines_log(ctx: click.Context, machine: str, text: str) -> None:
     """Add a line to a machine's log (AddLogToMachine); MACHINE: name, UUID or prefix."""
     client(ctx).add_log_to_machine(machine, text)
     click.echo(f"logged to {machine}")
+
+
+@main.command()
+@click.option("--online", is_flag=True, help="only machines online now")
+@json_option
+@click.pass_context
+def renderers(ctx: click.Context, online: bool, as_json: bool) -> None:
+    """Each machine's renderers, their versions and the settings they take
+    (`rendernode submit --set KEY=VALUE`; --resolution sets each renderer's size keys)."""
+    rows = [r for r in client(ctx).renderers() if r["online"] or not online]
+
+    def render(r: list[dict[str, Any]]) -> None:
+        table([{**row, "keys": " ".join(s["name"] for s in row["settings"]),
+                "state": "online" if row["online"] else "offline"} for row in r],
+              [("name", "machine"), ("state", "state"), ("renderer", "renderer"), ("version", "version"),
+               ("keys", "settings")], whole={"name", "renderer", "version"})
+        shown: set[str] = set()
+        for row in r:
+            if row["renderer"] in shown:
+                continue
+            shown.add(row["renderer"])
+            click.echo(f"\nsettings of {row['renderer']}:")
+            for s in row["settings"]:
+                click.echo(f"  {s['name']:22} {s['type']:16} {s['help']}")
+
+    emit(rows, as_json, render)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 import warnings
 from collections.abc import Collection
@@ -48,6 +49,17 @@ def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str
 @click.option("--command", "template", help="command template for --renderer command: {scene} {frame} {start} {end} {output}")
 @click.option("--asset", "asset_paths", multiple=True, metavar="PATH",
               help="a file the scene needs that is not found in it (repeatable); sent to the workers with it")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="a render setting of the renderer (repeatable): `rendernode renderers` lists them")
+@click.option("--resolution", metavar="WxH", help="frame size in pixels, e.g. 1920x1080")
+@click.option("--percentage", type=click.IntRange(1, 32767), metavar="P",
+              help="render at P percent of the resolution (the scene's, or --resolution)")
+@click.option("--tiles", metavar="COLSxROWS|auto",
+              help="cut every frame into tiles rendered on several machines and assembled here "
+                   "(auto: about two per machine that can render it)")
+@click.option("--overscan", type=click.IntRange(0), metavar="PX",
+              help="with --tiles: each tile is drawn PX pixels larger on each side and cut "
+                   "(for effects that read neighbouring pixels)")
 @click.option("--require-replicas", type=click.IntRange(0), metavar="N",
               help="refuse the submit unless N other machines hold the job (default: the "
                    "require_replicas preference)")
@@ -56,7 +68,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str
 @click.pass_context
 def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
-           asset_paths: tuple[str, ...], require_replicas: int | None, wait: bool, as_json: bool) -> None:
+           asset_paths: tuple[str, ...], settings: tuple[str, ...], resolution: str | None,
+           percentage: int | None, tiles: str | None, overscan: int | None, require_replicas: int | None,
+           wait: bool, as_json: bool) -> None:
     """Submit a job (CreateRenderJob); prints its UUID, and on stderr where the frames
     go, missing assets and how many machines hold the job when fewer than
     the farm's replicas do.  A refusal prints its CREATEJOBRESULT_* and reason
@@ -67,6 +81,14 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
         if not os.path.isfile(path):
             raise click.BadParameter(f"{path} is not a file", param_hint="--asset")
     rdata: dict[str, Any] = {}
+    for item in settings:  # text: the daemon turns each value into its setting's type
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        rdata[key.strip()] = value
+    if resolution is not None and not re.fullmatch(r"\s*\d+\s*[xX]\s*\d+\s*", resolution):
+        raise click.BadParameter(f"{resolution!r} is not WIDTHxHEIGHT (e.g. 1920x1080)",
+                                 param_hint="--resolution")
     if template:
         rdata["command"] = template
     if asset_paths:
@@ -80,7 +102,8 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
                 renderer=None if renderer == "auto" else renderer,  # None: the client picks it as the scene's type says
                 output=os.path.abspath(output) if output else "", chunk=chunk, priority=priority,
                 flags=list(flags), name=name, start=not paused,
-                rdata=rdata or None, require_replicas=require_replicas,
+                rdata=rdata or None, require_replicas=require_replicas, resolution=resolution,
+                percentage=percentage, tiles=tiles, overscan=overscan,
             )
     except SubmitRefused as refused:
         if as_json:
@@ -95,6 +118,12 @@ def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, ou
                    "--flag HANDLEWARNINGASERROR refuses such a submit)", err=True)
     if result.get("output") and not as_json:
         click.echo(f"rendernode: frames go to {result['output']}", err=True)
+    if result.get("tiles") and not as_json:
+        click.echo(f"rendernode: each {result['resolution']} frame renders as {result['tiles']} tiles; "
+                   "a .partial image beside each frame shows the tiles so far", err=True)
+    for warning in result.get("warnings", []):
+        if not as_json:
+            click.echo(f"rendernode: tiles: {warning}", err=True)
     if not wait:
         emit(result, as_json, lambda d: click.echo(d["uuid"]))
         return
@@ -130,9 +159,13 @@ def wait_for(c: Client, job_uuid: str, quiet: bool = False) -> dict[str, Any]:
 
         def show(job: dict[str, Any]) -> None:
             nonlocal task
+            tiled = "tiles_total" in job  # a tiled job's bar counts tiles; frames are done when assembled
+            total, done = (job["tiles_total"], job["tiles_done"]) if tiled else (job["frames_total"],
+                                                                                 job["frames_done"])
             if task is None:
-                task = bar.add_task(job["name"], total=job["frames_total"], rate="", busy=0, state="")
-            bar.update(task, completed=job["frames_done"], rate=rate_text(job["frames_done"], started),
+                task = bar.add_task(job["name"] + (" (tiles)" if tiled else ""), total=total, rate="",
+                                    busy=0, state="")
+            bar.update(task, completed=done, rate=rate_text(job["frames_done"], started),
                        busy=job["machines_busy"], state=job["state"])
 
         try:
@@ -242,9 +275,14 @@ def job(ctx: click.Context, job: str, as_json: bool) -> None:
     def render(d: dict[str, Any]) -> None:
         for key in ("uuid", "name", "scene", "default_scene", "user", "state", "result", "renderer",
                     "frames", "chunk", "priority", "flags", "output", "machines", "frames_done",
-                    "frames_total"):
+                    "frames_total", "tiles", "resolution", "overscan", "tiles_done", "tiles_total"):
+            if key in ("tiles", "resolution", "overscan", "tiles_done", "tiles_total") and key not in d:
+                continue
             value = shown_state(d) if key == "state" else d.get(key)
             click.echo(f"{key:14} {cell(value) or '-'}")
+        settings = {k: v for k, v in (d.get("rdata") or {}).items() if k not in ("assets", "path_map")}
+        click.echo(f"{'settings':14} " + (" ".join(f"{k}={cell(v)}" for k, v in sorted(settings.items()))
+                                          or "- (the scene's own)"))
         for failure in d.get("errors", []):
             click.echo(f"  failed frames {failure['frames']}: {failure['error']}")
         for entry in d.get("log", []):
@@ -349,8 +387,9 @@ def log_cmd(ctx: click.Context, job: str, text: str, replace: bool, as_json: boo
 @click.pass_context
 def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
     """A job's tasks: frames, state, render time, which machine rendered the frames
-    kept, which it was tried on, errors (CopyRenderTaskFrom).  Errors are cut to
-    one line here; --json has them whole."""
+    kept, which it was tried on, errors (CopyRenderTaskFrom); a tiled job's: a row
+    per tile with its region (x0,y0-x1,y1 in pixels from the top left).  Errors
+    are cut to one line here; --json has them whole."""
     c = client(ctx)
     rows = c.copy_render_task_from(job)
 
@@ -359,10 +398,15 @@ def tasks(ctx: click.Context, job: str, as_json: bool) -> None:
         shown = [{**row, "time": f"{row['render_time']:.1f} s" if row["render_time"] else "",
                   "by": names.get(row["rendered_by"], row["rendered_by"][:8]) if row.get("rendered_by") else "",
                   "tried": ",".join(dict.fromkeys(names.get(m, m[:8]) for m in row["machines"])),
+                  "region": "{},{}-{},{}".format(*row["region"]) if "region" in row else "",
                   "error": _abbreviate(row["error"])} for row in r]
-        table(shown, [("task", "task"), ("frames", "frames"), ("state", "state"), ("time", "time"),
+        tiled = any("tile" in row for row in r)
+        columns = [("task", "task"), ("frames", "frame" if tiled else "frames")]
+        if tiled:
+            columns += [("tile", "tile"), ("region", "region")]
+        table(shown, [*columns, ("state", "state"), ("time", "time"),
                       ("by", "rendered by"), ("tried", "tried on"), ("attempt", "attempt"),
-                      ("error", "error")], whole={"task", "frames", "state", "by"})
+                      ("error", "error")], whole={"task", "frames", "tile", "region", "state", "by"})
 
     emit(rows, as_json, render)
 

@@ -306,8 +306,12 @@ class App:
         """A finished frame full size, if this node holds it (the submitter, or the repository)."""
         doc = self.dash.node.jobs.find(ref)
         frame = int(frame_text)
-        rows = [r for r in self.dash.node.results.of_job(doc.uuid) if r["frame"] == frame]
-        if not rows:
+        rows = [r for r in self.dash.node.results.of_job(doc.uuid) if r["frame"] == frame and r["kind"] != "tile"]
+        if not rows:  # a tiled frame still missing tiles: the ones here, assembled now
+            partial = await trio.to_thread.run_sync(self.dash.node.results.assembly.partial_png, doc, frame)
+            if partial is not None:
+                await respond(send, 200, partial, "image/png", [(b"cache-control", b"private, no-cache")])
+                return
             origin = self.dash.node.table.get(str(doc.value("origin")))
             where = origin.name if origin is not None else "the submitting machine"
             raise HttpError(404, f"frame {frame} is not held here; its full size is on {where}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.control.server import Caller
 from node.errors import NotFound
-from node.jobs.operations import TASK_STATES, task_frames
+from node.jobs.operations import TASK_STATES, task_frames, tiling_of
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
 from protocol.enums import RenderResult
 
@@ -49,7 +49,7 @@ class Views:
         self._order: list[str] | None = None  #: live jobs in queue order, until a head changes
         self._frames: dict[str, list[list[int]]] = {}
         self.previews: dict[str, tuple[str, int]] = {}  #: preview chunk -> (job, task) naming it
-        self.done_frames: deque[tuple[float, int]] = deque(maxlen=100_000)  #: (wall time, frames)
+        self.done_frames: deque[tuple[float, float]] = deque(maxlen=100_000)  #: (wall time, frames; a tile counts its share)
         self._counted: set[tuple[str, int, int]] = set()
         for doc in self.book.docs.values():
             self.note_tasks(doc, doc.tasks.items(), startup=True)
@@ -92,7 +92,10 @@ class Views:
                 self._counted.add(key)
                 if frames is None:
                     frames = self.frames_of(doc) if doc.fields else []
-                n = len(frames[tid]) if tid < len(frames) else 1
+                n: float = len(frames[tid]) if tid < len(frames) else 1
+                tiling = tiling_of(doc)
+                if tiling is not None:  # a tile is its share of a frame
+                    n = len(tiling.tiles_of(tid, int(doc.value("chunk", 1)))) / tiling.count
                 when = s.stamp[0] / 1000 if startup else time.time()
                 self.done_frames.append((when, n))
 
@@ -106,7 +109,10 @@ class Views:
         return row
 
     def _make_row(self, doc: JobDoc) -> dict[str, Any]:
+        """Counts are of frames, or of tiles for a tiled job (``unit``)."""
         frames = self.frames_of(doc)
+        tiling = tiling_of(doc)
+        chunk = int(doc.value("chunk", 1))
         done = rendering = failed = queued = 0
         done_tasks = busy_tasks = failed_tasks = 0
         render_time = 0.0
@@ -114,7 +120,7 @@ class Views:
         workers = set()
         for tid, fr in enumerate(frames):
             s = task_current(doc, tid)
-            n = len(fr)
+            n = len(fr) if tiling is None else len(tiling.tiles_of(tid, chunk))
             if s.done:
                 last = max(last, s.stamp[0])
                 if s.phase == Phase.SUCCEEDED:
@@ -154,6 +160,7 @@ class Views:
             "done": done, "rendering": rendering, "failed": failed, "queued": queued,
             "per_frame": render_time / done if done else None, "busy": len(workers),
             "origin": doc.value("origin"), "generation": doc.gen,
+            "unit": "frames" if tiling is None else "tiles",
         }
 
     def _queue_docs(self) -> list[JobDoc]:
@@ -198,17 +205,22 @@ class Views:
     def tasks(self, doc: JobDoc, tids: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """Task rows of ``doc`` (all, or ``tids``): frames, state, time, machines, previews."""
         frames = self.frames_of(doc)
+        tiling = tiling_of(doc)
+        chunk = int(doc.value("chunk", 1))
         out = []
         for tid in (range(len(frames)) if tids is None else sorted(tids)):
             if not 0 <= tid < len(frames):
                 continue
             s = task_current(doc, tid)
-            out.append({
+            row = {
                 "task": tid, "frames": frames[tid], "state": task_state_name(s),
                 "render_time": round(s.render_time, 3), "machines": s.all_machines,
                 "worker": s.worker if not s.done else "", "attempts": s.attempts,
                 "failures": s.failures, "error": s.error, "previews": list(s.previews),
-            })
+            }
+            if tiling is not None:  # previews: one per tile, in this order
+                row["tiles"] = [{"tile": t, "region": list(tiling.region(t))} for t in tiling.tiles_of(tid, chunk)]
+            out.append(row)
         return out
 
     def job(self, ref: str, user: str) -> dict[str, Any]:
@@ -223,11 +235,13 @@ class Views:
         settings["result"] = summary["result"]
         results: list[dict[str, Any]] = []
         if doc.value("origin") == self.node.ident.uuid:
-            results = self.node.results.of_job(doc.uuid)
+            results = [r for r in self.node.results.of_job(doc.uuid) if r["kind"] != "tile"]
         log = [{"time": s[0] / 1000, "node": s[2], "line": line} for s, line in doc.visible_log()]
         owner = str(doc.value("user", ""))
+        tiling = tiling_of(doc)
         return {
             "job": self.row(doc), "settings": settings, "tasks": self.tasks(doc),
+            "tiling": tiling.to_field() if tiling is not None else None,
             "log": log[-LOG_LINES:], "results": [{k: r[k] for k in ("frame", "kind", "path", "size")}
                                                   for r in results],
             "may_change": user == owner or user in self.node.jobs.admins,

@@ -26,11 +26,13 @@ from node.errors import BadRequest
 from node.jobs.operations import CREATE_OK, Jobs, JobSpec, frame_file, output_pattern
 from node.jobs.owners import Owners
 from node.jobs.replication import REPLICATE_TIMEOUT, Replication
+from node.jobs.shaping import Refused, shape
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from node.nursery import service_nursery
 from node.render.results import Results, write_test
 from node.renderers import detect_renderer, scene_frames, scene_mismatch
+from node.renderers.settings import describe
 from node.resolve import resolve
 from node.service.accounts import Account
 from node.service.runas import RunAs
@@ -117,7 +119,7 @@ class JobsApi:
             "log": self.log, "tasks": self.tasks, "users": self.users, "message": self.message,
             "messages": self.messages, "results": self.list_results,
             "results_clear": self.clear_results, "results_rm": self.remove_result,
-            "repo": self.repository, "repo_gc": self.repository_gc,
+            "repo": self.repository, "repo_gc": self.repository_gc, "renderers": self.renderers,
         }
 
     def _seen(self, caller: Caller) -> None:
@@ -193,6 +195,12 @@ class JobsApi:
         args = await self._complete(args)
         spec = JobSpec.from_args({**args, "flags": _flags(args.get("flags")) or 0})
         self._check_machines(list(spec.machines))
+        try:
+            shaped = await trio.to_thread.run_sync(shape, spec, args, self._able(spec))
+        except Refused as exc:  # a setting or tiling the renderer cannot take
+            return _refused(CreateJobResult.CREATEJOBRESULT_SAVINGFAILED,
+                            f"the job cannot be made: {exc}", invalid=True)
+        spec = shaped.spec
         require = args.get("require_replicas")
         if require is None:
             require = self.peers.prefs.require_replicas
@@ -239,6 +247,8 @@ class JobsApi:
             await self.owners.record(delta.uuid, account)
         if got is not None and got.missing:
             self.jobs.add_log(delta, "warning: missing assets: " + ", ".join(got.missing))
+        for warning in shaped.warnings:
+            self.jobs.add_log(delta, f"tiles: {warning}")
         target = self._replicas_target()
         holders: set[str] = set()
         want = min(max(self.replicas, require), len(self.peers.sessions))
@@ -264,8 +274,21 @@ class JobsApi:
             note["note"] = f"held by {where}; copied to the others when they come back"
         if got is not None and got.missing:
             note["missing"] = list(got.missing)
+        if spec.tiling is not None:
+            note["tiles"] = f"{spec.tiling.cols}x{spec.tiling.rows}"
+            note["resolution"] = f"{spec.tiling.width}x{spec.tiling.height}"
+            note["warnings"] = shaped.warnings
         return {"uuid": delta.uuid, "result": CREATE_OK, "result_name": "OK", **copies, **note,
                 "output": output_pattern(spec.output, spec.scene, spec.extension) if spec.outputs else ""}
+
+    def _able(self, spec: JobSpec) -> int:
+        """How many machines can render ``spec`` now (this one too, if it shares)."""
+        count = int(self.peers.prefs.share and spec.renderer in self.peers.capabilities)
+        for session in self.peers.sessions.values():
+            hello = session.hello
+            if hello is not None and hello.sharing and spec.renderer in hello.capabilities:
+                count += 1
+        return count
 
     def _check_machines(self, machines: list[str]) -> None:
         """Every machine a job is limited to must be one this node knows (UUID, name
@@ -450,6 +473,17 @@ class JobsApi:
     async def tasks(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """CopyRenderTaskFrom."""
         return self.jobs.tasks(self.jobs.find(_str(args, "job")))
+
+    async def renderers(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each machine's renderers (as its Hello names them), their versions and the
+        settings they take (``node.renderers.settings``: the same on every machine
+        of one build)."""
+        me = self.peers.ident.uuid
+        rows = [(me, self.peers.prefs.name, True, dict(self.peers.capabilities)),
+                *((m.uuid, m.name, m.online, m.capabilities) for m in self.peers.table.all() if m.uuid != me)]
+        return [{"machine": uuid, "name": name, "online": online, "renderer": r, "version": v,
+                 "settings": describe(r)}
+                for uuid, name, online, caps in rows for r, v in sorted(caps.items())]
 
     async def users(self, caller: Caller, args: dict[str, Any]) -> list[dict[str, Any]]:
         """GetUserPool: users known to the farm."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from node.errors import BadRequest, PermissionDenied
 from node.jobs.book import JobBook
+from node.jobs.tiling import TaskShape, Tiling, layout
 from node.renderers import output_formats
 from node.resolve import resolve
 from protocol.crdt import JobDoc, Phase, Register, TaskState, key_between, task_current
@@ -46,6 +47,7 @@ class JobSpec:
     creator: int = RenderJobCreator.RENDERJOBCREATOR_USER
     start: bool = True
     watch_folder: str = ""
+    tiling: Tiling | None = None  #: each frame cut into tiles (``node.jobs.tiling``)
 
     @property
     def outputs(self) -> bool:
@@ -147,8 +149,34 @@ def frame_file(pattern: str, frame: int) -> str:
 
 
 def task_frames(doc: JobDoc) -> list[list[int]]:
-    """The frames of each task, by task id."""
-    return chunk_frames(parse_frames(doc.value("frames", "1")), int(doc.value("chunk", 1)))
+    """The frames of each task, by task id (a tiled job's task: its one frame)."""
+    tiling = Tiling.from_field(doc.value("tiling"))
+    if tiling is None:
+        return chunk_frames(parse_frames(doc.value("frames", "1")), int(doc.value("chunk", 1)))
+    return [shape.frames for shape in task_shapes(doc)]
+
+
+def task_shapes(doc: JobDoc) -> list[TaskShape]:
+    """The frames and tiles of each task, by task id."""
+    return layout(parse_frames(doc.value("frames", "1")), int(doc.value("chunk", 1)),
+                  Tiling.from_field(doc.value("tiling")))
+
+
+def task_shape(doc: JobDoc, tid: int) -> TaskShape | None:
+    """The frames and tiles of one task of a tiled job (None: no such task, or the
+    job renders whole frames)."""
+    tiling = tiling_of(doc)
+    if tiling is None or tid < 0:
+        return None
+    chunk = int(doc.value("chunk", 1))
+    frames = parse_frames(doc.value("frames", "1"))
+    index = tid // tiling.groups(chunk)
+    return TaskShape([frames[index]], tiling.tiles_of(tid, chunk)) if index < len(frames) else None
+
+
+def tiling_of(doc: JobDoc) -> Tiling | None:
+    """How the job cuts its frames into tiles; None when it renders whole frames."""
+    return Tiling.from_field(doc.value("tiling"))
 
 
 def renders_on(doc: JobDoc, uuid: str, name: str) -> bool:
@@ -222,7 +250,7 @@ class Jobs:
             raise BadRequest(f"job {uuid} exists already")
         queue = self.queue()
         last = str(queue[-1].value("position")) if queue else None
-        n = len(chunk_frames(parse_frames(spec.frames), spec.chunk))
+        n = len(layout(parse_frames(spec.frames), spec.chunk, spec.tiling))
         fields = {
             "name": spec.name, "scene": spec.scene, "default_scene": spec.scene.rsplit("/", 1)[-1],
             "renderer": spec.renderer, "frames": spec.frames, "chunk": spec.chunk,
@@ -232,6 +260,7 @@ class Jobs:
             "position": key_between(last, None), "state": "queued" if spec.start else "created",
             "watch_folder": spec.watch_folder, "result": int(RenderResult.RENDERRESULT_OK),
             "outputs": spec.outputs,
+            **({"tiling": spec.tiling.to_field()} if spec.tiling is not None else {}),
             **(extra or {}),
         }
         stamp = self.book.stamp()
@@ -336,7 +365,19 @@ class Jobs:
         """One job as listed by ``rendernode jobs``."""
         tasks = task_frames(doc)
         states = [task_current(doc, tid) for tid in range(len(tasks))]
+        tiling = tiling_of(doc)
         done_frames = sum(len(tasks[i]) for i, s in enumerate(states) if s.done and s.phase == Phase.SUCCEEDED)
+        frames_total = sum(len(t) for t in tasks)
+        tiles: dict[str, Any] = {}
+        if tiling is not None:  # a frame is done once every task of its tiles is
+            frames_total = len(parse_frames(doc.value("frames", "1")))
+            per = len(tasks) // max(1, frames_total)
+            done_frames = sum(1 for f in range(frames_total) if all(
+                s.done and s.phase == Phase.SUCCEEDED for s in states[f * per:(f + 1) * per]))
+            tiles = {"tiles": f"{tiling.cols}x{tiling.rows}", "resolution": f"{tiling.width}x{tiling.height}",
+                     "overscan": tiling.overscan, "tiles_total": frames_total * tiling.count,
+                     "tiles_done": sum(len(shape.tiles) for shape, s in zip(task_shapes(doc), states, strict=True)
+                                       if s.done and s.phase == Phase.SUCCEEDED)}
         busy = {s.worker for s in states if not s.done and s.phase in (Phase.ASSIGNED, Phase.RENDERING) and s.worker}
         failed = [tid for tid, s in enumerate(states) if s.done and s.phase == Phase.FAILED]
         state = job_state(doc)
@@ -354,26 +395,44 @@ class Jobs:
             if doc.value("outputs", True) else "",
             "origin": doc.value("origin"), "created": doc.value("created"),
             "position": doc.value("position"), "generation": doc.gen,
-            "frames_total": sum(len(t) for t in tasks), "frames_done": done_frames,
+            "frames_total": frames_total, "frames_done": done_frames, **tiles,
             "tasks_total": len(tasks), "tasks_failed": len(failed), "machines_busy": len(busy),
-            "errors": [{"task": tid, "frames": format_frames(tasks[tid]), "error": states[tid].error}
-                       for tid in failed[:SHOWN_ERRORS]],
+            "errors": [{"task": tid, "frames": format_frames(tasks[tid]) + _tiles_text(doc, tid, tiling),
+                        "error": states[tid].error} for tid in failed[:SHOWN_ERRORS]],
         }
 
     def tasks(self, doc: JobDoc) -> list[dict[str, Any]]:
-        """CopyRenderTaskFrom: frame, state, render time, machines per task."""
+        """CopyRenderTaskFrom: frame, state, render time, machines per task; a tiled
+        job's: a row per tile (frame, tile, region), its task's state on each."""
         out = []
-        for tid, frames in enumerate(task_frames(doc)):
+        tiling = tiling_of(doc)
+        for tid, shape in enumerate(task_shapes(doc)):
+            frames = shape.frames
             s = task_current(doc, tid)
-            out.append({
+            row = {
                 "task": tid, "frame": frames[0], "frames": format_frames(frames),
                 "state": TASK_STATES[Phase(s.phase)] if s.done or s.phase < Phase.FAILED else "queued",
                 "render_time": s.render_time, "machines": s.all_machines, "attempt": s.attempt, "attempts": s.attempts,
                 "failures": s.failures,
                 "worker": s.worker, "error": s.error,
                 "rendered_by": s.worker if s.done and s.phase == Phase.SUCCEEDED else "",
-            })
+            }
+            if tiling is None:
+                out.append(row)
+                continue
+            for tile in shape.tiles:
+                out.append({**row, "tile": tile, "region": list(tiling.region(tile)),
+                            "render_time": s.render_time / len(shape.tiles)})
         return out
+
+
+def _tiles_text(doc: JobDoc, tid: int, tiling: Tiling | None) -> str:
+    """`` tile 3`` (`` tiles 4-7``) for a task of a tiled job, else ""."""
+    if tiling is None:
+        return ""
+    shape = task_shape(doc, tid)
+    tiles = shape.tiles if shape is not None else []
+    return f" tile{'s' if len(tiles) > 1 else ''} {format_frames(tiles)}"
 
 
 def _result(doc: JobDoc, state: str, errors: list[str]) -> str:

@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import trio
 
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, job_state, renders_on, task_frames
+from node.jobs.operations import Jobs, job_state, renders_on, task_frames, tiling_of
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
@@ -129,7 +129,7 @@ class Scheduler:
         self._open: dict[str, set[int]] = {}  #: scheduled job -> its tids not done
         self._settled: set[str] = set()  #: scheduled jobs to test for done/failed
         self._order: list[str] | None = None  #: scheduled jobs in queue order (None: stale)
-        self._frames: dict[str, tuple[tuple[Any, Any], list[list[int]]]] = {}
+        self._frames: dict[str, tuple[tuple[Any, Any, str], list[list[int]]]] = {}
         self._deadlines: list[tuple[float, int, tuple[str, int], Lease]] = []  #: heap
         self._seq = itertools.count()
         self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
@@ -232,12 +232,22 @@ class Scheduler:
 
     def _task_frames(self, doc: JobDoc) -> list[list[int]]:
         """``task_frames(doc)``, parsed once per job and frame spec."""
-        spec = (doc.value("frames", "1"), doc.value("chunk", 1))
+        spec = (doc.value("frames", "1"), doc.value("chunk", 1), str(doc.value("tiling")))
         hit = self._frames.get(doc.uuid)
         if hit is None or hit[0] != spec:
             hit = (spec, task_frames(doc))
             self._frames[doc.uuid] = hit
         return hit[1]
+
+    def _tiles(self, doc: JobDoc, tid: int) -> dict[str, Any]:
+        """The Assign fields of a tiled job's task: its tiles' regions, the frame size
+        and the overscan (none for an untiled job)."""
+        tiling = tiling_of(doc)
+        if tiling is None:
+            return {}
+        tiles = tiling.tiles_of(tid, int(doc.value("chunk", 1)))
+        return {"tiles": [[t, *tiling.region(t)] for t in tiles], "size": [tiling.width, tiling.height],
+                "overscan": tiling.overscan}
 
     def _index_job(self, doc: JobDoc) -> None:
         heap: list[int] = []  # ascending tids: already a heap
@@ -458,7 +468,8 @@ class Scheduler:
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
                      scene=str(doc.value("scene")), origin=str(doc.value("origin")),
                      scene_sha256=str(doc.value("scene_sha256", "")), rdata=dict(doc.value("rdata") or {}),
-                     flags=int(doc.value("flags", 0)), outputs=bool(doc.value("outputs", True)))
+                     flags=int(doc.value("flags", 0)), outputs=bool(doc.value("outputs", True)),
+                     **self._tiles(doc, tid))
         self._send_soon(worker, msg)
 
     def _send_soon(self, worker: str, msg: Assign | Cancel) -> None:

@@ -8,7 +8,8 @@ into the worker's chunk store under a manifest, the target is told
 (``ResultReady``) and fetches the verified chunks through the swarm.  The
 worker deletes a frame only once every target has answered that it holds it.  The submitting node writes the frame to the job's output
 pattern (``renders/shot_####.png``), records it, and marks the task SUCCEEDED
-once every frame of the task is there.
+once every frame of the task is there.  A tiled job's tiles travel the same
+way; the submitting node assembles its frames from them (``node.render.assembly``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from node.assets.store import CorruptChunk
 from node.assets.swarm import FetchFailed, Swarm, bits_of
 from node.assets.transfer import write_atomic
 from node.db import Database
-from node.errors import BadRequest, NodeError, NotFound
+from node.errors import BadRequest, NotFound
 from node.jobs.election import Election
 from node.jobs.operations import Jobs, frame_file, output_pattern, task_frames
 from node.jobs.owners import Owners
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from node.nursery import service_nursery
+from node.render.assembly import Assembly, SavingFailed
 from node.service.accounts import Account
 from node.service.runas import RunAs
 from protocol import ProtocolError
@@ -67,10 +69,6 @@ def output_path_of(pattern: str, scene: str, frame: int, ext: str) -> str:
     return frame_file(output_pattern(pattern, scene, ext), frame)
 
 
-class SavingFailed(NodeError):
-    """A frame cannot be written where the job's output pattern puts it."""
-
-    code = "saving_failed"
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -109,6 +107,12 @@ class OutboxItem:
     render_time: float
     machine: str
     failures: int = 0  #: deliveries the target refused (a lost session does not count)
+    tile: int = -1  #: a tile of the frame (tiled jobs), -1 for the whole frame
+
+    @property
+    def what(self) -> str:
+        """``frame 3`` or ``tile 5 of frame 3``, for messages."""
+        return f"frame {self.frame}" if self.tile < 0 else f"tile {self.tile} of frame {self.frame}"
 
     @property
     def meta_path(self) -> str:
@@ -135,6 +139,7 @@ class Results:
         self._nursery: trio.Nursery | None = None
         self.owners: Owners | None = None  #: who submitted each job here: frames are written as them
         self.runas = RunAs(switching=False)
+        self.assembly = Assembly(db, jobs, os.path.join(state_dir, "tiles"), self)
         peers.register_handler(ResultReady, self._on_ready)
         peers.on_session.append(lambda s: self.wake())
         election.on_role.append(self.wake)
@@ -145,16 +150,19 @@ class Results:
 
     # -- worker side --------------------------------------------------------------
 
-    def put(self, src: str, job: JobDoc, gen: int, task: int, frame: int, render_time: float) -> None:
-        """Move a rendered frame into the outbox (blocking file work: call in a thread)."""
+    def put(self, src: str, job: JobDoc, gen: int, task: int, frame: int, render_time: float,
+            tile: int = -1) -> None:
+        """Move a rendered frame (or tile of one) into the outbox (blocking file work:
+        call in a thread)."""
         ext = os.path.splitext(src)[1] or ".png"
-        path = os.path.join(self.outbox_dir, f"{job.uuid}_{gen}_{task}_{frame}{ext}")
+        name = f"{job.uuid}_{gen}_{task}_{frame}" + (f"_t{tile}" if tile >= 0 else "")
+        path = os.path.join(self.outbox_dir, name + ext)
         shutil.move(src, path)
         targets = ["origin"]
         if int(job.value("flags", 0)) & NetRenderFlags.NETRENDERFLAGS_SAVERESULTSINREPOSITORY:
             targets.append("repository")
         item = OutboxItem(path, job.uuid, gen, task, frame, str(job.value("origin")), targets,
-                          render_time, self.me)
+                          render_time, self.me, tile=tile)
         write_atomic(item.meta_path, json.dumps(item.__dict__).encode())
 
     def pending(self) -> list[OutboxItem]:
@@ -183,7 +191,7 @@ class Results:
             ready = ResultReady(job=item.job, task=item.task, frame=item.frame, gen=item.gen,
                                 manifest="", name=os.path.basename(item.path),
                                 render_time=item.render_time, machine=item.machine,
-                                repository=target == "repository")
+                                repository=target == "repository", tile=item.tile)
             try:
                 if node == self.me:
                     data = await trio.to_thread.run_sync(_read, item.path)
@@ -194,12 +202,12 @@ class Results:
                         with trio.fail_after(FETCH_TIMEOUT):
                             await session.request(ResultReady(**{**ready.__dict__, "manifest": manifest.id}))
             except (SessionLost, ProtocolError, OSError, trio.TooSlowError) as exc:
-                log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
+                log.info("delivering %s of %s to %s failed: %s", item.what, item.job, node, exc)
                 continue
             except (RequestFailed, SavingFailed, BadRequest) as exc:
                 refused = not isinstance(exc, RequestFailed) or exc.reason.startswith(SavingFailed.code + ":")
                 if not refused:  # the target could not fetch it this time
-                    log.info("delivering frame %d of %s to %s failed: %s", item.frame, item.job, node, exc)
+                    log.info("delivering %s of %s to %s failed: %s", item.what, item.job, node, exc)
                     continue
                 if not self._refused(item, target, doc, exc.reason.removeprefix(SavingFailed.code + ": ")):
                     continue
@@ -217,15 +225,15 @@ class Results:
         submitter (``--wait`` prints it)."""
         item.failures += 1
         where = "the submitting machine" if target == "origin" else "the server's repository"
-        log.warning("delivering frame %d of %s to %s failed (try %d of %d): %s", item.frame, item.job,
+        log.warning("delivering %s of %s to %s failed (try %d of %d): %s", item.what, item.job,
                     where, item.failures, DELIVERY_TRIES, reason)
         if item.failures == 1:
-            self.jobs.add_log(doc, f"delivering frame {item.frame} to {where} failed: {reason}; "
+            self.jobs.add_log(doc, f"delivering {item.what} to {where} failed: {reason}; "
                                    f"trying {DELIVERY_TRIES - 1} more times")
         if item.failures < DELIVERY_TRIES:
             write_atomic(item.meta_path, json.dumps(item.__dict__).encode())
             return False
-        error = (f"RENDERRESULT_SAVINGFAILED: frame {item.frame} could not be delivered to {where} "
+        error = (f"RENDERRESULT_SAVINGFAILED: {item.what} could not be delivered to {where} "
                  f"after {item.failures} tries: {reason}")
         self.jobs.add_log(doc, f"task {item.task} failed: {error}")
         cur = task_current(doc, item.task)
@@ -252,6 +260,7 @@ class Results:
             task_status.started()
             while True:
                 self._wake = trio.Event()
+                await self.assembly.sweep()
                 items = await trio.to_thread.run_sync(self.pending)
                 waiting = False
                 for item in items:
@@ -263,6 +272,8 @@ class Results:
     # -- receiving side ------------------------------------------------------------
 
     def _have(self, ready: ResultReady) -> bool:
+        if ready.tile >= 0:
+            return self.assembly.have(ready)
         kind = "repository" if ready.repository else "output"
         row = self.db.conn.execute(
             "SELECT 1 FROM results WHERE job=? AND gen=? AND frame=? AND kind=?",
@@ -315,6 +326,18 @@ class Results:
         if offer.gen != doc.gen:
             return {"stored": False, "stale": True}
         ext = os.path.splitext(offer.name)[1].lstrip(".") or "png"
+        if offer.tile >= 0:
+            if offer.repository:
+                path = os.path.join(self.repo_dir, offer.job, f"frame_{offer.frame:06d}_tile_{offer.tile:04d}.{ext}")
+                try:
+                    await trio.to_thread.run_sync(write_atomic, path, data)
+                except OSError as exc:
+                    raise SavingFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+                await self.assembly.record(offer, "repository", path, data)
+                return {"stored": True, "path": path}
+            if str(doc.value("origin")) != self.me:
+                raise BadRequest("this node did not submit the job")
+            return await self.assembly.store(doc, offer, data)
         if offer.repository:
             kind = "repository"
             path = os.path.join(self.repo_dir, offer.job, f"frame_{offer.frame:06d}.{ext}")
@@ -338,6 +361,10 @@ class Results:
         if kind == "output":
             self._maybe_done(doc, offer)
         return {"stored": True, "path": path}
+
+    async def unlink_as_owner(self, job: str, path: str) -> None:
+        """Remove a file of ``job`` in its output folder with its submitter's rights."""
+        await self._unlink_result(job, path, "output")
 
     async def write_as_owner(self, job: str, path: str, data: bytes) -> None:
         """Write a frame with the rights of whoever submitted ``job`` here."""
@@ -390,7 +417,7 @@ class Results:
             "SELECT frame, kind, path, sha256, size, machine, render_time, time FROM results "
             "WHERE job=? AND gen=? ORDER BY frame, kind", (job, doc.gen)).fetchall()
         keys = ("frame", "kind", "path", "sha256", "size", "machine", "render_time", "time")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows] + self.assembly.of_job(doc)
 
     def repository(self) -> list[dict[str, Any]]:
         """GetRepository: every job's results in this node's repository."""
@@ -408,7 +435,7 @@ class Results:
         for path, kind in rows:
             await self._unlink_result(job, path, kind)
         await self.db.run(lambda c: c.execute("DELETE FROM results WHERE job=?", (job,)))
-        return len(rows)
+        return len(rows) + await self.assembly.forget(job)
 
     async def remove(self, job: str, path: str) -> bool:
         """RemoveResult: delete one result file of the job, named by its path as

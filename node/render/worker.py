@@ -43,6 +43,7 @@ import trio
 from node.assets.jobassets import Assets
 from node.assets.store import CorruptChunk, sha256
 from node.assets.swarm import FetchFailed
+from node.image import ImageError
 from node.jobs.book import is_live
 from node.jobs.election import Election
 from node.jobs.operations import Jobs
@@ -52,7 +53,8 @@ from node.nursery import service_nursery
 from node.render.preview import PreviewError, make_preview
 from node.render.results import Results
 from node.render.sandbox import Place, Sandbox
-from node.renderers.base import Outcome, Renderer, TaskSpec
+from node.render.tiles import TileError, fit_tile
+from node.renderers.base import Outcome, Renderer, TaskSpec, Tile
 from node.renderers.command import reads_assets
 from node.service.runas import RunAs
 from protocol import ProtocolError
@@ -249,7 +251,8 @@ class Worker:
         try:
             backend = self.backends[msg.renderer]
             spec = TaskSpec(job=msg.job, task=msg.task, frames=list(msg.frames), scene=msg.scene,
-                            workdir="", rdata=dict(msg.rdata))
+                            workdir="", rdata=dict(msg.rdata), tiles=task_tiles(msg),
+                            size=(msg.size[0], msg.size[1]) if len(msg.size) == 2 else (0, 0))
             granted = ""
             code: int | Outcome = Outcome(RenderResult.RENDERRESULT_USERBREAK, "stopped")
             async with trio.open_nursery() as nursery:
@@ -274,7 +277,7 @@ class Worker:
             with trio.CancelScope(shield=True):  # nothing of the render may outlive this point
                 if place is not None:
                     wanted = [] if running.scope.cancelled_caught else [
-                        os.path.basename(spec.frame_path(f)) for f in spec.frames]
+                        os.path.basename(path) for _, _, path in spec.outputs()]
                     await self.sandbox.close(place, wanted)
                     spec = dataclasses.replace(spec, workdir=place.harvest)
                 if granted and self.assets is not None:
@@ -288,6 +291,8 @@ class Worker:
                     msg.flags & NetRenderFlags.NETRENDERFLAGS_HANDLEWARNINGASERROR):
                 outcome = Outcome(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT,
                                   "warning treated as error: " + outcome.warnings[0])
+            if outcome.result == RenderResult.RENDERRESULT_OK and spec.tiles and msg.outputs:
+                outcome = await trio.to_thread.run_sync(_fit_tiles, spec)
             if outcome.result == RenderResult.RENDERRESULT_OK:
                 await self._finish(msg, spec, elapsed)
         finally:
@@ -317,6 +322,8 @@ class Worker:
         doc = self.jobs.book.get(spec.job)
         if doc is not None:  # frames in the type the output pattern names
             ext = os.path.splitext(str(doc.value("output") or ""))[1].lstrip(".").lower()
+            if spec.tiles:  # tiles travel lossless; the frame is encoded once, when assembled
+                ext = "exr" if ext == "exr" else "png"
             spec = dataclasses.replace(spec, extension=ext or spec.extension)
         if self.assets is None or doc is None or not doc.value("assets"):
             return spec, None, None
@@ -397,13 +404,14 @@ class Worker:
         doc = self.jobs.book.get(msg.job)
         if doc is None:
             return
-        per_frame = elapsed / max(1, len(spec.frames))
+        outputs = spec.outputs()
+        per_output = elapsed / max(1, len(outputs))
         previews: list[str] = []
         if msg.outputs:
-            for frame in spec.frames:
-                previews.append(await trio.to_thread.run_sync(self._preview, spec.frame_path(frame)))
-                await trio.to_thread.run_sync(self.results.put, spec.frame_path(frame), doc, msg.gen,
-                                              msg.task, frame, per_frame)
+            for frame, tile, path in outputs:
+                previews.append(await trio.to_thread.run_sync(self._preview, path))
+                await trio.to_thread.run_sync(self.results.put, path, doc, msg.gen,
+                                              msg.task, frame, per_output, tile)
         cur = task_current(doc, msg.task)
         if cur.done or cur.gen != msg.gen:
             return
@@ -435,6 +443,29 @@ class Worker:
         async with service_nursery(self):
             task_status.started()
             await trio.sleep_forever()
+
+
+def task_tiles(msg: Assign) -> tuple[Tile, ...]:
+    """The tiles an assignment names, each with the region its renderer draws."""
+    if len(msg.size) != 2:
+        return ()
+    width, height = msg.size
+    o = max(0, msg.overscan)
+    return tuple(Tile(i, (x0, y0, x1, y1), (max(0, x0 - o), max(0, y0 - o), min(width, x1 + o),
+                                             min(height, y1 + o)))
+                 for i, x0, y0, x1, y1 in (t[:5] for t in msg.tiles if len(t) >= 5))
+
+
+def _fit_tiles(spec: TaskSpec) -> Outcome:
+    """Cut each tile out of what was drawn around it; SAVINGFAILED if one does not fit
+    (blocking)."""
+    for _, tile_index, path in spec.outputs():
+        tile = next(t for t in spec.tiles if t.index == tile_index)
+        try:
+            fit_tile(path, tile)
+        except (TileError, ImageError, OSError) as exc:
+            return Outcome(RenderResult.RENDERRESULT_SAVINGFAILED, f"frame {os.path.basename(path)}: {exc}")
+    return Outcome(RenderResult.RENDERRESULT_OK)
 
 
 def _user_paths(outcome: Outcome, running: Running, path_map: dict[str, str]) -> Outcome:

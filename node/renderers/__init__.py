@@ -122,6 +122,45 @@ def scene_mismatch(scene: str, renderer: str) -> str:
             f"files, and {ext} scenes are for --renderer {meant}")
 
 
+_INI_SIZE = re.compile(r"^\s*(Width|Height)\s*=\s*(\d+)", re.IGNORECASE | re.MULTILINE)
+
+
+def povray_ini_size(path: str) -> tuple[int, int] | None:
+    """Width and Height of a POV-Ray .ini file, None unless it names both."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        keys = {k.lower(): int(v) for k, v in _INI_SIZE.findall(f.read())}
+    return (keys["width"], keys["height"]) if "width" in keys and "height" in keys else None
+
+
+def frame_size(scene: str, renderer: str, rdata: dict[str, object]) -> tuple[int, int] | None:
+    """The pixel size of the frames a job renders, from its rdata and the scene
+    (a .blend's resolution and percentage, a builtin scene's resolution, a POV-Ray
+    .ini's Width and Height); None when neither says.  Blocking (a .blend is read
+    through Blender); OSError, ValueError (SceneError), RuntimeError."""
+    def pair(a: str, b: str) -> tuple[int, int] | None:
+        x, y = rdata.get(a), rdata.get(b)
+        return (x, y) if isinstance(x, int) and isinstance(y, int) else None
+
+    if renderer == "builtin":
+        from .builtin import scene_size
+
+        return scene_size(scene, rdata)
+    if renderer == "blender":
+        from .blender_deps import blend_info
+
+        own = [int(v) for v in blend_info(scene)["resolution"]]
+        x, y, pct = (int(v) if isinstance(v, int) else o for v, o in zip(
+            (rdata.get("resolution_x"), rdata.get("resolution_y"), rdata.get("resolution_percentage")),
+            own, strict=True))
+        return max(1, x * pct // 100), max(1, y * pct // 100)
+    if renderer == "povray":
+        given = pair("resolution_x", "resolution_y")
+        if given is None and scene.lower().endswith(".ini"):
+            return povray_ini_size(scene)
+        return given
+    return pair("width", "height")
+
+
 def povray_ini_frames(path: str) -> str:
     """Initial_Frame-Final_Frame of a POV-Ray .ini file ("1" when it animates nothing)."""
     with open(path, encoding="utf-8", errors="replace") as f:

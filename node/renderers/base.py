@@ -14,6 +14,27 @@ from typing import Any, Protocol
 
 from protocol.enums import RenderResult
 
+Region = tuple[int, int, int, int]  #: x0, y0, x1, y1 in pixels from the top left (x1, y1 excluded)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a frame a task renders."""
+
+    index: int
+    region: Region  #: the tile's pixels
+    drawn: Region  #: what the renderer draws: the region grown by the job's overscan
+
+    @property
+    def width(self) -> int:
+        """The tile's width in pixels."""
+        return self.region[2] - self.region[0]
+
+    @property
+    def height(self) -> int:
+        """The tile's height in pixels."""
+        return self.region[3] - self.region[1]
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -26,10 +47,23 @@ class TaskSpec:
     workdir: str  #: empty scratch folder the frames must be written into
     rdata: dict[str, Any] = field(default_factory=dict)  #: renderer settings from the job
     extension: str = "png"  #: file type of the frames
+    tiles: tuple[Tile, ...] = ()  #: a tiled job's task: the tiles of each frame it renders
+    size: tuple[int, int] = (0, 0)  #: a tiled job's frame size (width, height)
 
     def frame_path(self, frame: int) -> str:
         """Where frame ``frame`` must be written."""
         return os.path.join(self.workdir, f"frame_{frame:06d}.{self.extension}")
+
+    def tile_path(self, frame: int, tile: int) -> str:
+        """Where tile ``tile`` of frame ``frame`` must be written: the tile's pixels
+        (or the drawn region's, which the worker cuts the tile out of)."""
+        return os.path.join(self.workdir, f"frame_{frame:06d}_tile_{tile:04d}.{self.extension}")
+
+    def outputs(self) -> list[tuple[int, int, str]]:
+        """(frame, tile, path) of every file the task must leave (tile -1: a whole frame)."""
+        if not self.tiles:
+            return [(f, -1, self.frame_path(f)) for f in self.frames]
+        return [(f, t.index, self.tile_path(f, t.index)) for f in self.frames for t in self.tiles]
 
 
 @dataclass(frozen=True)
@@ -60,11 +94,11 @@ class Renderer(Protocol):
 
 
 def missing_frames(task: TaskSpec) -> list[int]:
-    """Frames of ``task`` whose output file is absent or empty."""
-    out = []
-    for frame in task.frames:
-        path = task.frame_path(frame)
-        if not os.path.exists(path) or os.path.getsize(path) == 0:
+    """Frames of ``task`` with an output file (the frame's, or one of its tiles')
+    absent or empty."""
+    out: list[int] = []
+    for frame, _, path in task.outputs():
+        if (not os.path.exists(path) or os.path.getsize(path) == 0) and frame not in out:
             out.append(frame)
     return out
 

@@ -18,6 +18,18 @@ tells a scene that did not load from a render that failed.
 rdata keys: engine, device (CPU or GPU), compute_device_type (CUDA, OPTIX, HIP,
 ONEAPI, METAL), samples, resolution_x, resolution_y, resolution_percentage,
 threads.
+
+A tiled job's task renders its tiles from the setup script itself (no ``-f``):
+for each frame, each tile is a border render cropped to the border
+(``use_border``, ``use_crop_to_border``) written to ``task.tile_path``, one
+``bpy.ops.render.render`` after another in the one Blender process, with
+``use_persistent_data`` so the scene is synced and its BVH built once for all
+the tiles of a frame.  Blender turns a border into pixels by truncating
+``border * size``; each border edge is put half a pixel inside its pixel
+(``border_fraction``), so the crop is exactly the tile's region whatever the
+float rounding.  Dither is off (its noise depends on the image buffer it is
+added to), and PNG tiles are 8-bit: tiles assemble to the whole frame
+exactly, with denoising off as always.
 """
 
 from __future__ import annotations
@@ -145,6 +157,25 @@ for img in bpy.data.images:
 with open(%(status)s, "w") as out:
     json.dump({"warnings": warnings, "engine": render.engine}, out)
 print("rendernode: setup done, engine " + render.engine, flush=True)
+
+TILES = SETTINGS.get("tiles") or []
+if TILES:
+    render.dither_intensity = 0.0
+    if SETTINGS["file_format"] == "PNG":
+        render.image_settings.color_depth = "8"
+    render.use_persistent_data = len(TILES) > 1
+    render.use_border = True
+    render.use_crop_to_border = True
+    current = None
+    for n, (frame, index, x0, x1, y0, y1, path) in enumerate(TILES):
+        if frame != current:
+            scene.frame_set(frame)
+            current = frame
+        render.border_min_x, render.border_max_x = x0, x1
+        render.border_min_y, render.border_max_y = y0, y1
+        render.filepath = path
+        bpy.ops.render.render(write_still=True)
+        print("RENDERNODE-TILE %%d %%d frame %%d tile %%d" %% (n + 1, len(TILES), frame, index), flush=True)
 '''
 
 _FRA = re.compile(r"^Fra:(\d+)\b")
@@ -152,6 +183,7 @@ _SAMPLE = re.compile(r"\b(?:Sample|Rendering)\s+(\d+)\s*/\s*(\d+)")
 _TILE = re.compile(r"\bTile (\d+)/(\d+)")
 _RENDERED = re.compile(r"\bRendered (\d+)/(\d+) Tiles")
 _SAVED = re.compile(r"^Saved: '(.*)'")
+_TILES_DONE = re.compile(r"^RENDERNODE-TILE (\d+) (\d+)")
 _FRAME_FILE = re.compile(r"frame_(\d+)\.\w+$")
 _WARNING = re.compile(r"^Warning: |Unable to load image|Cannot find lib|missing from '|not found"
                       r"|\bMissing\b")
@@ -195,6 +227,30 @@ def frame_args(frames: list[int]) -> list[str]:
     return ["-f", ",".join(str(a) if a == b else f"{a}..{b}" for a, b in frame_runs(frames))]
 
 
+def border_fraction(pixel: int, size: int) -> float:
+    """A border edge at ``pixel`` as the fraction of ``size`` Blender truncates back
+    to exactly ``pixel``: the edges are exact, the rest half a pixel in."""
+    if pixel <= 0:
+        return 0.0
+    if pixel >= size:
+        return 1.0
+    return (pixel + 0.5) / size
+
+
+def tile_borders(task: TaskSpec) -> list[list[Any]]:
+    """[frame, tile, min_x, max_x, min_y, max_y, path] of each tile the task renders:
+    the drawn region as Blender's borders (y counted from the bottom)."""
+    width, height = task.size
+    out: list[list[Any]] = []
+    for frame in sorted(task.frames):
+        for tile in task.tiles:
+            x0, y0, x1, y1 = tile.drawn
+            out.append([frame, tile.index, border_fraction(x0, width), border_fraction(x1, width),
+                        border_fraction(height - y1, height), border_fraction(height - y0, height),
+                        task.tile_path(frame, tile.index)])
+    return out
+
+
 def setup_settings(task: TaskSpec) -> dict[str, Any]:
     """The setup script's settings: valid rdata values, and what was wrong with the rest."""
     rdata = task.rdata
@@ -222,6 +278,8 @@ def setup_settings(task: TaskSpec) -> dict[str, Any]:
             errors.append(f"rdata {key} must be a string, not {value!r}")
     if out.get("device", "CPU") not in ("CPU", "GPU"):
         errors.append(f"rdata device must be CPU or GPU, not {rdata.get('device')!r}")
+    if task.tiles:
+        out["tiles"] = tile_borders(task)
     out["errors"] = errors
     return out
 
@@ -287,9 +345,10 @@ class BlenderRenderer:
         """Blender with the setup script on its command line; cwd is the scene's folder."""
         fmt = FORMATS.get(task.extension.lower(), "PNG")
         argv = [shutil.which(self.executable) or self.executable, "-noaudio", "-b", task.scene,
-                "--python-exit-code", "1", "--python-expr", setup_script(task),
-                "-o", os.path.join(task.workdir, "frame_######"), "-F", fmt, "-x", "1",
-                *frame_args(task.frames)]
+                "--python-exit-code", "1", "--python-expr", setup_script(task)]
+        if not task.tiles:  # the setup script renders a tiled task's tiles itself
+            argv += ["-o", os.path.join(task.workdir, "frame_######"), "-F", fmt, "-x", "1",
+                     *frame_args(task.frames)]
         cwd = os.path.dirname(task.scene)
         return argv, cwd if os.path.isdir(cwd) else task.workdir
 
@@ -297,6 +356,11 @@ class BlenderRenderer:
         """Frames saved plus the current frame's samples (or tiles), over the task's frames."""
         frames = sorted(task.frames)
         if not frames:
+            return None
+        tiles = _TILES_DONE.match(line)
+        if tiles:
+            return int(tiles.group(1)) / max(1, int(tiles.group(2)))
+        if task.tiles:
             return None
         saved = _SAVED.match(line)
         if saved:

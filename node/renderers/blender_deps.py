@@ -46,8 +46,20 @@ for clip in bpy.data.movieclips:
         sequences.append(bpy.path.abspath(clip.filepath, library=clip.library))
 scene = bpy.context.scene
 frames = [scene.frame_start, scene.frame_end, scene.frame_step]
+render = scene.render
+resolution = [render.resolution_x, render.resolution_y, render.resolution_percentage]
+denoise = []
+if hasattr(scene, "cycles"):
+    if scene.cycles.use_denoising:
+        denoise.append("render")
+    denoise += ["view layer " + layer.name for layer in scene.view_layers
+                if hasattr(layer, "cycles") and layer.cycles.use_denoising and scene.cycles.use_denoising]
+compositor = []
+if scene.use_nodes and scene.node_tree is not None and render.use_compositing:
+    compositor = sorted({node.bl_idname for node in scene.node_tree.nodes if not node.mute})
 print("RENDERNODE-DEPS " + json.dumps({"paths": paths, "sequences": sequences, "tiled": tiled,
-                                      "frames": frames}), flush=True)
+                                      "frames": frames, "resolution": resolution,
+                                      "denoise": denoise, "compositor": compositor}), flush=True)
 '''
 
 
@@ -117,6 +129,28 @@ def blend_frames(path: str, executable: str = "blender") -> str:
     if end <= start:
         return str(start)
     return f"{start}-{end}" + (f"x{step}" if step > 1 else "")
+
+
+#: compositor nodes whose output pixel depends on other pixels than its own
+NEIGHBOUR_NODES = {
+    "CompositorNodeBlur", "CompositorNodeBokehBlur", "CompositorNodeDBlur", "CompositorNodeDefocus",
+    "CompositorNodeDenoise", "CompositorNodeDespeckle", "CompositorNodeDilateErode",
+    "CompositorNodeFilter", "CompositorNodeGlare", "CompositorNodeInpaint", "CompositorNodeLensdist",
+    "CompositorNodeMovieDistortion", "CompositorNodeSunBeams", "CompositorNodeVecBlur",
+    "CompositorNodePixelate", "CompositorNodeTransform", "CompositorNodeTranslate",
+    "CompositorNodeRotate", "CompositorNodeScale", "CompositorNodeFlip", "CompositorNodeCrop",
+    "CompositorNodeDisplace", "CompositorNodeMapUV", "CompositorNodeKeying", "CompositorNodeNormalize",
+    "CompositorNodeLevels", "CompositorNodeAntiAliasing", "CompositorNodeCornerPin",
+    "CompositorNodePlaneTrackDeform", "CompositorNodeStabilize",
+}
+
+
+def blend_neighbours(path: str, executable: str = "blender") -> tuple[list[str], list[str]]:
+    """What in the scene reads neighbouring pixels: where denoising is on, and the
+    compositor nodes (by type) that do."""
+    info = blend_info(path, executable)
+    nodes = [n.removeprefix("CompositorNode") for n in info.get("compositor", []) if n in NEIGHBOUR_NODES]
+    return list(info.get("denoise", [])), nodes
 
 
 def _ask_blender(path: str, executable: str) -> dict[str, Any]:

@@ -5,8 +5,10 @@ The daemon imports this module for ``BuiltinRenderer``, ``scene_frames`` and
 
     python -m node.renderers.builtin SCENE [--frames 1-24]
         [--out-pattern DIR/frame_{frame:06d}.png] [--width W] [--height H] [--samples N]
+        [--tile N:X0,Y0,X1,Y1 ... --tile-pattern DIR/frame_{frame:06d}_tile_{tile:04d}.png]
 
-which renders the frames one by one and prints, one per line::
+which renders the frames (or only the given tiles of each: their pixels
+alone, each exactly as in the whole frame) one by one and prints, one per line::
 
     PROGRESS <fraction of all the frames done, 0..1>
     FRAME <n> <path>          after frame n is complete at path
@@ -63,6 +65,17 @@ def scene_frames(path: str) -> str:
     return load_scene(path).frames
 
 
+def scene_size(path: str, rdata: dict[str, object]) -> tuple[int, int]:
+    """The frame size a job renders: the scene's resolution with rdata's width and
+    height (one alone keeps the scene's aspect), as ``_sized`` makes it (OSError, SceneError)."""
+    scene = load_scene(path)
+    width = rdata.get("width") if isinstance(rdata.get("width"), int) else None
+    height = rdata.get("height") if isinstance(rdata.get("height"), int) else None
+    args = argparse.Namespace(width=width, height=height, samples=None)
+    frame = _sized(scene.at(parse_frames(scene.frames)[0]), args)
+    return frame.width, frame.height
+
+
 def scene_dependencies(path: str) -> list[str]:
     """Absolute paths of the textures the scene uses, whether or not they exist."""
     return load_scene(path).textures
@@ -93,6 +106,11 @@ class BuiltinRenderer:
         for key in OVERRIDES:
             if key in task.rdata:
                 argv += [f"--{key}", str(task.rdata[key])]
+        if task.tiles:
+            for tile in task.tiles:  # the tile alone: the builtin needs no neighbouring pixels
+                argv += ["--tile", f"{tile.index}:" + ",".join(str(v) for v in tile.region)]
+            argv += ["--tile-pattern",
+                     os.path.join(workdir, f"frame_{{frame:06d}}_tile_{{tile:04d}}.{task.extension}")]
         folder = os.path.dirname(task.scene)
         return argv, folder if os.path.isdir(folder) else task.workdir
 
@@ -119,7 +137,7 @@ class BuiltinRenderer:
                 result = RenderResult.__members__.get(f"RENDERRESULT_{code}")
             message = message or errors[-1]
         else:
-            chatter = ("PROGRESS ", "FRAME ", "INFO ")
+            chatter = ("PROGRESS ", "FRAME ", "TILE ", "INFO ")
             last = [line for line in log_tail if not line.startswith(chatter)]
             message = last[-1] if last else ""
             if returncode < 0:
@@ -154,7 +172,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="output path, {frame} is the frame number (default: %(default)s)")
     for key in OVERRIDES:
         parser.add_argument(f"--{key}", type=_positive, help=f"override the scene's {key}")
+    parser.add_argument("--tile", dest="tiles", action="append", type=_tile, default=[],
+                        metavar="N:X0,Y0,X1,Y1", help="render only this tile of each frame (repeatable)")
+    parser.add_argument("--tile-pattern", help="output path of a tile: {frame} and {tile} placeholders")
     args = parser.parse_args(argv)
+    if args.tiles and not args.tile_pattern:
+        parser.error("--tile needs --tile-pattern")
     if args.frames is not None:
         try:
             args.frames = parse_frames(args.frames)
@@ -167,6 +190,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     if len(names) == 1 and (args.frames is None or len(args.frames) > 1):
         parser.error("--out-pattern must contain {frame} to render several frames")
     return args
+
+
+def _tile(text: str) -> tuple[int, tuple[int, int, int, int]]:
+    index, _, region = text.partition(":")
+    x0, y0, x1, y1 = (int(v) for v in region.split(","))
+    return int(index), (x0, y0, x1, y1)
 
 
 def _sized(frame: Frame, args: argparse.Namespace) -> Frame:
@@ -225,10 +254,23 @@ def _render(args: argparse.Namespace) -> None:
                 print(f"PROGRESS {total:.4f}", flush=True)
                 last = total
 
-        data = encode(render(frame, textures, report), ext)
-        path = args.out_pattern.format(frame=number)
-        _write(path, data)
-        print(f"FRAME {number} {path}", flush=True)
+        if not args.tiles:
+            data = encode(render(frame, textures, report), ext)
+            path = args.out_pattern.format(frame=number)
+            _write(path, data)
+            print(f"FRAME {number} {path}", flush=True)
+            continue
+        for k, (index, region) in enumerate(args.tiles):
+            def tile_report(fraction: float, k: int = k) -> None:
+                report((k + fraction) / len(args.tiles))
+
+            try:
+                pixels = render(frame, textures, tile_report, region)
+            except ValueError as exc:
+                raise _Failure(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT, str(exc)) from None
+            path = args.tile_pattern.format(frame=number, tile=index)
+            _write(path, encode(pixels, ext))
+            print(f"TILE {number} {index} {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

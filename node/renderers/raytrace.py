@@ -402,19 +402,28 @@ def _jitter(frame: Frame, sample: int, pixels: Ints) -> tuple[F, F]:
 
 
 def render(frame: Frame, textures: Textures,
-           progress: Callable[[float], None] | None = None) -> Pixels:
-    """The frame as an ``(height, width, 3)`` uint8 RGB image.
+           progress: Callable[[float], None] | None = None,
+           region: tuple[int, int, int, int] | None = None) -> Pixels:
+    """The frame as an ``(height, width, 3)`` uint8 RGB image, or only the pixels
+    of ``region`` (x0, y0, x1, y1; x1 and y1 excluded) as an image of that size:
+    each pixel is traced alone, so a region's pixels are the frame's, bit for bit.
 
     ``progress`` is called with the fraction done after every sample of every
     chunk of pixels.
     """
     scene = _Scene.of(frame, textures)
-    total = frame.width * frame.height
+    x0, y0, x1, y1 = region if region is not None else (0, 0, frame.width, frame.height)
+    if not (0 <= x0 < x1 <= frame.width and 0 <= y0 < y1 <= frame.height):
+        raise ValueError(f"region {region} is not within the {frame.width}x{frame.height} frame")
+    width, height = x1 - x0, y1 - y0
+    rows = np.arange(y0, y1, dtype=np.int64)[:, None] * frame.width
+    indices = (rows + np.arange(x0, x1, dtype=np.int64)[None, :]).reshape(-1)
+    total = indices.size
     out = np.empty((3, total))
     starts = range(0, total, CHUNK)
     units, done = len(starts) * frame.samples, 0
     for start in starts:
-        pixels = np.arange(start, min(start + CHUNK, total), dtype=np.int64)
+        pixels = indices[start:start + CHUNK]
         acc = np.zeros((3, pixels.size))
         for sample in range(frame.samples):
             o, d = _primary(frame, pixels, *_jitter(frame, sample, pixels))
@@ -424,4 +433,4 @@ def render(frame: Frame, textures: Textures,
                 progress(done / units)
         out[:, start:start + pixels.size] = acc / frame.samples
     levels = np.floor(np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(levels.T.reshape(frame.height, frame.width, 3))
+    return np.ascontiguousarray(levels.T.reshape(height, width, 3))

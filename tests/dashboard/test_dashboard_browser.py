@@ -261,3 +261,42 @@ def test_a_person_watches_and_steers_a_three_node_farm_in_chromium(daemons: list
         finally:
             browser.close()
     print(json.dumps({"screenshots": sorted(p.name for p in shots.iterdir())}))
+
+
+def test_a_tiled_still_fills_in_tile_by_tile_in_chromium(daemons: list[Daemon], tmp_path: Path) -> None:
+    """A still cut into 4x3 tiles: one frame cell whose tiles are laid out as in the
+    frame, each taking its preview as it lands, and the assembled frame full size."""
+    server, second, watcher = daemons
+    with second.client() as c:  # the submitting node: it holds the tiles and the frame
+        login = c.dashboard_login()
+        result = c.create_render_job(str(SCENE), frames="1", name="still", tiles="4x3",
+                                     rdata={"width": 320, "height": 180, "samples": 2},
+                                     output=str(tmp_path / "out" / "still.png"))
+    job = result["uuid"]
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(STEP)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(login["url"])
+            page.wait_for_selector("#live.on")
+            page.goto(login["url"].split("#")[0].rsplit("/", 1)[0] + f"/#/job/{job}")
+            page.wait_for_selector("#frames .cell .tiles")
+            assert page.evaluate("document.querySelectorAll('#frames .cell').length") == 1
+            assert page.evaluate("document.querySelectorAll('#frames .cell .tile').length") == 12
+            _until(page, "document.querySelectorAll('#frames .tile.s-done').length === 12 && "
+                   "[...document.querySelectorAll('#frames .tile')].every(t => t.style.backgroundImage.includes('/api/preview/'))",
+                   timeout=180)
+            _until(page, "!!document.querySelector('#frames .cell.s-done')")
+            assert "12/12 tiles" in page.inner_text("#frames .cell")
+            page.screenshot(path=str(tmp_path / "tiles-done.png"))
+            page.click("#frames .cell")
+            page.wait_for_selector("#frame-body img")
+            _until(page, "document.querySelector('#frame-body img').naturalWidth === 320")
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert (tmp_path / "out" / "still.png").exists()

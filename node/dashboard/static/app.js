@@ -211,7 +211,7 @@ function queueRow(j, i, jobs) {
     h("td", {}, h("a", { href: `#/job/${j.uuid}`, class: "job-link" }, j.name)),
     h("td", {}, j.user), h("td", {}, j.renderer),
     h("td", {}, h("span", { class: `state state-${j.state}` }, j.state)),
-    h("td", {}, bar(j)), h("td", {}, `${j.done} / ${j.total}`),
+    h("td", {}, bar(j)), h("td", {}, `${j.done} / ${j.total}` + (j.unit === "tiles" ? " tiles" : "")),
     h("td", {}, elapsed(j)), h("td", {}, eta(j)),
     h("td", {},
       h("button", { type: "button", class: "icon", "aria-label": `Move ${j.name} up`, disabled: !before,
@@ -265,6 +265,36 @@ function frameCells(task) {
   });
 }
 
+// A tiled job: one cell per frame, its tiles laid out as in the frame (each the tile's
+// preview once it is rendered, coloured by its state until then).
+function tiledCells(d) {
+  const t = d.tiling;
+  const frames = new Map();
+  for (const task of d.tasks) {
+    const frame = task.frames[0];
+    if (!frames.has(frame)) frames.set(frame, []);
+    task.tiles.forEach((tile, k) => frames.get(frame).push({ ...tile, task, preview: task.previews[k] || "" }));
+  }
+  const edges = (n, size) => Array.from({ length: n }, (_, i) => Math.floor(((i + 1) * size) / n) - Math.floor((i * size) / n));
+  const cols = edges(t.cols, t.width).map((w) => `${w}fr`).join(" ");
+  const rows = edges(t.rows, t.height).map((w) => `${w}fr`).join(" ");
+  return [...frames.entries()].map(([frame, tiles]) => {
+    const done = tiles.filter((x) => x.task.state === "done").length;
+    const failed = tiles.some((x) => x.task.state === "failed");
+    const busy = tiles.some((x) => ["rendering", "assigned", "delivering"].includes(x.task.state));
+    const state = done === tiles.length ? "done" : failed ? "failed" : busy ? "rendering" : "queued";
+    const label = `Frame ${frame}: ${done} of ${tiles.length} tiles done`;
+    return h("button", { type: "button", class: `cell s-${state}` + (frames.size <= 6 ? " wide" : ""), "data-frame": frame, "data-task": tiles[0].task.task,
+      "aria-label": label, title: label, onclick: () => openFrame(tiles[0].task.task, frame, "") },
+    h("span", { class: "tiles", style: `grid-template-columns:${cols};grid-template-rows:${rows};aspect-ratio:${t.width}/${t.height}` },
+      tiles.map((x) => h("span", {
+        class: `tile s-${x.task.state}`, "data-tile": x.tile,
+        title: `tile ${x.tile} (${x.region.join(",")}): ${x.task.state}` + (x.task.machines.length ? ` on ${x.task.machines.map(machineName).join(", ")}` : ""),
+        style: x.preview ? `background-image:url("/api/preview/${x.preview}")` : null }))),
+    h("span", { class: "cap" }, h("b", {}, frame), h("span", {}, `${done}/${tiles.length} tiles`)));
+  });
+}
+
 function jobView() {
   const d = S.job;
   if (!d) return h("div", { class: "panel empty" }, S.jobGone ? "This job was deleted." : "Loading…");
@@ -275,10 +305,11 @@ function jobView() {
   const set = d.settings;
   const fields = [["Owner", j.user], ["Renderer", j.renderer], ["Frames", j.frames], ["Scene", set.scene],
     ["Output", set.output || "(beside the scene)"], ["Chunk", set.chunk], ["Priority", j.priority],
+    ["Tiles", d.tiling ? `${d.tiling.cols}x${d.tiling.rows} of ${d.tiling.width}x${d.tiling.height}` + (d.tiling.overscan ? `, overscan ${d.tiling.overscan} px` : "") : "–"],
     ["Flags", (set.flags || []).join(", ") || "–"], ["Machines", (set.machines || []).join(", ") || "any"],
     ["Submitted", `${new Date(j.created * 1000).toLocaleString()} on ${machineName(j.origin)}`],
     ["Result", set.result], ["Elapsed", elapsed(j)], ["ETA", eta(j)]];
-  const cells = d.tasks.flatMap(frameCells);
+  const cells = d.tiling ? tiledCells(d) : d.tasks.flatMap(frameCells);
   const legend = h("div", { class: "legend", "aria-hidden": "true" },
     [["done", "--done"], ["rendering", "--rendering"], ["delivering", "--delivering"], ["failed", "--failed"], ["queued", "--queued"]]
       .map(([n, c]) => h("span", {}, h("i", { style: `background:var(${c})` }), n)));
@@ -289,7 +320,7 @@ function jobView() {
     h("div", { class: "toolbar" }, h("a", { href: "#/queue" }, "← Queue"), h("h1", { class: "grow" }, j.name),
       h("span", { class: `state state-${j.state}` }, j.state), ...actions),
     h("div", { class: "toolbar" }, h("div", { class: "grow" }, bar(j)), h("span", { class: "muted" },
-      `${j.done} done · ${j.rendering} rendering · ${j.failed} failed · ${j.queued} queued of ${j.total}`)),
+      `${j.done} done · ${j.rendering} rendering · ${j.failed} failed · ${j.queued} queued of ${j.total}` + (j.unit === "tiles" ? " tiles" : ""))),
     h("div", { class: "columns" },
       h("section", { "aria-label": "Frames" }, h("div", { class: "toolbar" }, h("h2", { class: "grow" }, "Frames"), legend),
         h("div", { class: "grid", id: "frames" }, cells)),
