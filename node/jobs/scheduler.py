@@ -27,6 +27,14 @@ report of its current one), lapsed, lost with the session, retried and
 cancelled like any other.  A worker that refuses a second task as busy is not
 sent one again until the membership changes.
 
+A worker can hold tasks this server does not know of (an earlier term's server
+assigned them, or their leases lapsed while it was cut off or frozen and it
+rendered on).  It refuses what it has no slot for, as busy; the refused task
+is queued again and the worker is left out until it reports a task finished
+(it freed a slot) or the membership changes.  Without that, the refusal's
+requeue handed the task straight back to the same "idle" worker: a refusal
+loop, and with this node's own worker one that never yielded (the daemon hung).
+
 State written to the job book: ASSIGNED (here), DELIVERING or SUCCEEDED (by
 the worker / the submitter), QUEUED of the next attempt or FAILED (here).
 Progress stays in memory: it changes too often to replicate.
@@ -113,6 +121,7 @@ class Scheduler:
         self.leases: dict[tuple[str, int], Lease] = {}
         self.busy: dict[str, list[tuple[str, int]]] = {}  #: worker -> tasks it holds, oldest first
         self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
+        self._full: set[str] = set()  #: workers that refused a task as busy, until one of theirs ends
         self.failures: dict[tuple[str, str], int] = {}
         self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
         self.failed_on: dict[tuple[str, int], set[str]] = {}  #: task -> workers it failed on
@@ -149,6 +158,7 @@ class Scheduler:
         self._able.clear()
         self._membership = True
         self._no_prefetch.clear()
+        self._full.clear()
         self._wake.set()
 
     def _hold(self, worker: str, key: tuple[str, int]) -> None:
@@ -264,6 +274,7 @@ class Scheduler:
         self.leases.clear()
         self.busy.clear()
         self._no_prefetch.clear()
+        self._full.clear()
         self._deadlines.clear()
         self._membership = True
 
@@ -334,8 +345,8 @@ class Scheduler:
         if self._roster is None:
             self._roster = (self.workers(), self._names())
         workers, names = self._roster
-        busy = self.busy
-        idle = sum(1 for w in workers if w not in busy)
+        busy, full = self.busy, self._full
+        idle = sum(1 for w in workers if w not in busy and w not in full)
         jobs: list[tuple[JobDoc, list[str]]] = []
         for uuid in self._queue_order():
             doc = self.book.get(uuid)
@@ -349,14 +360,16 @@ class Scheduler:
             self._mark_nomachine(doc, not able)
             jobs.append((doc, able))
             if idle:
-                idle -= self._hand_out(doc, [w for w in able if w not in busy], keep=0, able=able)
+                idle -= self._hand_out(doc, [w for w in able if w not in busy and w not in full], keep=0,
+                                       able=able)
         blocked: set[str] = set()  # workers a job ahead still has queued tasks for
         for doc, able in jobs:
             if not self._queued.get(doc.uuid):
                 continue
             if len(self._queued[doc.uuid]) > len(able):
                 self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
-                                     and w not in blocked and w not in self._no_prefetch], keep=len(able),
+                                     and w not in blocked and w not in self._no_prefetch and w not in full],
+                               keep=len(able),
                                able=able)
             if self._queued.get(doc.uuid):  # queued tasks left: later jobs may not overtake them
                 blocked.update(able)
@@ -443,6 +456,9 @@ class Scheduler:
                 await self.local.assign(msg, self.me)
             else:
                 await self.local.cancel(msg)
+            # this node's worker answers at once (a refusal re-enters the scheduler without
+            # awaiting anything): yield, so no cycle through it can hold the run loop
+            await trio.lowlevel.checkpoint()
             return
         session = self.peers.sessions.get(worker)
         if session is None:
@@ -464,6 +480,8 @@ class Scheduler:
         if not self._active:
             return
         key = (msg.job, msg.task)
+        if msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE:
+            self._full.discard(worker)  # a task of its ended, whoever assigned it: a slot is free
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
@@ -483,6 +501,7 @@ class Scheduler:
             self._lapse(key, f"the worker gave it up ({msg.error or 'user break'})")
         elif msg.result == RenderResult.RENDERRESULT_NOMACHINE:  # refused: busy or no renderer
             self.leases.pop(key, None)
+            self._full.add(worker)
             if lease.prefetched:
                 self._no_prefetch.add(worker)
             if doc is not None:
