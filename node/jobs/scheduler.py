@@ -36,7 +36,10 @@ requeue handed the task straight back to the same "idle" worker: a refusal
 loop, and with this node's own worker one that never yielded (the daemon hung).
 
 State written to the job book: ASSIGNED (here), DELIVERING or SUCCEEDED (by
-the worker / the submitter), QUEUED of the next attempt or FAILED (here).
+the worker / the submitter), QUEUED of the next attempt or FAILED (here).  A
+job that ends gets its ``ended`` field ([generation, "done" or "failed"]) and
+its "job done" line once: a new server indexes every job, finished ones too,
+and used to log every finished job's end again at each takeover.
 Progress stays in memory: it changes too often to replicate.
 
 Cost: a wake-up costs what changed, not the size of the book.  The scheduler
@@ -601,7 +604,10 @@ class Scheduler:
             state = job_state(doc)
             if state in ("done", "failed"):
                 self._unschedule(uuid)
-                self.jobs.add_log(doc, f"job {state}")
+                ended = [doc.gen, state]
+                if doc.value("ended") == ended:
+                    continue  # an earlier server said so (every new server indexes every job)
+                self.jobs.set_fields(doc, f"job {state}", ended=ended)
                 if state == "done" and int(doc.value("flags", 0)) & F.NETRENDERFLAGS_DELETEAFTERRENDERING:
                     self.jobs.delete(doc)
 

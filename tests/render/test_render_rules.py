@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import wait_until
+from jobs_harness import agreed_server, wait_until
 from render_harness import (
     EXAMPLES,
     NOMACHINE,
@@ -237,3 +237,23 @@ async def test_a_worker_busy_with_tasks_the_server_never_assigned_is_not_sent_ta
         assert row["attempts"] <= 2 and row["machines"] == [worker.uuid], row
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+async def test_a_new_server_does_not_log_the_end_of_jobs_that_ended_before_it(farm: RenderFarm) -> None:
+    """Every server that takes over indexes every job, finished ones too; it used to
+    log "job done" for each of them again (a chaos soak's jobs ended with dozens of
+    such lines, one per election, each replicated to every node)."""
+    (a, b, c), server = await farm.ready("a", "b", "c")
+    uuid = await submit(a, farm.scene, frames="1-2", renderer="command", rdata={"command": "true"})
+    with trio.fail_after(30):
+        assert await wait_state(a, uuid, "done", "failed") == "done"
+        await wait_until(lambda: log_lines(a, uuid).count("job done") == 1, "the end logged")
+    rest = [m for m in (a, b, c) if m is not server]
+    await server.stop()
+    with trio.fail_after(30):
+        new = await agreed_server(rest)
+        await wait_until(lambda: new.node.scheduler.status()["active"], "the new server schedules")
+    await trio.sleep(0.5)
+    for m in rest:
+        assert log_lines(m, uuid).count("job done") == 1, log_lines(m, uuid)
+        assert doc_of(m, uuid).value("ended") == [0, "done"]  # type: ignore[union-attr]
