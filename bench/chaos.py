@@ -25,7 +25,10 @@ then prints (see ``tests/soak``):
   heal to identical, beside the CPU the daemons used and the machine's load;
 - frames rendered more than once and their share;
 - RSS and open fds of each daemon that lived through the whole soak, sampled
-  every 10 s: the growth over the second half;
+  every 10 s: the growth over the second half, beside the jobs every book
+  gained meanwhile (the soak deletes no job, and a job's document stays in
+  memory; ``--jobs-for 1`` stops submitting after a minute, leaving the
+  faults alone to show a leak);
 - last line: ``lost: N``.
 
 Exit status 0 when nothing was lost, no frame is missing or wrong and the
@@ -57,6 +60,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="jobs submitted per minute, farm-wide")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
     parser.add_argument("--spared", type=int, default=2, help="hosts never killed (their growth is measured)")
+    parser.add_argument("--jobs-for", type=float, default=None, metavar="MINUTES",
+                        help="submit jobs for the first MINUTES only (growth under faults alone)")
     parser.add_argument("--settle", type=float, default=300.0,
                         help="seconds after the last heal the farm has to settle")
     parser.add_argument("--keep", action="store_true", help="keep the bed's folder (daemon logs, frames)")
@@ -68,7 +73,7 @@ def main() -> int:
         return EXIT_SKIPPED
     seed = args.seed if args.seed is not None else int(time.time())
     settings = Settings(hosts=args.hosts, minutes=args.minutes, rate=args.rate, seed=seed,
-                        settle_timeout=args.settle, spared=args.spared)
+                        settle_timeout=args.settle, spared=args.spared, jobs_for=args.jobs_for)
     with Bed(args.hosts, keep_dir=args.keep) as bed:
         soak = Soak(bed, settings)
         if args.faults:

@@ -163,35 +163,34 @@ class Workload:
 
 
 class Submitter(threading.Thread):
-    """Submits jobs from random hosts until ``stop`` is set, about one per ``interval`` s."""
+    """Submits jobs from random hosts, about one per ``interval`` s, until ``stop`` is
+    set or the monotonic clock passes ``until``."""
 
     def __init__(self, hosts: list[Host], workload: Workload, interval: float, seed: int,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, until: float = float("inf")) -> None:
         super().__init__(daemon=True, name=f"submitter-{seed}")
         self.hosts = hosts
         self.workload = workload
         self.interval = interval
         self.rng = random.Random(seed)
         self.stop_event = stop
-        self._clients: dict[str, Client] = {}
+        self.until = until
 
     def run(self) -> None:
         while not self.stop_event.wait(self.rng.uniform(0.5, 1.5) * self.interval):
+            if time.monotonic() > self.until:
+                return
             host = self.rng.choice(self.hosts)
             job, args = self.workload.make(host)
             self.submit(host, job, args)
-        for client in self._clients.values():
-            client.close()
 
     def submit(self, host: Host, job: Job, args: dict[str, Any]) -> None:
-        """One submit through ``host``'s control socket; its answer goes in ``job``."""
-        client = self._clients.get(host.name)
-        if client is None:
-            client = self._clients[host.name] = Client(str(host.socket_path), timeout=SUBMIT_TIMEOUT)
+        """One submit through ``host``'s control socket, on a connection of its own as
+        ``rendernode submit`` makes; its answer goes in ``job``."""
         try:
-            ack = client.call("submit", **args)
+            with Client(str(host.socket_path), timeout=SUBMIT_TIMEOUT) as client:
+                ack = client.call("submit", **args)
         except NodeError as exc:
-            client.close()
             job.error = exc.reason
         else:
             job.ack = ack
