@@ -209,7 +209,7 @@ async def test_a_worker_busy_behind_the_servers_back_is_not_asked_again_at_once(
     or the two bounce tasks between them as fast as they can (the server's own
     local worker did so without ever yielding, and froze the daemon)."""
     server = await farm.start("server", share=False)
-    worker = await farm.start("worker", peers=[server])
+    worker = await farm.start("worker", peers=[server], server_priority=0)
     with trio.fail_after(30):
         await wait_until(lambda: server.node.election.role == "server"
                          and set(server.node.scheduler.workers()) == {worker.uuid},
