@@ -109,6 +109,11 @@ class Client:
                 raise DaemonNotRunning(
                     f"permission denied on {self.path}: join the rendernode group"
                 ) from None
+            except OSError as exc:  # EAGAIN: its backlog is full, it accepts nothing (hung?)
+                sock.close()
+                raise DaemonNotRunning(
+                    f"the daemon on {self.path} does not accept connections: {exc}"
+                ) from None
             self._sock = sock
         return self._sock
 

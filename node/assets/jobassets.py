@@ -14,6 +14,12 @@ once per manifest under ``assets/<id>/``, and the scene opens there; paths
 the scene names absolutely are rewritten through a path map (origin root ->
 local folder).  With NOREQUESTONDEMAND every eligible worker fetches a job's
 assets as soon as the job starts, instead of when it gets a task.
+
+No peer that holds a job's manifest may be reachable for a while (its
+submitter restarting, a partition, a cut cable): the worker asks again as
+sessions come, for ``MANIFEST_PATIENCE`` seconds, as the swarm waits for a
+source of a chunk, before the task fails.  It used to fail at once, and three
+such failures in a short partition failed an acknowledged job for good.
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ from dataclasses import dataclass
 import trio
 
 from node.assets.store import ChunkStore, CorruptChunk
-from node.assets.swarm import FetchFailed, Swarm, bits_of
+from node.assets.swarm import NO_SOURCE_WAIT, FetchFailed, Swarm, bits_of
 from node.jobs.book import JobBook
 from node.jobs.election import Election
 from node.jobs.operations import renders_on
 from node.membership.peers import Peers
-from node.membership.session import SessionLost
+from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
 from node.service import privilege
 from node.service.runas import Opened
@@ -44,6 +50,7 @@ from protocol.manifest import Manifest
 log = logging.getLogger("rendernode.assets")
 F = NetRenderFlags
 FETCH_ROUNDS = 3  #: fetch + materialise rounds before a chunk that keeps vanishing fails the task
+MANIFEST_PATIENCE = 60.0  #: seconds a worker looks for a peer able to send a job's manifest
 
 
 class AssetMissing(Exception):
@@ -119,7 +126,13 @@ class Assets:
         self._locks: dict[str, trio.Lock] = {}
         self._pushing: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self._session_came = trio.Event()
         book.listeners.append(self._on_change)
+        peers.on_session.append(self._new_session)
+
+    def _new_session(self, session: Session) -> None:
+        self._session_came.set()
+        self._session_came = trio.Event()
 
     def _sources(self, doc: JobDoc) -> set[str] | None:
         if int(doc.value("flags", 0)) & F.NETRENDERFLAGS_NOPEERTOPEERASSETDISTRIBUTION:
@@ -136,8 +149,7 @@ class Assets:
         async with lock:
             if not await trio.to_thread.run_sync(os.path.exists, os.path.join(dest, ".complete")):
                 origin = str(doc.value("origin"))
-                sources = [origin, *(u for u in self.peers.sessions if u != origin)]
-                manifest = await self.swarm.get_manifest(mid, sources)
+                manifest = await self._manifest(mid, origin)
                 if origin != self.me and origin not in self.swarm.holdings.get(mid, {}):
                     n = len(manifest.chunk_ids())
                     self.swarm.holdings.setdefault(mid, {})[origin] = bits_of(range(n), n)
@@ -173,6 +185,21 @@ class Assets:
                 continue
             held.append(uuid)
         return held
+
+    async def _manifest(self, mid: str, origin: str) -> Manifest:
+        """The manifest, from the origin or any peer; asked again as sessions come
+        (or every NO_SOURCE_WAIT s) until MANIFEST_PATIENCE runs out."""
+        deadline = trio.current_time() + MANIFEST_PATIENCE
+        while True:
+            came = self._session_came
+            sources = [origin, *(u for u in self.peers.sessions if u != origin)]
+            try:
+                return await self.swarm.get_manifest(mid, sources)
+            except FetchFailed:
+                if trio.current_time() >= deadline:
+                    raise
+            with trio.move_on_at(min(deadline, trio.current_time() + NO_SOURCE_WAIT)):
+                await came.wait()
 
     def prune(self, live: set[str]) -> int:
         """Remove the materialised copies of manifests not in ``live`` (blocking); how many."""

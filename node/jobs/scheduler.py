@@ -30,8 +30,22 @@ sent one again until the membership changes; one that refuses its first (it
 holds tasks this server does not count: a former server's, or lapsed here)
 gets nothing until it ends a task or a lease time passes.
 
+A worker can hold tasks this server does not know of (an earlier term's server
+assigned them, or their leases lapsed while it was cut off or frozen and it
+rendered on).  It refuses what it has no slot for, as busy; the refused task
+is queued again and the worker is left out until it reports a task finished
+(it freed a slot, whoever assigned the task), the server fails to reach it,
+or a lease time passes.  Without that, the refusal's requeue handed the task
+straight back to the same "idle" worker: a refusal loop, and with this node's
+own worker one that never yielded (the daemon hung).  Sends to this node's
+own worker also yield after each message, so no cycle through it can hold
+the run loop.
+
 State written to the job book: ASSIGNED (here), DELIVERING or SUCCEEDED (by
-the worker / the submitter), QUEUED of the next attempt or FAILED (here).
+the worker / the submitter), QUEUED of the next attempt or FAILED (here).  A
+job that ends gets its ``ended`` field ([generation, "done" or "failed"]) and
+its "job done" line once: a new server indexes every job, finished ones too,
+and used to log every finished job's end again at each takeover.
 Progress stays in memory: it changes too often to replicate.
 
 Cost: a wake-up costs what changed, not the size of the book.  The scheduler
@@ -497,6 +511,9 @@ class Scheduler:
                 await self.local.assign(msg, self.me)
             else:
                 await self.local.cancel(msg)
+            # this node's worker answers at once (a refusal re-enters the scheduler without
+            # awaiting anything): yield, so no cycle through it can hold the run loop
+            await trio.lowlevel.checkpoint()
             return
         try:
             await self.peers.deliver_to(worker, msg, hold="worker")
@@ -647,7 +664,10 @@ class Scheduler:
             state = job_state(doc)
             if state in ("done", "failed"):
                 self._unschedule(uuid)
-                self.jobs.add_log(doc, f"job {state}")
+                ended = [doc.gen, state]
+                if doc.value("ended") == ended:
+                    continue  # an earlier server said so (every new server indexes every job)
+                self.jobs.set_fields(doc, f"job {state}", ended=ended)
                 if state == "done" and int(doc.value("flags", 0)) & F.NETRENDERFLAGS_DELETEAFTERRENDERING:
                     self.jobs.delete(doc)
 

@@ -244,6 +244,33 @@ async def test_norequestondemand_puts_the_assets_on_every_eligible_worker_at_sta
     assert not chunk_files(outsider), "a worker the job may not use fetches nothing"
 
 
+async def test_a_worker_that_reaches_no_holder_of_the_manifest_waits_for_one(
+        short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
+    """The only holder of a job's assets (its origin, which kept no replica) is
+    away when the worker gets the task: the worker asks again as sessions come,
+    and renders once the origin is back.  It used to fail the attempt at once
+    ("no peer could send manifest"), and its retries ran out within a second:
+    a chaos soak's acknowledged jobs failed for good during 10 s partitions."""
+    farm = Farm(nursery, short_dir, token)
+    origin, server, (w1,), _ = await roles(farm, "w1")
+    job_scene, asset = command_job(short_dir, 2 * MiB)
+    job = await submit(origin, job_scene, start=False, **command_args(asset))
+    await doc_on(w1, job)
+    await doc_on(server, job)
+    await origin.stop()
+    await server.call(lambda c: c.init_and_start_rendering_full_async(job))
+    await until(lambda: w1.node.worker.current is not None, "the worker holds the task", 10)
+    await trio.sleep(2.0)  # it looks for the manifest meanwhile
+    assert not [line for _, line in server.node.book.get(job).visible_log()  # type: ignore[union-attr]
+                if "failed" in line]
+    origin = await farm.restart(origin)
+    await origin.link(w1)  # it listens on a new port: dial the worker (mDNS would find it)
+    state = await done(server, job, within=30)
+    assert machines_of(state) == {w1.uuid}
+    assert all(t["failures"] == 0 for t in state["tasks"]), state["tasks"]
+    assert holds(w1, manifest_of(origin, job))
+
+
 async def test_nopeertopeer_fetches_only_from_the_origin_and_the_server(
         short_dir: Path, token: bytes, nursery: trio.Nursery) -> None:
     farm = Farm(nursery, short_dir, token)

@@ -14,10 +14,10 @@ import pytest
 import trio
 from node_harness import call, client_do, new_token, node_prefs, start_node, unique, wait_until
 
-from node.client import RemoteError
+from node.client import Client, RemoteError
 from node.control import server
 from node.control.server import ControlServer, bind_unix
-from node.errors import ConfigError
+from node.errors import ConfigError, DaemonNotRunning
 from protocol import codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
 from protocol.messages import Error, JobDelta, Reply
@@ -393,3 +393,30 @@ async def test_wrong_token_handshakes_from_fresh_identities_add_no_machine_rows(
         assert len(victim.node.table.all()) == rows_before
         assert not any(row.uuid.startswith("stranger-") for row in victim.node.table.all())
         nursery.cancel_scope.cancel()
+
+
+def test_a_client_of_a_daemon_that_accepts_nothing_gets_daemon_not_running(short_dir: Path) -> None:
+    """A hung daemon's listen backlog fills and connect() fails with EAGAIN: the
+    client says so as DaemonNotRunning, the one error its callers catch, instead
+    of letting BlockingIOError out (the chaos soak met it polling a hung daemon)."""
+    path = str(short_dir / "hung.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    queued = []
+    try:
+        for _ in range(8):  # fill the backlog: nothing ever accepts
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                s.close()
+                break
+            queued.append(s)
+        with pytest.raises(DaemonNotRunning, match="does not accept connections"):
+            Client(path, timeout=1.0).call("status")
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()

@@ -5,14 +5,16 @@ the machines a job names."""
 
 from __future__ import annotations
 
+import faulthandler
 import re
 import shutil
+import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from jobs_harness import wait_until
+from jobs_harness import agreed_server, wait_until
 from render_harness import (
     EXAMPLES,
     NOMACHINE,
@@ -30,7 +32,10 @@ from render_harness import (
 
 from node import renderers
 from node.jobs.scheduler import DEPTH, LOST_LIMIT
+from node.render.worker import Running
 from protocol.crdt import task_current
+from protocol.enums import RenderResult
+from protocol.messages import Assign, TaskUpdate
 
 needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
                                   reason="povray is not installed (Debian: apt-get install povray)")
@@ -226,3 +231,62 @@ async def test_a_worker_busy_behind_the_servers_back_is_not_asked_again_at_once(
     worker.node.worker.current = worker.node.worker.waiting = None  # its old tasks end
     with trio.fail_after(30):
         assert await wait_state(worker, uuid, "done", "failed") == "done", "\n".join(log_lines(worker, uuid))
+
+
+@pytest.mark.parametrize("whose", ["a peer's", "the server's own"])
+async def test_a_worker_busy_with_tasks_the_server_never_assigned_is_not_sent_tasks_again_and_again(
+        farm: RenderFarm, whose: str) -> None:
+    """A worker can hold two tasks this server does not know of (an earlier term's
+    server assigned them, or their leases lapsed while it was cut off): it refuses
+    the next assignment as busy.  The refused task used to go straight back to the
+    same worker, the server still counting it idle: a refusal loop (with the
+    server's own worker a loop that never yielded, and the daemon hung; found by
+    the chaos soak).  Now the worker is left out until a task of its ends."""
+    guard = 120.0  # a hung run loop cannot be cancelled: end the run with every stack instead
+    faulthandler.dump_traceback_later(guard, exit=True)
+    try:
+        (a, b), server = await farm.ready("a", "b")
+        worker = server if whose == "the server's own" else next(m for m in (a, b) if m is not server)
+        held = [Running(Assign(job=str(uuidlib.uuid4()), task=t, frames=[1], gen=0, attempt=0, term=1,
+                               renderer="command", scene=farm.scene, origin=worker.uuid), server.uuid)
+                for t in (0, 1)]
+        worker.node.worker.current, worker.node.worker.waiting = held
+        uuid = await submit(a, farm.scene, frames="1", renderer="command", rdata={"command": "true"},
+                            machines=[worker.uuid])
+        await trio.sleep(1.0)
+        row = tasks(server, uuid)[0]
+        assert row["state"] == "queued" and row["attempts"] <= 1, f"{row['state']}, attempts {row['attempts']}"
+        assert worker.uuid in server.node.scheduler._full
+        # its tasks end (it reports them, as it does any task, to the current server)
+        worker.node.worker.current = worker.node.worker.waiting = None
+        for running in held:
+            m = running.msg
+            await worker.node.worker._report(server.uuid, TaskUpdate(
+                job=m.job, task=m.task, gen=m.gen, attempt=m.attempt, finished=True,
+                result=int(RenderResult.RENDERRESULT_OK)))
+        with trio.fail_after(30):
+            assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
+        (row,) = tasks(server, uuid)
+        assert row["attempts"] <= 2 and row["machines"] == [worker.uuid], row
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+async def test_a_new_server_does_not_log_the_end_of_jobs_that_ended_before_it(farm: RenderFarm) -> None:
+    """Every server that takes over indexes every job, finished ones too; it used to
+    log "job done" for each of them again (a chaos soak's jobs ended with dozens of
+    such lines, one per election, each replicated to every node)."""
+    (a, b, c), server = await farm.ready("a", "b", "c")
+    uuid = await submit(a, farm.scene, frames="1-2", renderer="command", rdata={"command": "true"})
+    with trio.fail_after(30):
+        assert await wait_state(a, uuid, "done", "failed") == "done"
+        await wait_until(lambda: log_lines(a, uuid).count("job done") == 1, "the end logged")
+    rest = [m for m in (a, b, c) if m is not server]
+    await server.stop()
+    with trio.fail_after(30):
+        new = await agreed_server(rest)
+        await wait_until(lambda: new.node.scheduler.status()["active"], "the new server schedules")
+    await trio.sleep(0.5)
+    for m in rest:
+        assert log_lines(m, uuid).count("job done") == 1, log_lines(m, uuid)
+        assert doc_of(m, uuid).value("ended") == [0, "done"]  # type: ignore[union-attr]
