@@ -15,6 +15,7 @@ cannot lock everyone out; a connection whose request is running is never closed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import logging
@@ -111,18 +112,25 @@ def bind_unix(path: str, group: str = "rendernode") -> socket.socket:
             raise ConfigError(f"another daemon is already serving {path}")
         finally:
             probe.close()
+    # bound and listening under a temporary name, then renamed into place: a client
+    # never finds the path before it accepts (between bind and listen a connect
+    # is refused, which reads as "no daemon running")
+    tmp = f"{path}.{os.getpid()}.new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o117)
     try:
-        sock.bind(path)
+        sock.bind(tmp)
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o660)
+    os.chmod(tmp, 0o660)
     try:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
     except (KeyError, PermissionError):
         pass
     sock.listen(64)
+    os.rename(tmp, path)
     return sock
 
 
