@@ -158,24 +158,41 @@ class Replication:
     async def _on_digest(self, session: Session, msg: Any, req_id: int) -> None:
         assert isinstance(msg, JobDigest)
         for job in [j for j in self.short if j in msg.digests]:
-            wanted, holders = self.short[job]
-            holders.add(session.uuid)
-            if len(holders) >= wanted:
-                del self.short[job]
+            self._held_by(job, session.uuid)
         ours = self.book.digests()
         differ = [u for u, d in ours.items() if msg.digests.get(u) != d]
         if differ and self._nursery is not None:
             self._nursery.start_soon(self._send_docs, session, differ)
 
+    def _held_by(self, job: str, uuid: str) -> None:
+        """``uuid`` holds ``job``: one more copy of an under-replicated job."""
+        entry = self.short.get(job)
+        if entry is None:
+            return
+        wanted, holders = entry
+        holders.add(uuid)
+        if len(holders) >= wanted:
+            del self.short[job]
+
     async def _send_docs(self, session: Session, uuids: list[str]) -> None:
+        """Send the peer the jobs its digest lacks or holds older; the last batch of
+        an under-replicated job is a request, answered once the peer has it on
+        disk, which counts the copy (its next digest may be many seconds away)."""
         try:
             for uuid in uuids:
                 doc = self.book.docs.get(uuid)
                 if doc is None:
                     continue
-                for wire in batches(split(doc)):
-                    await session.send(JobDelta(wire))
-        except (SessionLost, ProtocolError) as exc:
+                wires = batches(split(doc))
+                for i, wire in enumerate(wires):
+                    if uuid in self.short and i == len(wires) - 1:
+                        with trio.fail_after(REPLICATE_TIMEOUT):
+                            reply = await session.request(JobDelta(wire))
+                        if isinstance(reply, Reply):
+                            self._held_by(uuid, session.uuid)
+                    else:
+                        await session.send(JobDelta(wire))
+        except (SessionLost, ProtocolError, RequestFailed, trio.TooSlowError) as exc:
             log.debug("anti-entropy with %s stopped: %s", session.uuid, exc)
 
     async def _anti_entropy(self) -> None:
