@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from protocol.membership import Deliver, MemberChanged, State  # noqa: E402
+from node.membership.overlay import ACTIVE_MAX  # noqa: E402
+from protocol.membership import Config, Deliver, MemberChanged, State  # noqa: E402
 from protocol.membership.messages import Gossip, Message  # noqa: E402
 from protocol.membership.simnet import SimNet, payload_copies  # noqa: E402
 
@@ -126,7 +127,8 @@ def run_sim(args: argparse.Namespace) -> int:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     n = args.sim
     net = SimNet(seed=args.seed, loss=args.loss, drop=args.drop, delay=args.delay_ms / 1000,
-                 keepalive=args.keepalive, window=args.window)
+                 keepalive=args.keepalive, window=args.window,
+                 config=Config(active_max=args.active_max))
     watch = Watch(net)
     rng = random.Random(args.seed)
     names = [f"node-{i:05d}" for i in range(n)]
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--spacing", type=float, default=0.1, help="seconds between payloads")
     sim.add_argument("--payload", type=int, default=1000, help="bytes per payload")
     sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--active-max", type=int, default=ACTIVE_MAX,
+                     help="neighbours per node (default: the daemon's, node/membership/overlay.py)")
     mode.add_argument("--netns", action="store_true",
                       help="real daemons, one per network-namespace host of the netlab bed")
     net = parser.add_argument_group("--netns options")
