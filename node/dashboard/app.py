@@ -374,6 +374,14 @@ class App:
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"), *SECURITY_HEADERS]})
         last = req.headers.get("last-event-id") or req.query.get("last")
+        broker.watch()
+        try:
+            await self._stream(req, send, user, sid, last)
+        finally:
+            broker.unwatch()
+
+    async def _stream(self, req: Request, send: Send, user: str, sid: str | None, last: str | None) -> None:
+        broker = self.dash.broker
         resumed = broker.since(last, user)
         if resumed is None:
             first, seq = [broker.reset_event()], broker.seq

@@ -70,6 +70,7 @@ class Broker:
         self._farm_due = trio.Event()
         self._logs: dict[str, list[tuple[Any, str]]] = {}
         self._farm = False
+        self.watchers = 0  #: event streams open; with none, the farm is not computed (O(machines))
         self._messages: list[dict[str, Any]] = []
         self.published_at = 0.0  #: trio time of the last publish (for the benchmark)
 
@@ -153,6 +154,17 @@ class Broker:
             self.kick()
         return self.seq - before
 
+    def watch(self) -> None:
+        """An event stream opens: the farm changes nobody watched are published first
+        (a farm event carries the whole farm, so the last one is enough)."""
+        self.watchers += 1
+        if self._farm:
+            self.publish_farm()
+
+    def unwatch(self) -> None:
+        """An event stream closed."""
+        self.watchers -= 1
+
     def publish_farm(self) -> None:
         """Publish the farm now."""
         self._farm = False
@@ -171,7 +183,7 @@ class Broker:
                 await trio.sleep(COALESCE)
                 self._kick = trio.Event()
                 self.flush()
-                if self._farm:
+                if self._farm and self.watchers:
                     self._farm_due.set()
 
     async def _farm_loop(self) -> None:

@@ -368,3 +368,38 @@ async def test_retry_queues_the_failed_frames_again_and_keeps_the_finished_ones(
     assert kept.done and kept.phase == Phase.SUCCEEDED and kept.previews == ("c" * 64,) and kept.render_time == 2.0
     row = (await browser.get(f"/api/job/{job}")).json()["job"]
     assert row["done"] == 1 and row["failed"] == 0 and row["queued"] == 2 and row["generation"] == 1
+
+
+async def test_the_farm_is_computed_only_while_a_stream_watches(farm: Farm) -> None:
+    """With no page open a node spends nothing on the farm view (it costs O(machines)
+    every half second); a stream that resumes gets the farm as it is now."""
+    a, b = await farm.mesh("a", "b")
+    dash = a.node.dashboard
+    assert dash is not None
+    broker = dash.broker
+    browser = await _signed_in(a)
+    stream = await trio.to_thread.run_sync(EventReader, browser)
+    try:  # the first event carries an id to resume from
+        await trio.to_thread.run_sync(lambda: stream.until(lambda evs: bool(evs), 5))
+    finally:
+        await trio.to_thread.run_sync(stream.close)
+    last = stream.last_id
+    assert last
+    with trio.fail_after(10):
+        await wait_until(lambda: broker.watchers == 0, "the stream closed")
+    published = broker.seq
+    await b.stop()  # a farm change nobody watches
+    with trio.fail_after(10):
+        await wait_until(lambda: broker._farm, "the farm change noted")
+    await trio.sleep(1.0)  # two FARM_EVERY periods
+    assert broker.seq == published, "farm events were computed with nobody watching"
+    resumed = await trio.to_thread.run_sync(lambda: EventReader(browser, last))
+    try:
+        got = await trio.to_thread.run_sync(lambda: resumed.until(
+            lambda evs: any(n == "farm" for n, _ in evs), 5))
+        farms = [d for n, d in got if n == "farm"]
+        assert farms, got
+        rows = {m["name"]: m for m in farms[-1]["machines"]}
+        assert not rows["b"]["online"]
+    finally:
+        await trio.to_thread.run_sync(resumed.close)
