@@ -52,8 +52,8 @@ Cost: a wake-up costs what changed, not the size of the book.  The scheduler
 keeps, per job it schedules, a heap of its queued tasks and the set of its
 tasks not done, both kept current by the job book's change listener; the
 queue order of those jobs and the roster of workers are cached until a
-position or the membership changes.  Lease deadlines sit in a heap (stale
-entries are skipped when popped); a lease is retired as soon as its task is
+position or the membership changes.  Lease deadlines sit in a heap (see
+``node.jobs.scheduling.leases``); a lease is retired as soon as its task is
 done, and leases are scanned for offline workers only when the membership
 changed.  A job is tested for done/failed only once none of its tasks is open
 (or its head changed).
@@ -62,17 +62,16 @@ changed.  A job is tested for done/failed only once none of its tasks is open
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
 from node.jobs.election import Election
 from node.jobs.operations import Jobs, job_state, renders_on, task_frames, tiling_of
+from node.jobs.scheduling.leases import ACTIVE, Key, Lease, Leases
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
@@ -83,7 +82,6 @@ from protocol.messages import Assign, Cancel, TaskUpdate
 
 log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
-ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
 DEPTH = 2  #: tasks a worker holds at once: the one it renders and one waiting
 UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not offered work
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
@@ -97,19 +95,6 @@ class LocalWorker(Protocol):
 
     async def cancel(self, msg: Cancel) -> None:
         """Stop a task."""
-
-
-@dataclass
-class Lease:
-    """One assignment the server is waiting on."""
-
-    worker: str
-    gen: int
-    attempt: int
-    deadline: float
-    progress: float = 0.0
-    finished: bool = False  #: rendered; the worker is delivering the frames
-    prefetched: bool = False  #: sent while the worker was rendering another task
 
 
 class Scheduler:
@@ -129,8 +114,7 @@ class Scheduler:
         self.retries = retries
         self.exclude_after = exclude_after
         self.lease_time = lease
-        self.leases: dict[tuple[str, int], Lease] = {}
-        self.busy: dict[str, list[tuple[str, int]]] = {}  #: worker -> tasks it holds, oldest first
+        self.leases = Leases(lease)
         self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
         #: worker -> until when it gets no task: it refused one as busy while counted free
         #: (it holds tasks this server does not count), so it is not asked again at once
@@ -144,8 +128,6 @@ class Scheduler:
         self._settled: set[str] = set()  #: scheduled jobs to test for done/failed
         self._order: list[str] | None = None  #: scheduled jobs in queue order (None: stale)
         self._frames: dict[str, tuple[tuple[Any, Any, str], list[list[int]]]] = {}
-        self._deadlines: list[tuple[float, int, tuple[str, int], Lease]] = []  #: heap
-        self._seq = itertools.count()
         self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
         self._able: dict[str, list[str]] = {}  #: job -> workers that may render it (roster order)
         self._membership = True  #: sessions changed since leases were last checked for it
@@ -175,16 +157,6 @@ class Scheduler:
         self._membership = True
         self._no_prefetch.clear()
         self._wake.set()
-
-    def _hold(self, worker: str, key: tuple[str, int]) -> None:
-        self.busy.setdefault(worker, []).append(key)
-
-    def _release(self, worker: str, key: tuple[str, int]) -> None:
-        held = self.busy.get(worker)
-        if held is not None and key in held:
-            held.remove(key)
-            if not held:
-                del self.busy[worker]
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
         if not self._active:
@@ -216,9 +188,7 @@ class Scheduler:
         for tid in tids:
             state = task_current(doc, tid)
             if state.done:
-                lease = self.leases.pop((uuid, tid), None)  # retired: nothing more to wait for
-                if lease is not None:
-                    self._release(lease.worker, (uuid, tid))
+                self.leases.retire((uuid, tid))  # nothing more to wait for
                 open_tids.discard(tid)
             else:
                 if heap is not None and 0 <= tid < n:
@@ -238,11 +208,7 @@ class Scheduler:
         key = (job, tid)
         if (state.phase in ACTIVE and state.worker and state.term < self.election.term
                 and key not in self.leases and job in self._queued):
-            self._add_lease(key, Lease(state.worker, state.gen, state.attempt,
-                                       time.monotonic() + self.lease_time,
-                                       finished=state.phase == Phase.DELIVERING))
-            if state.phase != Phase.DELIVERING:
-                self._hold(state.worker, key)
+            self.leases.adopt(key, state, time.monotonic())
 
     def _task_frames(self, doc: JobDoc) -> list[list[int]]:
         """``task_frames(doc)``, parsed once per job and frame spec."""
@@ -297,15 +263,9 @@ class Scheduler:
         self._settled.clear()
         self._order = None
         self.leases.clear()
-        self.busy.clear()
         self._no_prefetch.clear()
         self._full.clear()
-        self._deadlines.clear()
         self._membership = True
-
-    def _add_lease(self, key: tuple[str, int], lease: Lease) -> None:
-        self.leases[key] = lease
-        heapq.heappush(self._deadlines, (lease.deadline, next(self._seq), key, lease))
 
     def _take_over(self) -> None:
         """Become the scheduler: rebuild queues and leases from the job book."""
@@ -316,17 +276,13 @@ class Scheduler:
             for tid in self._open[doc.uuid]:
                 s = task_current(doc, tid)
                 if s.phase in ACTIVE and s.worker:
-                    self._add_lease((doc.uuid, tid), Lease(s.worker, s.gen, s.attempt, now + self.lease_time,
-                                                           finished=s.phase == Phase.DELIVERING))
-                    if s.phase != Phase.DELIVERING:
-                        self._hold(s.worker, (doc.uuid, tid))
+                    self.leases.adopt((doc.uuid, tid), s, now)
         log.info("scheduler active: %d jobs, %d leases carried over", len(self._queued), len(self.leases))
 
     def _drop_job(self, job: str, reason: str) -> None:
         self._unschedule(job)
-        for key in [k for k in self.leases if k[0] == job]:
+        for key in self.leases.of_job(job):
             lease = self.leases.pop(key)
-            self._release(lease.worker, key)
             doc = self.book.docs.get(job)
             if doc is not None and doc.deleted is None and not lease.finished:
                 cur = task_current(doc, key[1])
@@ -398,7 +354,7 @@ class Scheduler:
             self._roster = (self.workers(), self._names())
             self._hold_workers(self._roster[0])
         workers, names = self._roster
-        busy = self.busy
+        busy = self.leases.busy
         now = time.monotonic()
         resting = {w for w, until in self._full.items() if until > now}
         idle = sum(1 for w in workers if w not in busy and w not in resting)
@@ -474,9 +430,7 @@ class Scheduler:
                           lease_until=time.time() + self.lease_time, term=term, failures=cur.failures,
                           runs=tuple(sorted({*cur.runs, (term, cur.attempt)})))
         self.jobs.set_task(doc, tid, state)
-        self._add_lease((doc.uuid, tid), Lease(worker, doc.gen, cur.attempt, time.monotonic() + self.lease_time,
-                                               prefetched=prefetch))
-        self._hold(worker, (doc.uuid, tid))
+        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, time.monotonic(), prefetched=prefetch)
         self.assigned_count += 1
         msg = Assign(job=doc.uuid, task=tid, frames=self._task_frames(doc)[tid], gen=doc.gen,
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
@@ -545,22 +499,22 @@ class Scheduler:
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
-        lease.deadline = time.monotonic() + self.lease_time
+        self.leases.renew(lease, time.monotonic())
         lease.progress = msg.progress
         if not msg.finished:
             return
-        self._release(worker, key)
+        self.leases.release(worker, key)
         doc = self.book.get(msg.job)
         if msg.result == RenderResult.RENDERRESULT_OK:
             lease.finished = True
             if doc is None or task_current(doc, msg.task).done:
-                self.leases.pop(key, None)
+                self.leases.retire(key)
         elif msg.result == RenderResult.RENDERRESULT_USERBREAK:
             # a task this server cancelled has no lease any more: the worker stopped
             # it on its own (shutting down), so it goes back to the queue
             self._lapse(key, f"the worker gave it up ({msg.error or 'user break'})")
         elif msg.result == RenderResult.RENDERRESULT_NOMACHINE:  # refused: busy or no renderer
-            self.leases.pop(key, None)
+            self.leases.retire(key)
             if lease.prefetched:
                 self._no_prefetch.add(worker)
             else:  # it was counted free: it holds tasks this server does not know of
@@ -570,7 +524,7 @@ class Scheduler:
                 if not cur.done:
                     self._requeue(doc, msg.task, cur, msg.error, count=False)
         else:
-            self.leases.pop(key, None)
+            self.leases.retire(key)
             if doc is not None:
                 self._failed(doc, msg, worker)
         self.assign_all()  # the freed worker's next task leaves now, not one scheduler pass later
@@ -616,13 +570,15 @@ class Scheduler:
 
     def _lost_worker(self, worker: str, reason: str) -> None:
         self._full.pop(worker, None)
-        for key in [k for k, lease in self.leases.items() if lease.worker == worker]:
+        for key in self.leases.of_worker(worker):
             self._lapse(key, reason)
-        self.busy.pop(worker, None)
+        self.leases.free(worker)
 
-    def _lapse(self, key: tuple[str, int], reason: str) -> None:
-        lease = self.leases.pop(key)
-        self._release(lease.worker, key)
+    def _lapse(self, key: Key, reason: str) -> None:
+        self._lapsed(key, self.leases.pop(key), reason)
+
+    def _lapsed(self, key: Key, lease: Lease, reason: str) -> None:
+        """``key``'s lease ended unfulfilled: queue the task again, unless it moved on."""
         doc = self.book.get(key[0])
         if doc is None:
             return
@@ -639,21 +595,14 @@ class Scheduler:
         if self._membership:
             self._membership = False
             online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
-            for key, lease in list(self.leases.items()):
-                if lease.worker not in online and self.leases.get(key) is lease:
-                    self._lapse(key, "worker went offline")
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, key, lease = heapq.heappop(heap)
-            if self.leases.get(key) is not lease or lease.finished:
-                continue  # renewed into a new lease, retired, or waiting on delivery only
-            if lease.deadline > now:  # renewed by a progress report
-                heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
-                continue
-            self._lapse(key, f"no progress report for {self.lease_time:.0f} s")
+            for key in self.leases.off(online):
+                self._lapse(key, "worker went offline")
+        for key, lease in self.leases.due(now):
+            self._lapsed(key, lease, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
         rest = min((until for until in self._full.values() if until > now), default=now + 3600.0)
-        return min(3600.0, rest - now, heap[0][0] - now if heap else 3600.0)
+        deadline = self.leases.next_deadline()
+        return min(3600.0, rest - now, deadline - now if deadline is not None else 3600.0)
 
     def _finish_jobs(self) -> None:
         while self._settled:
@@ -696,7 +645,7 @@ class Scheduler:
 
     def status(self) -> dict[str, Any]:
         """What the scheduler is doing, for ``rendernode status``."""
-        return {"active": self._active, "leases": len(self.leases), "busy": len(self.busy),
+        return {"active": self._active, "leases": len(self.leases), "busy": len(self.leases.busy),
                 "assigned": self.assigned_count}
 
     def progress(self, job: str) -> dict[int, float]:

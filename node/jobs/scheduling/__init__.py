@@ -1,0 +1,4 @@
+"""The scheduler's decisions, as pure parts: no trio, no peers, no I/O; the
+time is passed in (``now``, monotonic seconds).  ``leases`` holds the
+assignments the server waits on and their deadlines.  ``node.jobs.scheduler``
+carries the decisions out: it writes the book and sends the messages."""
