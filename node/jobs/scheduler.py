@@ -48,15 +48,14 @@ its "job done" line once: a new server indexes every job, finished ones too,
 and used to log every finished job's end again at each takeover.
 Progress stays in memory: it changes too often to replicate.
 
-Cost: a wake-up costs what changed, not the size of the book.  The scheduler
-keeps, per job it schedules, a heap of its queued tasks and the set of its
-tasks not done, both kept current by the job book's change listener; the
-queue order of those jobs and the roster of workers are cached until a
-position or the membership changes.  Lease deadlines sit in a heap (see
-``node.jobs.scheduling.leases``); a lease is retired as soon as its task is
-done, and leases are scanned for offline workers only when the membership
-changed.  A job is tested for done/failed only once none of its tasks is open
-(or its head changed).
+Cost: a wake-up costs what changed, not the size of the book.  The queue
+index (``node.jobs.scheduling.queue``) keeps, per job it schedules, a heap of
+its queued tasks and the set of its tasks not done, both kept current by the
+job book's change listener, and the queue order of those jobs; the roster of
+workers is cached until the membership changes.  Lease deadlines sit in a
+heap (see ``node.jobs.scheduling.leases``); a lease is retired as soon as its
+task is done, and leases are scanned for offline workers only when the
+membership changed.
 """
 
 from __future__ import annotations
@@ -70,8 +69,9 @@ from typing import Any, Protocol
 import trio
 
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, job_state, renders_on, task_frames, tiling_of
+from node.jobs.operations import Jobs, job_state, renders_on, tiling_of
 from node.jobs.scheduling.leases import ACTIVE, Key, Lease, Leases
+from node.jobs.scheduling.queue import QueueIndex
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
@@ -115,6 +115,7 @@ class Scheduler:
         self.exclude_after = exclude_after
         self.lease_time = lease
         self.leases = Leases(lease)
+        self.queue = QueueIndex()
         self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
         #: worker -> until when it gets no task: it refused one as busy while counted free
         #: (it holds tasks this server does not count), so it is not asked again at once
@@ -123,11 +124,6 @@ class Scheduler:
         self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
         self.failed_on: dict[tuple[str, int], set[str]] = {}  #: task -> workers it failed on
         self.excluded: dict[str, set[str]] = {}
-        self._queued: dict[str, list[int]] = {}  #: scheduled job -> heap of its queued tids
-        self._open: dict[str, set[int]] = {}  #: scheduled job -> its tids not done
-        self._settled: set[str] = set()  #: scheduled jobs to test for done/failed
-        self._order: list[str] | None = None  #: scheduled jobs in queue order (None: stale)
-        self._frames: dict[str, tuple[tuple[Any, Any, str], list[list[int]]]] = {}
         self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
         self._able: dict[str, list[str]] = {}  #: job -> workers that may render it (roster order)
         self._membership = True  #: sessions changed since leases were last checked for it
@@ -164,40 +160,17 @@ class Scheduler:
         uuid = doc.uuid
         if doc.deleted is None and self.book.get(uuid) is None:
             return  # not a job yet: changes that overtook its creation
-        indexed = False
-        if doc.deleted is not None or delta.fields or delta.gen:
-            if doc.deleted is not None or doc.value("state") in ("stopped", "created"):
-                self._drop_job(uuid, "job stopped" if doc.deleted is None else "job deleted")
-            elif delta.gen or uuid not in self._queued:
-                self._index_job(doc)
-                indexed = True
-            if "position" in delta.fields:
-                self._order = None
+        change = self.queue.on_change(delta, doc)
+        if change.dropped is not None:
+            self._drop_job(uuid, change.dropped)
+        if change.head:
             self._able.pop(uuid, None)
-            if uuid in self._queued:
-                self._settled.add(uuid)
-        if delta.tasks:
-            self._on_tasks(doc, delta.tasks, indexed)
-        self._wake.set()
-
-    def _on_tasks(self, doc: JobDoc, tids: dict[int, TaskState], indexed: bool) -> None:
-        uuid = doc.uuid
-        heap = None if indexed else self._queued.get(uuid)
-        open_tids = self._open.get(uuid, set())
-        n = len(self._task_frames(doc)) if heap is not None else 0
-        for tid in tids:
-            state = task_current(doc, tid)
+        for tid, state in change.tasks.items():
             if state.done:
                 self.leases.retire((uuid, tid))  # nothing more to wait for
-                open_tids.discard(tid)
             else:
-                if heap is not None and 0 <= tid < n:
-                    open_tids.add(tid)
-                    if state.phase == Phase.QUEUED:
-                        heapq.heappush(heap, tid)
                 self._adopt(uuid, tid, state)
-        if heap is not None and not open_tids:
-            self._settled.add(uuid)
+        self._wake.set()
 
     def _adopt(self, job: str, tid: int, state: TaskState) -> None:
         """Lease a task an earlier term's server assigned, as ``_take_over`` does: a
@@ -207,17 +180,8 @@ class Scheduler:
         without it the task would stay ASSIGNED with nobody waiting on it."""
         key = (job, tid)
         if (state.phase in ACTIVE and state.worker and state.term < self.election.term
-                and key not in self.leases and job in self._queued):
+                and key not in self.leases and job in self.queue):
             self.leases.adopt(key, state, time.monotonic())
-
-    def _task_frames(self, doc: JobDoc) -> list[list[int]]:
-        """``task_frames(doc)``, parsed once per job and frame spec."""
-        spec = (doc.value("frames", "1"), doc.value("chunk", 1), str(doc.value("tiling")))
-        hit = self._frames.get(doc.uuid)
-        if hit is None or hit[0] != spec:
-            hit = (spec, task_frames(doc))
-            self._frames[doc.uuid] = hit
-        return hit[1]
 
     def _tiles(self, doc: JobDoc, tid: int) -> dict[str, Any]:
         """The Assign fields of a tiled job's task: its tiles' regions, the frame size
@@ -229,27 +193,13 @@ class Scheduler:
         return {"tiles": [[t, *tiling.region(t)] for t in tiles], "size": [tiling.width, tiling.height],
                 "overscan": tiling.overscan}
 
-    def _index_job(self, doc: JobDoc) -> None:
-        heap: list[int] = []  # ascending tids: already a heap
-        open_tids: set[int] = set()
-        for tid in range(len(self._task_frames(doc))):
-            s = task_current(doc, tid)
-            if not s.done:
-                open_tids.add(tid)
-                if s.phase == Phase.QUEUED:
-                    heap.append(tid)
-        self._queued[doc.uuid] = heap
-        self._open[doc.uuid] = open_tids
-        self._settled.add(doc.uuid)
-        self._order = None
-
     def _unschedule(self, job: str) -> None:
+        self.queue.unschedule(job)
+        self._forget(job)
+
+    def _forget(self, job: str) -> None:
+        """Drop what the scheduler kept of ``job``'s tasks (the queue index dropped it)."""
         self._able.pop(job, None)
-        self._queued.pop(job, None)
-        self._open.pop(job, None)
-        self._frames.pop(job, None)
-        self._settled.discard(job)
-        self._order = None
         for key in [k for k in self.losses if k[0] == job]:
             del self.losses[key]
         for key in [k for k in self.failed_on if k[0] == job]:
@@ -257,11 +207,7 @@ class Scheduler:
 
     def _reset(self) -> None:
         self._able.clear()
-        self._queued.clear()
-        self._open.clear()
-        self._frames.clear()
-        self._settled.clear()
-        self._order = None
+        self.queue.clear()
         self.leases.clear()
         self._no_prefetch.clear()
         self._full.clear()
@@ -272,15 +218,17 @@ class Scheduler:
         now = time.monotonic()
         self._reset()
         for doc in self.book.live():
-            self._index_job(doc)
-            for tid in self._open[doc.uuid]:
+            self.queue.index(doc)
+            for tid in self.queue.open(doc.uuid):
                 s = task_current(doc, tid)
                 if s.phase in ACTIVE and s.worker:
                     self.leases.adopt((doc.uuid, tid), s, now)
-        log.info("scheduler active: %d jobs, %d leases carried over", len(self._queued), len(self.leases))
+        log.info("scheduler active: %d jobs, %d leases carried over", len(self.queue), len(self.leases))
 
     def _drop_job(self, job: str, reason: str) -> None:
-        self._unschedule(job)
+        """``job`` stopped or was deleted (the queue index dropped it): end its leases,
+        queue their tasks again and cancel them."""
+        self._forget(job)
         for key in self.leases.of_job(job):
             lease = self.leases.pop(key)
             doc = self.book.docs.get(job)
@@ -340,13 +288,6 @@ class Scheduler:
                 names[uuid] = session.hello.name
         return names
 
-    def _queue_order(self) -> list[str]:
-        """The scheduled jobs in queue order (``Jobs.queue``'s order)."""
-        if self._order is None:
-            docs = self.book.docs
-            self._order = sorted(self._queued, key=lambda u: (str(docs[u].value("position", "")), u))
-        return self._order
-
     def assign_all(self) -> None:
         """Hand queued tasks to idle workers in queue order, then a waiting task
         to workers rendering one (see Prefetch above)."""
@@ -359,9 +300,9 @@ class Scheduler:
         resting = {w for w, until in self._full.items() if until > now}
         idle = sum(1 for w in workers if w not in busy and w not in resting)
         jobs: list[tuple[JobDoc, list[str]]] = []
-        for uuid in self._queue_order():
+        for uuid in self.queue.order(self.book.docs):
             doc = self.book.get(uuid)
-            if doc is None or doc.value("state") not in ("queued",) or uuid not in self._queued:
+            if doc is None or doc.value("state") not in ("queued",) or uuid not in self.queue:
                 continue
             able = self._able.get(uuid)
             if able is None:
@@ -375,13 +316,14 @@ class Scheduler:
                                        keep=0, able=able)
         blocked: set[str] = set()  # workers a job ahead still has queued tasks for
         for doc, able in jobs:
-            if not self._queued.get(doc.uuid):
+            heap = self.queue.queued(doc.uuid)
+            if not heap:
                 continue
-            if len(self._queued[doc.uuid]) > len(able):
+            if len(heap) > len(able):
                 self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
                                      and w not in resting and w not in blocked and w not in self._no_prefetch], keep=len(able),
                                able=able)
-            if self._queued.get(doc.uuid):  # queued tasks left: later jobs may not overtake them
+            if self.queue.queued(doc.uuid):  # queued tasks left: later jobs may not overtake them
                 blocked.update(able)
 
     def _hand_out(self, doc: JobDoc, candidates: list[str], keep: int, able: list[str]) -> int:
@@ -389,7 +331,8 @@ class Scheduler:
         than ``keep`` are queued (keep > 0: waiting tasks); the count.  A task that
         failed on a machine goes to another able machine that has not failed it
         when there is one, so one bad machine cannot use up a task's retries."""
-        heap = self._queued[doc.uuid]
+        heap = self.queue.queued(doc.uuid)
+        assert heap is not None
         free = list(candidates)
         deferred: list[int] = []
         given = 0
@@ -432,7 +375,7 @@ class Scheduler:
         self.jobs.set_task(doc, tid, state)
         self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, time.monotonic(), prefetched=prefetch)
         self.assigned_count += 1
-        msg = Assign(job=doc.uuid, task=tid, frames=self._task_frames(doc)[tid], gen=doc.gen,
+        msg = Assign(job=doc.uuid, task=tid, frames=self.queue.frames(doc)[tid], gen=doc.gen,
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
                      scene=str(doc.value("scene")), origin=str(doc.value("origin")),
                      scene_sha256=str(doc.value("scene_sha256", "")), rdata=dict(doc.value("rdata") or {}),
@@ -605,10 +548,9 @@ class Scheduler:
         return min(3600.0, rest - now, deadline - now if deadline is not None else 3600.0)
 
     def _finish_jobs(self) -> None:
-        while self._settled:
-            uuid = self._settled.pop()
+        for uuid in self.queue.finished():
             doc = self.book.get(uuid)
-            if doc is None or uuid not in self._queued or self._open.get(uuid):
+            if doc is None:
                 continue
             state = job_state(doc)
             if state in ("done", "failed"):
