@@ -5,6 +5,13 @@ job's renderer, in queue order and within the job's machine filter.  It is
 woken by events (a task re-queued, a worker freed, a job started, a machine
 joining), never by polling, so an idle worker gets work as soon as it exists.
 
+The decisions are pure parts of ``node.jobs.scheduling``, each with its own
+rules and costs: the leases and their deadline heap (``leases``), the queue
+index the job book's change listener keeps current (``queue``), and who gets
+which task, with prefetch and the machine rules (``policy``).  This module
+carries them out: it writes the job book, sends Assign and Cancel, keeps
+sessions to the workers and hears their reports.
+
 Assignments are leases: a worker's progress reports renew them; a lease that
 lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
 after ``retries`` attempts that failed in the render the task fails.  An
@@ -14,21 +21,10 @@ the retries in all.  A worker that goes offline (no longer online in the
 farm's membership; with no overlay, its session ends) loses its leases at once.
 Every Assign and Cancel carries the server's term.
 
-Prefetch (queue depth ``DEPTH`` = 2): a worker holds at most one task waiting
-behind the one it renders, so it starts the next task the moment the current
-one ends instead of after a report -> assign round trip.  Idle workers are
-served first, in queue order, exactly as without prefetch; then a worker
-rendering one task gets a second from the first job in queue order it can
-render, only while that job has more queued tasks than machines able to
-render it (the last tasks go to whichever worker frees first, so a waiting
-task never holds up the tail) and never from a job behind one that still has
-queued tasks for it.  A waiting task is an ordinary lease: ASSIGNED in the
-book, renewed by the worker's reports (it reports its waiting task with each
-report of its current one), lapsed, lost with the session, retried and
-cancelled like any other.  A worker that refuses a second task as busy is not
-sent one again until the membership changes; one that refuses its first (it
-holds tasks this server does not count: a former server's, or lapsed here)
-gets nothing until it ends a task or a lease time passes.
+A waiting (prefetched) task is an ordinary lease: ASSIGNED in the book,
+renewed by the worker's reports (it reports its waiting task with each report
+of its current one), lapsed, lost with the session, retried and cancelled
+like any other.
 
 A worker can hold tasks this server does not know of (an earlier term's server
 assigned them, or their leases lapsed while it was cut off or frozen and it
@@ -48,19 +44,13 @@ its "job done" line once: a new server indexes every job, finished ones too,
 and used to log every finished job's end again at each takeover.
 Progress stays in memory: it changes too often to replicate.
 
-Cost: a wake-up costs what changed, not the size of the book.  The queue
-index (``node.jobs.scheduling.queue``) keeps, per job it schedules, a heap of
-its queued tasks and the set of its tasks not done, both kept current by the
-job book's change listener, and the queue order of those jobs; the roster of
-workers is cached until the membership changes.  Lease deadlines sit in a
-heap (see ``node.jobs.scheduling.leases``); a lease is retired as soon as its
-task is done, and leases are scanned for offline workers only when the
-membership changed.
+Cost: a wake-up costs what changed, not the size of the book (see the
+parts' own notes); the roster of workers is cached until the membership
+changes, and leases are scanned for offline workers only when it changed.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections import deque
@@ -69,8 +59,9 @@ from typing import Any, Protocol
 import trio
 
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, job_state, renders_on, tiling_of
+from node.jobs.operations import Jobs, job_state, tiling_of
 from node.jobs.scheduling.leases import ACTIVE, Key, Lease, Leases
+from node.jobs.scheduling.policy import Policy
 from node.jobs.scheduling.queue import QueueIndex
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
@@ -82,7 +73,6 @@ from protocol.messages import Assign, Cancel, TaskUpdate
 
 log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
-DEPTH = 2  #: tasks a worker holds at once: the one it renders and one waiting
 UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not offered work
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
@@ -98,7 +88,8 @@ class LocalWorker(Protocol):
 
 
 class Scheduler:
-    """Task assignment, leases and retries for the server role."""
+    """Task assignment, leases and retries for the server role: carries out the
+    decisions of ``node.jobs.scheduling``."""
 
     def __init__(self, jobs: Jobs, peers: Peers, election: Election, local: LocalWorker,
                  renderers: dict[str, str], share: bool, retries: int, exclude_after: int,
@@ -112,20 +103,12 @@ class Scheduler:
         self.renderers = renderers
         self.share = share
         self.retries = retries
-        self.exclude_after = exclude_after
         self.lease_time = lease
         self.leases = Leases(lease)
         self.queue = QueueIndex()
-        self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
-        #: worker -> until when it gets no task: it refused one as busy while counted free
-        #: (it holds tasks this server does not count), so it is not asked again at once
-        self._full: dict[str, float] = {}
-        self.failures: dict[tuple[str, str], int] = {}
-        self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
-        self.failed_on: dict[tuple[str, int], set[str]] = {}  #: task -> workers it failed on
-        self.excluded: dict[str, set[str]] = {}
+        self.policy = Policy(self.queue, self.leases, exclude_after)
+        self.losses: dict[Key, int] = {}  #: task -> attempts lost with their worker
         self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
-        self._able: dict[str, list[str]] = {}  #: job -> workers that may render it (roster order)
         self._membership = True  #: sessions changed since leases were last checked for it
         #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
         self._outbox: dict[str, deque[Assign | Cancel]] = {}
@@ -149,9 +132,8 @@ class Scheduler:
 
     def _peers_changed(self) -> None:
         self._roster = None
-        self._able.clear()
+        self.policy.membership_changed()
         self._membership = True
-        self._no_prefetch.clear()
         self._wake.set()
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
@@ -164,7 +146,7 @@ class Scheduler:
         if change.dropped is not None:
             self._drop_job(uuid, change.dropped)
         if change.head:
-            self._able.pop(uuid, None)
+            self.policy.job_changed(uuid)
         for tid, state in change.tasks.items():
             if state.done:
                 self.leases.retire((uuid, tid))  # nothing more to wait for
@@ -199,18 +181,14 @@ class Scheduler:
 
     def _forget(self, job: str) -> None:
         """Drop what the scheduler kept of ``job``'s tasks (the queue index dropped it)."""
-        self._able.pop(job, None)
+        self.policy.forget(job)
         for key in [k for k in self.losses if k[0] == job]:
             del self.losses[key]
-        for key in [k for k in self.failed_on if k[0] == job]:
-            del self.failed_on[key]
 
     def _reset(self) -> None:
-        self._able.clear()
         self.queue.clear()
         self.leases.clear()
-        self._no_prefetch.clear()
-        self._full.clear()
+        self.policy.reset()
         self._membership = True
 
     def _take_over(self) -> None:
@@ -272,9 +250,6 @@ class Scheduler:
             self.peers.hold(uuid, "worker")
         self._held = wanted
 
-    def _allowed(self, doc: JobDoc, worker: str, names: dict[str, str]) -> bool:
-        return renders_on(doc, worker, names.get(worker, "")) and worker not in self.excluded.get(doc.uuid, ())
-
     def _names(self) -> dict[str, str]:
         names = {self.me: self.peers.prefs.name}
         overlay = self.peers.overlay
@@ -288,72 +263,31 @@ class Scheduler:
                 names[uuid] = session.hello.name
         return names
 
+    def _scheduled(self) -> list[JobDoc]:
+        """The scheduled jobs' documents, in queue order."""
+        docs = []
+        for uuid in self.queue.order(self.book.docs):
+            doc = self.book.get(uuid)
+            if doc is not None:
+                docs.append(doc)
+        return docs
+
     def assign_all(self) -> None:
         """Hand queued tasks to idle workers in queue order, then a waiting task
-        to workers rendering one (see Prefetch above)."""
+        to workers rendering one (the policy decides; see node.jobs.scheduling.policy)."""
         if self._roster is None:
             self._roster = (self.workers(), self._names())
             self._hold_workers(self._roster[0])
         workers, names = self._roster
-        busy = self.leases.busy
-        now = time.monotonic()
-        resting = {w for w, until in self._full.items() if until > now}
-        idle = sum(1 for w in workers if w not in busy and w not in resting)
-        jobs: list[tuple[JobDoc, list[str]]] = []
-        for uuid in self.queue.order(self.book.docs):
+        plan = self.policy.plan(time.monotonic(), workers, names, self._scheduled())
+        for uuid, none in plan.nomachine.items():
             doc = self.book.get(uuid)
-            if doc is None or doc.value("state") not in ("queued",) or uuid not in self.queue:
-                continue
-            able = self._able.get(uuid)
-            if able is None:
-                renderer = str(doc.value("renderer"))
-                able = [w for w, r in workers.items() if renderer in r and self._allowed(doc, w, names)]
-                self._able[uuid] = able
-            self._mark_nomachine(doc, not able)
-            jobs.append((doc, able))
-            if idle:
-                idle -= self._hand_out(doc, [w for w in able if w not in busy and w not in resting],
-                                       keep=0, able=able)
-        blocked: set[str] = set()  # workers a job ahead still has queued tasks for
-        for doc, able in jobs:
-            heap = self.queue.queued(doc.uuid)
-            if not heap:
-                continue
-            if len(heap) > len(able):
-                self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
-                                     and w not in resting and w not in blocked and w not in self._no_prefetch], keep=len(able),
-                               able=able)
-            if self.queue.queued(doc.uuid):  # queued tasks left: later jobs may not overtake them
-                blocked.update(able)
-
-    def _hand_out(self, doc: JobDoc, candidates: list[str], keep: int, able: list[str]) -> int:
-        """Assign ``doc``'s queued tasks, lowest first, to ``candidates`` while more
-        than ``keep`` are queued (keep > 0: waiting tasks); the count.  A task that
-        failed on a machine goes to another able machine that has not failed it
-        when there is one, so one bad machine cannot use up a task's retries."""
-        heap = self.queue.queued(doc.uuid)
-        assert heap is not None
-        free = list(candidates)
-        deferred: list[int] = []
-        given = 0
-        while len(heap) > keep and free:
-            tid = heapq.heappop(heap)
-            state = task_current(doc, tid)
-            if state.done or state.phase != Phase.QUEUED or (doc.uuid, tid) in self.leases:
-                continue
-            failed = self.failed_on.get((doc.uuid, tid), set())
-            worker = next((w for w in free if w not in failed), None)
-            if worker is None:
-                if any(w not in failed for w in able):
-                    deferred.append(tid)  # wait for a machine that has not failed it
-                    continue
-                worker = free[0]
-            free.remove(worker)
-            self._assign(doc, tid, state, worker, prefetch=keep > 0)
-            given += 1
-        for tid in deferred:
-            heapq.heappush(heap, tid)
-        return given
+            if doc is not None:
+                self._mark_nomachine(doc, none)
+        for a in plan.assignments:
+            doc = self.book.get(a.job)
+            if doc is not None:
+                self._assign(doc, a.tid, task_current(doc, a.tid), a.worker, prefetch=a.prefetch)
 
     def _mark_nomachine(self, doc: JobDoc, none: bool) -> None:
         nomachine = int(RenderResult.RENDERRESULT_NOMACHINE)
@@ -417,7 +351,7 @@ class Scheduler:
         except (SessionLost, ProtocolError) as exc:
             self._unreachable[worker] = time.monotonic()
             self._roster = None
-            self._able.clear()
+            self.policy.roster_changed()
             self._lost_worker(worker, f"cannot reach worker: {exc}")
 
     # -- reports ----------------------------------------------------------------------
@@ -436,8 +370,7 @@ class Scheduler:
         if not self._active:
             return
         key = (msg.job, msg.task)
-        if (msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE
-                and self._full.pop(worker, None) is not None):
+        if msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE and self.policy.freed(worker):
             self._wake.set()  # a worker that refused as busy ended one of its tasks: it has room
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
@@ -458,10 +391,7 @@ class Scheduler:
             self._lapse(key, f"the worker gave it up ({msg.error or 'user break'})")
         elif msg.result == RenderResult.RENDERRESULT_NOMACHINE:  # refused: busy or no renderer
             self.leases.retire(key)
-            if lease.prefetched:
-                self._no_prefetch.add(worker)
-            else:  # it was counted free: it holds tasks this server does not know of
-                self._full[worker] = time.monotonic() + self.lease_time
+            self.policy.refused(worker, lease.prefetched, time.monotonic())
             if doc is not None:
                 cur = task_current(doc, msg.task)
                 if not cur.done:
@@ -477,13 +407,9 @@ class Scheduler:
         name = RenderResult(msg.result).name if msg.result in RenderResult._value2member_map_ else str(msg.result)
         reason = f"{name}: {msg.error}" if msg.error else name
         self.jobs.add_log(doc, f"task {msg.task} attempt {msg.attempt + 1} failed on {worker}: {reason}")
-        flags = int(doc.value("flags", 0))
-        count = self.failures.get((doc.uuid, worker), 0) + 1
-        self.failures[(doc.uuid, worker)] = count
-        self.failed_on.setdefault((doc.uuid, msg.task), set()).add(worker)
-        if flags & F.NETRENDERFLAGS_EXCLUDECLIENTONRENDERINGERROR and count >= self.exclude_after:
-            self.excluded.setdefault(doc.uuid, set()).add(worker)
-            self._able.pop(doc.uuid, None)
+        exclude = bool(int(doc.value("flags", 0)) & F.NETRENDERFLAGS_EXCLUDECLIENTONRENDERINGERROR)
+        count, excluded = self.policy.failed(doc.uuid, msg.task, worker, exclude)
+        if excluded:
             self.jobs.add_log(doc, f"machine {worker} excluded from this job after {count} failures")
         self._requeue(doc, msg.task, task_current(doc, msg.task), reason)
 
@@ -512,7 +438,7 @@ class Scheduler:
         self.jobs.set_task(doc, tid, state)
 
     def _lost_worker(self, worker: str, reason: str) -> None:
-        self._full.pop(worker, None)
+        self.policy.freed(worker)
         for key in self.leases.of_worker(worker):
             self._lapse(key, reason)
         self.leases.free(worker)
@@ -543,9 +469,10 @@ class Scheduler:
         for key, lease in self.leases.due(now):
             self._lapsed(key, lease, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
-        rest = min((until for until in self._full.values() if until > now), default=now + 3600.0)
+        rest = self.policy.resting_until(now)
         deadline = self.leases.next_deadline()
-        return min(3600.0, rest - now, deadline - now if deadline is not None else 3600.0)
+        return min(3600.0, (now + 3600.0 if rest is None else rest) - now,
+                   deadline - now if deadline is not None else 3600.0)
 
     def _finish_jobs(self) -> None:
         for uuid in self.queue.finished():
