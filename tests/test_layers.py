@@ -1,6 +1,7 @@
 """The layers of node/, checked on the source: membership knows nothing of
 jobs, assets or rendering; the command line reaches the daemon only through
-the client; node/ has no import cycles.  (protocol/'s purity has its own test
+the client; the scheduler's decisions (node.jobs.scheduling) are pure: no
+trio, nothing of membership; node/ has no import cycles.  (protocol/'s purity has its own test
 in tests/protocol.)"""
 
 from __future__ import annotations
@@ -72,6 +73,28 @@ def test_membership_imports_nothing_of_jobs_assets_or_rendering() -> None:
     offenders = _importers_of(("node.jobs", "node.assets", "node.render", "node.renderers",
                                "node.dashboard", "node.cli"), "node.membership")
     assert not offenders, offenders
+
+
+def test_the_schedulers_decisions_import_no_trio_and_nothing_of_membership() -> None:
+    """The leases, the queue index and the policy take the time as an argument and
+    do no I/O: the scheduler carries their decisions out."""
+    pure = {name: path for name, path in MODULES.items() if name.startswith("node.jobs.scheduling")}
+    assert {"node.jobs.scheduling.leases", "node.jobs.scheduling.queue", "node.jobs.scheduling.policy"} <= set(pure)
+    banned = ("trio", "node.membership", "node.nursery", "node.jobs.scheduler", "node.jobs.election",
+              "node.jobs.replication")
+    offenders = {name: bad for name, path in pure.items()
+                 if (bad := {i for i in _top_level_imports(path)
+                             if any(i == b or i.startswith(b + ".") for b in banned)})}
+    assert not offenders, offenders
+    # nor through the node modules they import
+    seen: set[str] = set()
+    todo = list(pure)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(IMPORTS.get(name, ()))
+    assert not {name for name in seen if name.startswith("node.membership")}, seen
 
 
 def test_the_command_line_reaches_the_daemon_only_through_the_client() -> None:

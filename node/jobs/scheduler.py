@@ -5,6 +5,13 @@ job's renderer, in queue order and within the job's machine filter.  It is
 woken by events (a task re-queued, a worker freed, a job started, a machine
 joining), never by polling, so an idle worker gets work as soon as it exists.
 
+The decisions are pure parts of ``node.jobs.scheduling``, each with its own
+rules and costs: the leases and their deadline heap (``leases``), the queue
+index the job book's change listener keeps current (``queue``), and who gets
+which task, with prefetch and the machine rules (``policy``).  This module
+carries them out: it writes the job book, sends Assign and Cancel, keeps
+sessions to the workers and hears their reports.
+
 Assignments are leases: a worker's progress reports renew them; a lease that
 lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
 after ``retries`` attempts that failed in the render the task fails.  An
@@ -14,21 +21,10 @@ the retries in all.  A worker that goes offline (no longer online in the
 farm's membership; with no overlay, its session ends) loses its leases at once.
 Every Assign and Cancel carries the server's term.
 
-Prefetch (queue depth ``DEPTH`` = 2): a worker holds at most one task waiting
-behind the one it renders, so it starts the next task the moment the current
-one ends instead of after a report -> assign round trip.  Idle workers are
-served first, in queue order, exactly as without prefetch; then a worker
-rendering one task gets a second from the first job in queue order it can
-render, only while that job has more queued tasks than machines able to
-render it (the last tasks go to whichever worker frees first, so a waiting
-task never holds up the tail) and never from a job behind one that still has
-queued tasks for it.  A waiting task is an ordinary lease: ASSIGNED in the
-book, renewed by the worker's reports (it reports its waiting task with each
-report of its current one), lapsed, lost with the session, retried and
-cancelled like any other.  A worker that refuses a second task as busy is not
-sent one again until the membership changes; one that refuses its first (it
-holds tasks this server does not count: a former server's, or lapsed here)
-gets nothing until it ends a task or a lease time passes.
+A waiting (prefetched) task is an ordinary lease: ASSIGNED in the book,
+renewed by the worker's reports (it reports its waiting task with each report
+of its current one), lapsed, lost with the session, retried and cancelled
+like any other.
 
 A worker can hold tasks this server does not know of (an earlier term's server
 assigned them, or their leases lapsed while it was cut off or frozen and it
@@ -48,31 +44,25 @@ its "job done" line once: a new server indexes every job, finished ones too,
 and used to log every finished job's end again at each takeover.
 Progress stays in memory: it changes too often to replicate.
 
-Cost: a wake-up costs what changed, not the size of the book.  The scheduler
-keeps, per job it schedules, a heap of its queued tasks and the set of its
-tasks not done, both kept current by the job book's change listener; the
-queue order of those jobs and the roster of workers are cached until a
-position or the membership changes.  Lease deadlines sit in a heap (stale
-entries are skipped when popped); a lease is retired as soon as its task is
-done, and leases are scanned for offline workers only when the membership
-changed.  A job is tested for done/failed only once none of its tasks is open
-(or its head changed).
+Cost: a wake-up costs what changed, not the size of the book (see the
+parts' own notes); the roster of workers is cached until the membership
+changes, and leases are scanned for offline workers only when it changed.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, job_state, renders_on, task_frames, tiling_of
+from node.jobs.operations import Jobs, job_state, tiling_of
+from node.jobs.scheduling.leases import ACTIVE, Key, Lease, Leases
+from node.jobs.scheduling.policy import Policy
+from node.jobs.scheduling.queue import QueueIndex
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
@@ -83,8 +73,6 @@ from protocol.messages import Assign, Cancel, TaskUpdate
 
 log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
-ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
-DEPTH = 2  #: tasks a worker holds at once: the one it renders and one waiting
 UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not offered work
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
@@ -99,21 +87,9 @@ class LocalWorker(Protocol):
         """Stop a task."""
 
 
-@dataclass
-class Lease:
-    """One assignment the server is waiting on."""
-
-    worker: str
-    gen: int
-    attempt: int
-    deadline: float
-    progress: float = 0.0
-    finished: bool = False  #: rendered; the worker is delivering the frames
-    prefetched: bool = False  #: sent while the worker was rendering another task
-
-
 class Scheduler:
-    """Task assignment, leases and retries for the server role."""
+    """Task assignment, leases and retries for the server role: carries out the
+    decisions of ``node.jobs.scheduling``."""
 
     def __init__(self, jobs: Jobs, peers: Peers, election: Election, local: LocalWorker,
                  renderers: dict[str, str], share: bool, retries: int, exclude_after: int,
@@ -127,27 +103,12 @@ class Scheduler:
         self.renderers = renderers
         self.share = share
         self.retries = retries
-        self.exclude_after = exclude_after
         self.lease_time = lease
-        self.leases: dict[tuple[str, int], Lease] = {}
-        self.busy: dict[str, list[tuple[str, int]]] = {}  #: worker -> tasks it holds, oldest first
-        self._no_prefetch: set[str] = set()  #: workers that refused a waiting task
-        #: worker -> until when it gets no task: it refused one as busy while counted free
-        #: (it holds tasks this server does not count), so it is not asked again at once
-        self._full: dict[str, float] = {}
-        self.failures: dict[tuple[str, str], int] = {}
-        self.losses: dict[tuple[str, int], int] = {}  #: task -> attempts lost with their worker
-        self.failed_on: dict[tuple[str, int], set[str]] = {}  #: task -> workers it failed on
-        self.excluded: dict[str, set[str]] = {}
-        self._queued: dict[str, list[int]] = {}  #: scheduled job -> heap of its queued tids
-        self._open: dict[str, set[int]] = {}  #: scheduled job -> its tids not done
-        self._settled: set[str] = set()  #: scheduled jobs to test for done/failed
-        self._order: list[str] | None = None  #: scheduled jobs in queue order (None: stale)
-        self._frames: dict[str, tuple[tuple[Any, Any, str], list[list[int]]]] = {}
-        self._deadlines: list[tuple[float, int, tuple[str, int], Lease]] = []  #: heap
-        self._seq = itertools.count()
+        self.leases = Leases(lease)
+        self.queue = QueueIndex()
+        self.policy = Policy(self.queue, self.leases, exclude_after)
+        self.losses: dict[Key, int] = {}  #: task -> attempts lost with their worker
         self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
-        self._able: dict[str, list[str]] = {}  #: job -> workers that may render it (roster order)
         self._membership = True  #: sessions changed since leases were last checked for it
         #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
         self._outbox: dict[str, deque[Assign | Cancel]] = {}
@@ -171,20 +132,9 @@ class Scheduler:
 
     def _peers_changed(self) -> None:
         self._roster = None
-        self._able.clear()
+        self.policy.membership_changed()
         self._membership = True
-        self._no_prefetch.clear()
         self._wake.set()
-
-    def _hold(self, worker: str, key: tuple[str, int]) -> None:
-        self.busy.setdefault(worker, []).append(key)
-
-    def _release(self, worker: str, key: tuple[str, int]) -> None:
-        held = self.busy.get(worker)
-        if held is not None and key in held:
-            held.remove(key)
-            if not held:
-                del self.busy[worker]
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
         if not self._active:
@@ -192,42 +142,17 @@ class Scheduler:
         uuid = doc.uuid
         if doc.deleted is None and self.book.get(uuid) is None:
             return  # not a job yet: changes that overtook its creation
-        indexed = False
-        if doc.deleted is not None or delta.fields or delta.gen:
-            if doc.deleted is not None or doc.value("state") in ("stopped", "created"):
-                self._drop_job(uuid, "job stopped" if doc.deleted is None else "job deleted")
-            elif delta.gen or uuid not in self._queued:
-                self._index_job(doc)
-                indexed = True
-            if "position" in delta.fields:
-                self._order = None
-            self._able.pop(uuid, None)
-            if uuid in self._queued:
-                self._settled.add(uuid)
-        if delta.tasks:
-            self._on_tasks(doc, delta.tasks, indexed)
-        self._wake.set()
-
-    def _on_tasks(self, doc: JobDoc, tids: dict[int, TaskState], indexed: bool) -> None:
-        uuid = doc.uuid
-        heap = None if indexed else self._queued.get(uuid)
-        open_tids = self._open.get(uuid, set())
-        n = len(self._task_frames(doc)) if heap is not None else 0
-        for tid in tids:
-            state = task_current(doc, tid)
+        change = self.queue.on_change(delta, doc)
+        if change.dropped is not None:
+            self._drop_job(uuid, change.dropped)
+        if change.head:
+            self.policy.job_changed(uuid)
+        for tid, state in change.tasks.items():
             if state.done:
-                lease = self.leases.pop((uuid, tid), None)  # retired: nothing more to wait for
-                if lease is not None:
-                    self._release(lease.worker, (uuid, tid))
-                open_tids.discard(tid)
+                self.leases.retire((uuid, tid))  # nothing more to wait for
             else:
-                if heap is not None and 0 <= tid < n:
-                    open_tids.add(tid)
-                    if state.phase == Phase.QUEUED:
-                        heapq.heappush(heap, tid)
                 self._adopt(uuid, tid, state)
-        if heap is not None and not open_tids:
-            self._settled.add(uuid)
+        self._wake.set()
 
     def _adopt(self, job: str, tid: int, state: TaskState) -> None:
         """Lease a task an earlier term's server assigned, as ``_take_over`` does: a
@@ -237,21 +162,8 @@ class Scheduler:
         without it the task would stay ASSIGNED with nobody waiting on it."""
         key = (job, tid)
         if (state.phase in ACTIVE and state.worker and state.term < self.election.term
-                and key not in self.leases and job in self._queued):
-            self._add_lease(key, Lease(state.worker, state.gen, state.attempt,
-                                       time.monotonic() + self.lease_time,
-                                       finished=state.phase == Phase.DELIVERING))
-            if state.phase != Phase.DELIVERING:
-                self._hold(state.worker, key)
-
-    def _task_frames(self, doc: JobDoc) -> list[list[int]]:
-        """``task_frames(doc)``, parsed once per job and frame spec."""
-        spec = (doc.value("frames", "1"), doc.value("chunk", 1), str(doc.value("tiling")))
-        hit = self._frames.get(doc.uuid)
-        if hit is None or hit[0] != spec:
-            hit = (spec, task_frames(doc))
-            self._frames[doc.uuid] = hit
-        return hit[1]
+                and key not in self.leases and job in self.queue):
+            self.leases.adopt(key, state, time.monotonic())
 
     def _tiles(self, doc: JobDoc, tid: int) -> dict[str, Any]:
         """The Assign fields of a tiled job's task: its tiles' regions, the frame size
@@ -263,70 +175,40 @@ class Scheduler:
         return {"tiles": [[t, *tiling.region(t)] for t in tiles], "size": [tiling.width, tiling.height],
                 "overscan": tiling.overscan}
 
-    def _index_job(self, doc: JobDoc) -> None:
-        heap: list[int] = []  # ascending tids: already a heap
-        open_tids: set[int] = set()
-        for tid in range(len(self._task_frames(doc))):
-            s = task_current(doc, tid)
-            if not s.done:
-                open_tids.add(tid)
-                if s.phase == Phase.QUEUED:
-                    heap.append(tid)
-        self._queued[doc.uuid] = heap
-        self._open[doc.uuid] = open_tids
-        self._settled.add(doc.uuid)
-        self._order = None
-
     def _unschedule(self, job: str) -> None:
-        self._able.pop(job, None)
-        self._queued.pop(job, None)
-        self._open.pop(job, None)
-        self._frames.pop(job, None)
-        self._settled.discard(job)
-        self._order = None
+        self.queue.unschedule(job)
+        self._forget(job)
+
+    def _forget(self, job: str) -> None:
+        """Drop what the scheduler kept of ``job``'s tasks (the queue index dropped it)."""
+        self.policy.forget(job)
         for key in [k for k in self.losses if k[0] == job]:
             del self.losses[key]
-        for key in [k for k in self.failed_on if k[0] == job]:
-            del self.failed_on[key]
 
     def _reset(self) -> None:
-        self._able.clear()
-        self._queued.clear()
-        self._open.clear()
-        self._frames.clear()
-        self._settled.clear()
-        self._order = None
+        self.queue.clear()
         self.leases.clear()
-        self.busy.clear()
-        self._no_prefetch.clear()
-        self._full.clear()
-        self._deadlines.clear()
+        self.policy.reset()
         self._membership = True
-
-    def _add_lease(self, key: tuple[str, int], lease: Lease) -> None:
-        self.leases[key] = lease
-        heapq.heappush(self._deadlines, (lease.deadline, next(self._seq), key, lease))
 
     def _take_over(self) -> None:
         """Become the scheduler: rebuild queues and leases from the job book."""
         now = time.monotonic()
         self._reset()
         for doc in self.book.live():
-            self._index_job(doc)
-            for tid in self._open[doc.uuid]:
+            self.queue.index(doc)
+            for tid in self.queue.open(doc.uuid):
                 s = task_current(doc, tid)
                 if s.phase in ACTIVE and s.worker:
-                    self._add_lease((doc.uuid, tid), Lease(s.worker, s.gen, s.attempt, now + self.lease_time,
-                                                           finished=s.phase == Phase.DELIVERING))
-                    if s.phase != Phase.DELIVERING:
-                        self._hold(s.worker, (doc.uuid, tid))
-        log.info("scheduler active: %d jobs, %d leases carried over", len(self._queued), len(self.leases))
+                    self.leases.adopt((doc.uuid, tid), s, now)
+        log.info("scheduler active: %d jobs, %d leases carried over", len(self.queue), len(self.leases))
 
     def _drop_job(self, job: str, reason: str) -> None:
-        self._unschedule(job)
-        for key in [k for k in self.leases if k[0] == job]:
+        """``job`` stopped or was deleted (the queue index dropped it): end its leases,
+        queue their tasks again and cancel them."""
+        self._forget(job)
+        for key in self.leases.of_job(job):
             lease = self.leases.pop(key)
-            self._release(lease.worker, key)
             doc = self.book.docs.get(job)
             if doc is not None and doc.deleted is None and not lease.finished:
                 cur = task_current(doc, key[1])
@@ -368,9 +250,6 @@ class Scheduler:
             self.peers.hold(uuid, "worker")
         self._held = wanted
 
-    def _allowed(self, doc: JobDoc, worker: str, names: dict[str, str]) -> bool:
-        return renders_on(doc, worker, names.get(worker, "")) and worker not in self.excluded.get(doc.uuid, ())
-
     def _names(self) -> dict[str, str]:
         names = {self.me: self.peers.prefs.name}
         overlay = self.peers.overlay
@@ -384,77 +263,31 @@ class Scheduler:
                 names[uuid] = session.hello.name
         return names
 
-    def _queue_order(self) -> list[str]:
-        """The scheduled jobs in queue order (``Jobs.queue``'s order)."""
-        if self._order is None:
-            docs = self.book.docs
-            self._order = sorted(self._queued, key=lambda u: (str(docs[u].value("position", "")), u))
-        return self._order
+    def _scheduled(self) -> list[JobDoc]:
+        """The scheduled jobs' documents, in queue order."""
+        docs = []
+        for uuid in self.queue.order(self.book.docs):
+            doc = self.book.get(uuid)
+            if doc is not None:
+                docs.append(doc)
+        return docs
 
     def assign_all(self) -> None:
         """Hand queued tasks to idle workers in queue order, then a waiting task
-        to workers rendering one (see Prefetch above)."""
+        to workers rendering one (the policy decides; see node.jobs.scheduling.policy)."""
         if self._roster is None:
             self._roster = (self.workers(), self._names())
             self._hold_workers(self._roster[0])
         workers, names = self._roster
-        busy = self.busy
-        now = time.monotonic()
-        resting = {w for w, until in self._full.items() if until > now}
-        idle = sum(1 for w in workers if w not in busy and w not in resting)
-        jobs: list[tuple[JobDoc, list[str]]] = []
-        for uuid in self._queue_order():
+        plan = self.policy.plan(time.monotonic(), workers, names, self._scheduled())
+        for uuid, none in plan.nomachine.items():
             doc = self.book.get(uuid)
-            if doc is None or doc.value("state") not in ("queued",) or uuid not in self._queued:
-                continue
-            able = self._able.get(uuid)
-            if able is None:
-                renderer = str(doc.value("renderer"))
-                able = [w for w, r in workers.items() if renderer in r and self._allowed(doc, w, names)]
-                self._able[uuid] = able
-            self._mark_nomachine(doc, not able)
-            jobs.append((doc, able))
-            if idle:
-                idle -= self._hand_out(doc, [w for w in able if w not in busy and w not in resting],
-                                       keep=0, able=able)
-        blocked: set[str] = set()  # workers a job ahead still has queued tasks for
-        for doc, able in jobs:
-            if not self._queued.get(doc.uuid):
-                continue
-            if len(self._queued[doc.uuid]) > len(able):
-                self._hand_out(doc, [w for w in able if len(busy.get(w, ())) == DEPTH - 1
-                                     and w not in resting and w not in blocked and w not in self._no_prefetch], keep=len(able),
-                               able=able)
-            if self._queued.get(doc.uuid):  # queued tasks left: later jobs may not overtake them
-                blocked.update(able)
-
-    def _hand_out(self, doc: JobDoc, candidates: list[str], keep: int, able: list[str]) -> int:
-        """Assign ``doc``'s queued tasks, lowest first, to ``candidates`` while more
-        than ``keep`` are queued (keep > 0: waiting tasks); the count.  A task that
-        failed on a machine goes to another able machine that has not failed it
-        when there is one, so one bad machine cannot use up a task's retries."""
-        heap = self._queued[doc.uuid]
-        free = list(candidates)
-        deferred: list[int] = []
-        given = 0
-        while len(heap) > keep and free:
-            tid = heapq.heappop(heap)
-            state = task_current(doc, tid)
-            if state.done or state.phase != Phase.QUEUED or (doc.uuid, tid) in self.leases:
-                continue
-            failed = self.failed_on.get((doc.uuid, tid), set())
-            worker = next((w for w in free if w not in failed), None)
-            if worker is None:
-                if any(w not in failed for w in able):
-                    deferred.append(tid)  # wait for a machine that has not failed it
-                    continue
-                worker = free[0]
-            free.remove(worker)
-            self._assign(doc, tid, state, worker, prefetch=keep > 0)
-            given += 1
-        for tid in deferred:
-            heapq.heappush(heap, tid)
-        return given
+            if doc is not None:
+                self._mark_nomachine(doc, none)
+        for a in plan.assignments:
+            doc = self.book.get(a.job)
+            if doc is not None:
+                self._assign(doc, a.tid, task_current(doc, a.tid), a.worker, prefetch=a.prefetch)
 
     def _mark_nomachine(self, doc: JobDoc, none: bool) -> None:
         nomachine = int(RenderResult.RENDERRESULT_NOMACHINE)
@@ -474,11 +307,9 @@ class Scheduler:
                           lease_until=time.time() + self.lease_time, term=term, failures=cur.failures,
                           runs=tuple(sorted({*cur.runs, (term, cur.attempt)})))
         self.jobs.set_task(doc, tid, state)
-        self._add_lease((doc.uuid, tid), Lease(worker, doc.gen, cur.attempt, time.monotonic() + self.lease_time,
-                                               prefetched=prefetch))
-        self._hold(worker, (doc.uuid, tid))
+        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, time.monotonic(), prefetched=prefetch)
         self.assigned_count += 1
-        msg = Assign(job=doc.uuid, task=tid, frames=self._task_frames(doc)[tid], gen=doc.gen,
+        msg = Assign(job=doc.uuid, task=tid, frames=self.queue.frames(doc)[tid], gen=doc.gen,
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
                      scene=str(doc.value("scene")), origin=str(doc.value("origin")),
                      scene_sha256=str(doc.value("scene_sha256", "")), rdata=dict(doc.value("rdata") or {}),
@@ -520,7 +351,7 @@ class Scheduler:
         except (SessionLost, ProtocolError) as exc:
             self._unreachable[worker] = time.monotonic()
             self._roster = None
-            self._able.clear()
+            self.policy.roster_changed()
             self._lost_worker(worker, f"cannot reach worker: {exc}")
 
     # -- reports ----------------------------------------------------------------------
@@ -539,38 +370,34 @@ class Scheduler:
         if not self._active:
             return
         key = (msg.job, msg.task)
-        if (msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE
-                and self._full.pop(worker, None) is not None):
+        if msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE and self.policy.freed(worker):
             self._wake.set()  # a worker that refused as busy ended one of its tasks: it has room
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
-        lease.deadline = time.monotonic() + self.lease_time
+        self.leases.renew(lease, time.monotonic())
         lease.progress = msg.progress
         if not msg.finished:
             return
-        self._release(worker, key)
+        self.leases.release(worker, key)
         doc = self.book.get(msg.job)
         if msg.result == RenderResult.RENDERRESULT_OK:
             lease.finished = True
             if doc is None or task_current(doc, msg.task).done:
-                self.leases.pop(key, None)
+                self.leases.retire(key)
         elif msg.result == RenderResult.RENDERRESULT_USERBREAK:
             # a task this server cancelled has no lease any more: the worker stopped
             # it on its own (shutting down), so it goes back to the queue
             self._lapse(key, f"the worker gave it up ({msg.error or 'user break'})")
         elif msg.result == RenderResult.RENDERRESULT_NOMACHINE:  # refused: busy or no renderer
-            self.leases.pop(key, None)
-            if lease.prefetched:
-                self._no_prefetch.add(worker)
-            else:  # it was counted free: it holds tasks this server does not know of
-                self._full[worker] = time.monotonic() + self.lease_time
+            self.leases.retire(key)
+            self.policy.refused(worker, lease.prefetched, time.monotonic())
             if doc is not None:
                 cur = task_current(doc, msg.task)
                 if not cur.done:
                     self._requeue(doc, msg.task, cur, msg.error, count=False)
         else:
-            self.leases.pop(key, None)
+            self.leases.retire(key)
             if doc is not None:
                 self._failed(doc, msg, worker)
         self.assign_all()  # the freed worker's next task leaves now, not one scheduler pass later
@@ -580,13 +407,9 @@ class Scheduler:
         name = RenderResult(msg.result).name if msg.result in RenderResult._value2member_map_ else str(msg.result)
         reason = f"{name}: {msg.error}" if msg.error else name
         self.jobs.add_log(doc, f"task {msg.task} attempt {msg.attempt + 1} failed on {worker}: {reason}")
-        flags = int(doc.value("flags", 0))
-        count = self.failures.get((doc.uuid, worker), 0) + 1
-        self.failures[(doc.uuid, worker)] = count
-        self.failed_on.setdefault((doc.uuid, msg.task), set()).add(worker)
-        if flags & F.NETRENDERFLAGS_EXCLUDECLIENTONRENDERINGERROR and count >= self.exclude_after:
-            self.excluded.setdefault(doc.uuid, set()).add(worker)
-            self._able.pop(doc.uuid, None)
+        exclude = bool(int(doc.value("flags", 0)) & F.NETRENDERFLAGS_EXCLUDECLIENTONRENDERINGERROR)
+        count, excluded = self.policy.failed(doc.uuid, msg.task, worker, exclude)
+        if excluded:
             self.jobs.add_log(doc, f"machine {worker} excluded from this job after {count} failures")
         self._requeue(doc, msg.task, task_current(doc, msg.task), reason)
 
@@ -615,14 +438,16 @@ class Scheduler:
         self.jobs.set_task(doc, tid, state)
 
     def _lost_worker(self, worker: str, reason: str) -> None:
-        self._full.pop(worker, None)
-        for key in [k for k, lease in self.leases.items() if lease.worker == worker]:
+        self.policy.freed(worker)
+        for key in self.leases.of_worker(worker):
             self._lapse(key, reason)
-        self.busy.pop(worker, None)
+        self.leases.free(worker)
 
-    def _lapse(self, key: tuple[str, int], reason: str) -> None:
-        lease = self.leases.pop(key)
-        self._release(lease.worker, key)
+    def _lapse(self, key: Key, reason: str) -> None:
+        self._lapsed(key, self.leases.pop(key), reason)
+
+    def _lapsed(self, key: Key, lease: Lease, reason: str) -> None:
+        """``key``'s lease ended unfulfilled: queue the task again, unless it moved on."""
         doc = self.book.get(key[0])
         if doc is None:
             return
@@ -639,27 +464,20 @@ class Scheduler:
         if self._membership:
             self._membership = False
             online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
-            for key, lease in list(self.leases.items()):
-                if lease.worker not in online and self.leases.get(key) is lease:
-                    self._lapse(key, "worker went offline")
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, key, lease = heapq.heappop(heap)
-            if self.leases.get(key) is not lease or lease.finished:
-                continue  # renewed into a new lease, retired, or waiting on delivery only
-            if lease.deadline > now:  # renewed by a progress report
-                heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
-                continue
-            self._lapse(key, f"no progress report for {self.lease_time:.0f} s")
+            for key in self.leases.off(online):
+                self._lapse(key, "worker went offline")
+        for key, lease in self.leases.due(now):
+            self._lapsed(key, lease, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
-        rest = min((until for until in self._full.values() if until > now), default=now + 3600.0)
-        return min(3600.0, rest - now, heap[0][0] - now if heap else 3600.0)
+        rest = self.policy.resting_until(now)
+        deadline = self.leases.next_deadline()
+        return min(3600.0, (now + 3600.0 if rest is None else rest) - now,
+                   deadline - now if deadline is not None else 3600.0)
 
     def _finish_jobs(self) -> None:
-        while self._settled:
-            uuid = self._settled.pop()
+        for uuid in self.queue.finished():
             doc = self.book.get(uuid)
-            if doc is None or uuid not in self._queued or self._open.get(uuid):
+            if doc is None:
                 continue
             state = job_state(doc)
             if state in ("done", "failed"):
@@ -696,7 +514,7 @@ class Scheduler:
 
     def status(self) -> dict[str, Any]:
         """What the scheduler is doing, for ``rendernode status``."""
-        return {"active": self._active, "leases": len(self.leases), "busy": len(self.busy),
+        return {"active": self._active, "leases": len(self.leases), "busy": len(self.leases.busy),
                 "assigned": self.assigned_count}
 
     def progress(self, job: str) -> dict[int, float]:

@@ -31,7 +31,8 @@ from render_harness import (
 )
 
 from node import renderers
-from node.jobs.scheduler import DEPTH, LOST_LIMIT
+from node.jobs.scheduler import LOST_LIMIT
+from node.jobs.scheduling.policy import DEPTH
 from node.render.worker import Running
 from protocol.crdt import task_current
 from protocol.enums import RenderResult
@@ -256,7 +257,7 @@ async def test_a_worker_busy_with_tasks_the_server_never_assigned_is_not_sent_ta
         await trio.sleep(1.0)
         row = tasks(server, uuid)[0]
         assert row["state"] == "queued" and row["attempts"] <= 1, f"{row['state']}, attempts {row['attempts']}"
-        assert worker.uuid in server.node.scheduler._full
+        assert worker.uuid in server.node.scheduler.policy.rest
         # its tasks end (it reports them, as it does any task, to the current server)
         worker.node.worker.current = worker.node.worker.waiting = None
         for running in held:

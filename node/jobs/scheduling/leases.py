@@ -1,0 +1,157 @@
+"""Leases: the assignments the server is waiting on, their deadlines, and the
+tasks each worker holds.
+
+A lease lapses when its deadline passes with no progress report (a report
+renews it); the caller re-queues the task.  Deadlines sit in a heap: a renewed
+lease keeps its old entry, which is pushed back with the new deadline when it
+comes up, and entries of leases retired or replaced are skipped when popped,
+so a renewal costs nothing and a check costs the entries that came due.  A
+lease is retired as soon as its task is done.
+
+A worker holds the leased tasks it has not finished rendering (``busy``,
+oldest first): the one it renders and, with prefetch, one waiting behind it.
+A finished lease (the worker delivers the frames) holds no slot and does not
+lapse: it waits for the task to be done.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import ItemsView, Iterator, Mapping
+from dataclasses import dataclass
+
+from protocol.crdt import Phase, TaskState
+
+Key = tuple[str, int]  #: (job, task id)
+ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
+
+
+@dataclass
+class Lease:
+    """One assignment the server is waiting on."""
+
+    worker: str
+    gen: int
+    attempt: int
+    deadline: float
+    progress: float = 0.0
+    finished: bool = False  #: rendered; the worker is delivering the frames
+    prefetched: bool = False  #: sent while the worker was rendering another task
+
+
+class Leases(Mapping[Key, Lease]):
+    """The leases by task, with their deadline heap and each worker's held tasks.
+
+    ``length`` is a lease's time in seconds: from its grant or its last renewal
+    to its deadline."""
+
+    def __init__(self, length: float) -> None:
+        self.length = length
+        self._by_task: dict[Key, Lease] = {}
+        self.busy: dict[str, list[Key]] = {}  #: worker -> tasks it holds, oldest first
+        self._deadlines: list[tuple[float, int, Key, Lease]] = []  #: heap
+        self._seq = itertools.count()
+
+    def __getitem__(self, key: Key) -> Lease:
+        return self._by_task[key]
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._by_task)
+
+    def __len__(self) -> int:
+        return len(self._by_task)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_task
+
+    def get(self, key: Key, default: Lease | None = None) -> Lease | None:  # type: ignore[override]
+        return self._by_task.get(key, default)
+
+    def items(self) -> ItemsView[Key, Lease]:
+        return self._by_task.items()
+
+    def grant(self, key: Key, worker: str, gen: int, attempt: int, now: float, *,
+              finished: bool = False, prefetched: bool = False) -> Lease:
+        """Lease ``key`` to ``worker`` until ``now`` + the lease time; an unfinished
+        lease holds a slot of the worker's."""
+        lease = Lease(worker, gen, attempt, now + self.length, finished=finished, prefetched=prefetched)
+        self._by_task[key] = lease
+        heapq.heappush(self._deadlines, (lease.deadline, next(self._seq), key, lease))
+        if not finished:
+            self.busy.setdefault(worker, []).append(key)
+        return lease
+
+    def adopt(self, key: Key, state: TaskState, now: float) -> Lease:
+        """Lease a task as its state in the book says another server (an earlier
+        term's) assigned it: finished while its worker delivers it."""
+        return self.grant(key, state.worker, state.gen, state.attempt, now,
+                          finished=state.phase == Phase.DELIVERING)
+
+    def renew(self, lease: Lease, now: float) -> None:
+        """A progress report: the lease runs a lease time from ``now``."""
+        lease.deadline = now + self.length
+
+    def release(self, worker: str, key: Key) -> None:
+        """``worker`` no longer holds ``key`` (it ended rendering it)."""
+        held = self.busy.get(worker)
+        if held is not None and key in held:
+            held.remove(key)
+            if not held:
+                del self.busy[worker]
+
+    def pop(self, key: Key) -> Lease:
+        """End ``key``'s lease (KeyError if it has none) and free its slot."""
+        lease = self._by_task.pop(key)
+        self.release(lease.worker, key)
+        return lease
+
+    def retire(self, key: Key) -> Lease | None:
+        """End ``key``'s lease if it has one, and free its slot."""
+        lease = self._by_task.get(key)
+        return None if lease is None else self.pop(key)
+
+    def free(self, worker: str) -> None:
+        """Forget the tasks ``worker`` holds (it is gone)."""
+        self.busy.pop(worker, None)
+
+    def clear(self) -> None:
+        """No leases (the node is no longer the server, or takes over afresh)."""
+        self._by_task.clear()
+        self.busy.clear()
+        self._deadlines.clear()
+
+    def of_job(self, job: str) -> list[Key]:
+        """The leased tasks of ``job``."""
+        return [k for k in self._by_task if k[0] == job]
+
+    def of_worker(self, worker: str) -> list[Key]:
+        """The tasks leased to ``worker``."""
+        return [k for k, lease in self._by_task.items() if lease.worker == worker]
+
+    def off(self, online: set[str]) -> Iterator[Key]:
+        """Leases of workers not in ``online``: each is checked when its turn comes
+        (after the caller ended the ones before, which may have retired it)."""
+        for key, lease in list(self._by_task.items()):
+            if lease.worker not in online and self._by_task.get(key) is lease:
+                yield key
+
+    def due(self, now: float) -> Iterator[tuple[Key, Lease]]:
+        """Take out the leases whose deadline passed by ``now``, soonest first; each
+        comes out when its turn comes (the caller may lapse the ones before).
+        Entries of leases renewed since go back with their new deadline; those of
+        leases retired or replaced, and of finished ones, are dropped."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, key, lease = heapq.heappop(heap)
+            if self._by_task.get(key) is not lease or lease.finished:
+                continue  # renewed into a new lease, retired, or waiting on delivery only
+            if lease.deadline > now:  # renewed by a progress report
+                heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
+                continue
+            yield key, self.pop(key)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline in the heap (perhaps a stale entry's: the check
+        then finds nothing and looks again), or None."""
+        return self._deadlines[0][0] if self._deadlines else None

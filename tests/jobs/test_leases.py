@@ -1,0 +1,116 @@
+"""The leases (node.jobs.scheduling.leases) on their own, with the time passed
+in: deadlines come due in order, a renewal postpones one, a task leased again
+lapses on its new lease's deadline only, finished leases wait on delivery,
+and a worker holds the unfinished tasks leased to it, oldest first."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.jobs.scheduling.leases import Leases
+from protocol.crdt import Phase, TaskState
+
+LENGTH = 30.0
+T0 = 1_000.0
+
+
+def due(leases: Leases, now: float) -> list[tuple[str, int]]:
+    return [key for key, _ in leases.due(now)]
+
+
+def test_a_grant_runs_a_lease_time_and_holds_a_slot_of_the_worker() -> None:
+    leases = Leases(LENGTH)
+    lease = leases.grant(("j", 0), "w1", gen=2, attempt=1, now=T0)
+    assert (lease.worker, lease.gen, lease.attempt, lease.deadline) == ("w1", 2, 1, T0 + LENGTH)
+    assert ("j", 0) in leases and leases[("j", 0)] is lease and list(leases) == [("j", 0)] and len(leases) == 1
+    assert leases.busy == {"w1": [("j", 0)]}
+    assert leases.next_deadline() == T0 + LENGTH
+
+
+def test_leases_come_due_in_deadline_order_and_only_once_past() -> None:
+    leases = Leases(LENGTH)
+    leases.grant(("j", 2), "w1", 0, 0, now=T0 + 2)
+    leases.grant(("j", 0), "w2", 0, 0, now=T0)
+    leases.grant(("j", 1), "w3", 0, 0, now=T0 + 1)
+    assert due(leases, T0 + LENGTH - 0.5) == []
+    assert due(leases, T0 + LENGTH + 1) == [("j", 0), ("j", 1)]
+    assert set(leases) == {("j", 2)}  # the lapsed ones are taken out, their slots freed
+    assert leases.busy == {"w1": [("j", 2)]}
+    assert leases.next_deadline() == T0 + 2 + LENGTH
+    assert due(leases, T0 + 100) == [("j", 2)]
+    assert len(leases) == 0 and leases.busy == {} and leases.next_deadline() is None
+
+
+def test_a_renewed_lease_comes_due_at_its_new_deadline_not_the_old_one() -> None:
+    leases = Leases(LENGTH)
+    lease = leases.grant(("j", 0), "w1", 0, 0, now=T0)
+    leases.renew(lease, now=T0 + 20)
+    assert due(leases, T0 + LENGTH + 1) == []
+    assert ("j", 0) in leases
+    assert leases.next_deadline() == T0 + 20 + LENGTH  # its entry went back with the new deadline
+    assert due(leases, T0 + 20 + LENGTH) == [("j", 0)]
+
+
+def test_a_task_leased_again_lapses_on_its_new_lease_only() -> None:
+    leases = Leases(LENGTH)
+    leases.grant(("j", 0), "w1", 0, 0, now=T0)
+    assert leases.retire(("j", 0)) is not None  # the worker failed it; it is queued again
+    again = leases.grant(("j", 0), "w2", 0, 1, now=T0 + 10)
+    assert [(k, lease.worker) for k, lease in leases.due(T0 + LENGTH + 1)] == []  # the old entry is stale
+    assert leases.busy == {"w2": [("j", 0)]}
+    assert [(k, lease) for k, lease in leases.due(T0 + 10 + LENGTH)] == [(("j", 0), again)]
+
+
+def test_a_finished_lease_holds_no_slot_and_does_not_lapse() -> None:
+    leases = Leases(LENGTH)
+    lease = leases.grant(("j", 0), "w1", 0, 0, now=T0)
+    leases.release("w1", ("j", 0))  # it reported the render finished
+    lease.finished = True
+    assert leases.busy == {}
+    assert due(leases, T0 + 10 * LENGTH) == []
+    assert leases.get(("j", 0)) is lease  # waiting for the task to be done
+    assert leases.retire(("j", 0)) is lease and leases.retire(("j", 0)) is None
+
+
+def test_adopting_a_state_another_server_assigned() -> None:
+    leases = Leases(LENGTH)
+    rendering = TaskState(gen=1, attempt=3, phase=Phase.RENDERING, worker="w1")
+    delivering = TaskState(gen=1, attempt=0, phase=Phase.DELIVERING, worker="w2")
+    a = leases.adopt(("j", 0), rendering, now=T0)
+    b = leases.adopt(("j", 1), delivering, now=T0)
+    assert (a.worker, a.gen, a.attempt, a.finished, a.deadline) == ("w1", 1, 3, False, T0 + LENGTH)
+    assert (b.worker, b.finished) == ("w2", True)
+    assert leases.busy == {"w1": [("j", 0)]}  # the delivering worker holds no render slot
+    assert due(leases, T0 + LENGTH) == [("j", 0)]
+
+
+def test_a_worker_holds_its_tasks_oldest_first_and_frees_them_as_they_end() -> None:
+    leases = Leases(LENGTH)
+    leases.grant(("a", 0), "w1", 0, 0, now=T0)
+    leases.grant(("b", 5), "w1", 0, 0, now=T0 + 1, prefetched=True)
+    leases.grant(("a", 1), "w2", 0, 0, now=T0)
+    assert leases.busy["w1"] == [("a", 0), ("b", 5)]
+    assert leases[("b", 5)].prefetched and not leases[("a", 0)].prefetched
+    assert leases.of_worker("w1") == [("a", 0), ("b", 5)] and leases.of_job("a") == [("a", 0), ("a", 1)]
+    assert leases.pop(("a", 0)).worker == "w1"
+    assert leases.busy["w1"] == [("b", 5)]
+    with pytest.raises(KeyError):
+        leases.pop(("a", 0))
+    leases.free("w1")  # the worker is gone: its slots with it
+    assert leases.busy == {"w2": [("a", 1)]}
+    leases.clear()
+    assert len(leases) == 0 and leases.busy == {} and leases.next_deadline() is None
+
+
+def test_leases_of_offline_workers_are_checked_one_at_a_time() -> None:
+    leases = Leases(LENGTH)
+    for tid, worker in enumerate(["gone", "here", "gone", "gone"]):
+        leases.grant(("j", tid), worker, 0, 0, now=T0)
+    out = []
+    for key in leases.off({"here"}):
+        out.append(key)
+        leases.pop(key)
+        if key == ("j", 0):
+            leases.pop(("j", 2))  # ending the first ended another (its task was done)
+    assert out == [("j", 0), ("j", 3)]
+    assert list(leases) == [("j", 1)]
