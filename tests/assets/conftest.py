@@ -1,28 +1,22 @@
 """Fixtures for the asset tests: isolation from the host's config file, short
 directories in memory for Unix sockets and stores, a fresh farm token per test.
 
-The in-process farms come from ``tests/jobs/jobs_harness.py`` (nodes on
-loopback that find each other by static addresses only), put on sys.path here.
+The in-process farms come from ``tests/harness/jobs.py`` (nodes on loopback
+that find each other by static addresses only).
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "jobs"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))
-
-from jobs_harness import FAST_TMP  # noqa: E402
-
-from node import config  # noqa: E402
+from node import config
+from tests.harness.jobs import FAST_TMP
 
 
 @pytest.fixture(autouse=True)

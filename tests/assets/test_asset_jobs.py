@@ -23,7 +23,11 @@ from typing import Any
 
 import pytest
 import trio
-from assets_harness import (
+
+from node.assets.jobassets import collect
+from node.assets.store import ChunkStore
+from protocol.enums import CreateJobResult
+from tests.harness.assets import (
     MiB,
     chunk_files,
     doc_on,
@@ -38,11 +42,7 @@ from assets_harness import (
     until,
     until_async,
 )
-from jobs_harness import Farm, Member, agreed_server, connected
-
-from node.assets.jobassets import collect
-from node.assets.store import ChunkStore
-from protocol.enums import CreateJobResult
+from tests.harness.jobs import Farm, Member, agreed_server, connected
 
 ROOT = Path(__file__).resolve().parents[2]
 BLENDER = shutil.which("blender")

@@ -9,11 +9,11 @@ import hashlib
 from pathlib import Path
 
 import trio
-from assets_harness import MiB, random_file, record_requests, slow_serving, until
-from jobs_harness import Farm, Member
 
 from node.assets.store import CorruptChunk
 from protocol.manifest import Manifest
+from tests.harness.assets import MiB, random_file, record_requests, slow_serving, until
+from tests.harness.jobs import Farm, Member
 
 
 async def holding(members: list[Member], files: list[Path], root: Path) -> Manifest:

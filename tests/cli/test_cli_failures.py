@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_harness import rn
-from jobs_harness import Farm
-from render_harness import RenderFarm, small_scene, wait_state
 
 from node.client import Client, SubmitRefused, UnderReplicated
 from node.render import results as results_mod
 from node.service.runas import RunAs
+from tests.harness.cli import rn
+from tests.harness.jobs import Farm
+from tests.harness.render import RenderFarm, small_scene, wait_state
 
 
 def textured_scene(path: Path, texture: str) -> Path:

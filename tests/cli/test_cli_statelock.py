@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from render_harness import ROOT
-
 from node.client import Client
+from tests.harness.render import ROOT
 
 
 def _daemon(state: Path, sock: Path, log: Path, token: bytes) -> subprocess.Popen[bytes]:

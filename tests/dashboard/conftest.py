@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# tests/jobs and tests/render hold the in-process farms these tests build on;
-# appended, so they never shadow anything on the path already.
-for _sub in ("jobs", "render"):
-    _path = str(Path(__file__).resolve().parents[1] / _sub)
-    if _path not in sys.path:
-        sys.path.append(_path)
-
-from jobs_harness import FAST_TMP  # noqa: E402
-from render_harness import kill_leftovers  # noqa: E402
-
-from node import config  # noqa: E402
+from node import config
+from tests.harness.jobs import FAST_TMP
+from tests.harness.render import kill_leftovers
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import trio
-from dashboard_harness import Browser, EventReader
-from jobs_harness import Farm, Member, me, spec, wait_until
 
 from node.client import Client, RemoteError
 from node.dashboard import sessions as sessions_mod
 from node.errors import PermissionDenied
+from tests.harness.dashboard import Browser, EventReader
+from tests.harness.jobs import Farm, Member, me, spec, wait_until
 
 DASH = {"dashboard": True, "dashboard_listen": "127.0.0.1:0"}
 

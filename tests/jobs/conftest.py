@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jobs_harness import FAST_TMP
 
 from node import config
+from tests.harness.jobs import FAST_TMP
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
-from jobs_harness import Farm, Member, me, spec, wait_until
 
 from node.cli import main as cli_main
 from node.client import Client, RemoteError
 from node.control.server import Caller
 from protocol.crdt import digest
 from protocol.enums import DetailSelector
+from tests.harness.jobs import Farm, Member, me, spec, wait_until
 
 SELECTED = int(DetailSelector.DETAILSELECTOR_SELECTED)
 NONSELECTED = int(DetailSelector.DETAILSELECTOR_NONSELECTED)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from jobs_harness import GRACE, Farm, Member, agreed_server, connected, wait_until
 
 from node.jobs.election import TERM_FILE
+from tests.harness.jobs import GRACE, Farm, Member, agreed_server, connected, wait_until
 
 
 async def test_exactly_one_server_is_elected_and_every_node_agrees(

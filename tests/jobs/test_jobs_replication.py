@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import trio
-from jobs_harness import Farm, Member, agreed_server, book_digests, connected, me, wait_until
 
 from node.daemon import Node
 from node.jobs.election import TERM_FILE
 from node.jobs.operations import job_state
 from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART
 from protocol.crdt import JobDoc
+from tests.harness.jobs import Farm, Member, agreed_server, book_digests, connected, me, wait_until
 
 
 def _converged(members: list[Member]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from netlab import (
+from tests.netlab import (
     BRIDGE,
     CHECKOUT_ROOT,
     Bed,
@@ -296,9 +296,8 @@ def test_killed_supervisor_takes_everything_with_it(bed_factory: Callable[..., B
 
 
 CRASHER = """
-import json, sys, time
-sys.path.insert(0, {tests!r})
-from netlab import Bed
+import json, time
+from tests.netlab import Bed
 bed = Bed(2, base_dir={base!r})
 procs = [h.spawn(["sleep", "60"]) for h in bed.hosts]
 print(json.dumps({{"pids": [bed.supervisor_pid, bed._sup.pid] + [p.pid for p in procs],
@@ -332,11 +331,10 @@ def _ns_in_use(inodes: set[int]) -> list[str]:
 
 def test_sigkilled_owner_leaves_nothing_behind(tmp_path: Path) -> None:
     netns_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    script = CRASHER.format(
-        tests=str(Path(__file__).resolve().parents[1]), base=str(tmp_path / "bed")
-    )
-    owner = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True
+    script = CRASHER.format(base=str(tmp_path / "bed"))
+    owner = subprocess.Popen(  # the checkout root on PYTHONPATH: tests.netlab imports
+        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True,
+        env=python_env(),
     )
     assert owner.stdout is not None
     info = json.loads(owner.stdout.readline())

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
-from node_harness import new_token, unique
 
 from node.cli import main
 from node.client import Client
+from tests.harness.nodes import new_token, unique
 
 pytestmark = pytest.mark.system
 

@@ -1,12 +1,11 @@
 """Fixtures for the render tests: isolation from the host's config file, short
 directories for Unix sockets, a fresh farm token per test, and farms of
-in-process nodes that render (``render_harness``)."""
+in-process nodes that render (``tests.harness.render``)."""
 
 from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,16 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-# tests/jobs holds jobs_harness (the in-process farm these tests build on);
-# appended, so it never shadows anything on the path already.
-_JOBS = str(Path(__file__).resolve().parents[1] / "jobs")
-if _JOBS not in sys.path:
-    sys.path.append(_JOBS)
-
-from jobs_harness import FAST_TMP  # noqa: E402
-from render_harness import RenderFarm, kill_leftovers  # noqa: E402
-
-from node import config  # noqa: E402
+from node import config
+from tests.harness.jobs import FAST_TMP
+from tests.harness.render import RenderFarm, kill_leftovers
 
 
 @pytest.fixture(autouse=True)

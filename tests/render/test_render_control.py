@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import (
+
+from node.jobs import replication
+from protocol.crdt import digest
+from tests.harness.jobs import Member, wait_until
+from tests.harness.render import (
     SLOW,
     RenderFarm,
     alive,
@@ -25,9 +28,6 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node.jobs import replication
-from protocol.crdt import digest
 
 
 def _quiet(members: list[Member], uuid: str) -> bool:

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import trio
-from jobs_harness import agreed_server, wait_until
-from render_harness import (
+
+from node.membership import peers as peers_module
+from protocol.membership.effects import Config
+from tests.harness.jobs import agreed_server, wait_until
+from tests.harness.render import (
     SLOW,
     SMALL,
     RenderFarm,
@@ -27,9 +30,6 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node.membership import peers as peers_module
-from protocol.membership.effects import Config
 
 
 async def test_a_job_renders_on_several_machines_exactly_as_on_one(

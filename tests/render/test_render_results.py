@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from jobs_harness import wait_until
-from render_harness import (
+
+from tests.harness.jobs import wait_until
+from tests.harness.render import (
     SMALL,
     RenderFarm,
     cli,

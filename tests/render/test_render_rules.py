@@ -14,8 +14,15 @@ from typing import Any
 
 import pytest
 import trio
-from jobs_harness import agreed_server, wait_until
-from render_harness import (
+
+from node import renderers
+from node.jobs.scheduler import DEPTH, LOST_LIMIT
+from node.render.worker import Running
+from protocol.crdt import task_current
+from protocol.enums import RenderResult
+from protocol.messages import Assign, TaskUpdate
+from tests.harness.jobs import agreed_server, wait_until
+from tests.harness.render import (
     EXAMPLES,
     NOMACHINE,
     SMALL,
@@ -29,13 +36,6 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node import renderers
-from node.jobs.scheduler import DEPTH, LOST_LIMIT
-from node.render.worker import Running
-from protocol.crdt import task_current
-from protocol.enums import RenderResult
-from protocol.messages import Assign, TaskUpdate
 
 needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
                                   reason="povray is not installed (Debian: apt-get install povray)")

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from jobs_harness import wait_until
-from render_harness import (
+
+from node.image import read_image
+from node.render.assembly import partial_path
+from tests.harness.jobs import wait_until
+from tests.harness.render import (
     EXAMPLES,
     SLOW,
     SMALL,
@@ -38,10 +41,7 @@ from render_harness import (
     tasks,
     wait_state,
 )
-from test_render_external import make_cube
-
-from node.image import read_image
-from node.render.assembly import partial_path
+from tests.render.test_render_external import make_cube
 
 BLENDER = shutil.which("blender")
 needs_blender = pytest.mark.skipif(BLENDER is None,

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import (
+
+from node.jobs import watch
+from tests.harness.jobs import Member, wait_until
+from tests.harness.render import (
     RenderFarm,
     creator_name,
     frame_files,
@@ -24,8 +26,6 @@ from render_harness import (
     small_scene,
     wait_state,
 )
-
-from node.jobs import watch
 
 
 class Scans:

@@ -18,17 +18,10 @@ from pathlib import Path
 import pytest
 import trio
 
-_HERE = Path(__file__).resolve().parent
-for sub in ("jobs", "render"):  # the in-process farm harnesses; appended, shadowing nothing
-    path = str(_HERE.parent / sub)
-    if path not in sys.path:
-        sys.path.append(path)
-
-from jobs_harness import FAST_TMP  # noqa: E402
-from render_harness import RenderFarm, kill_leftovers  # noqa: E402
-from security_harness import Accounts  # noqa: E402
-
-from node import config  # noqa: E402
+from node import config
+from tests.harness.jobs import FAST_TMP
+from tests.harness.render import RenderFarm, kill_leftovers
+from tests.harness.security import Accounts
 
 
 def _cannot_make_accounts() -> str:

@@ -12,12 +12,12 @@ import threading
 from pathlib import Path
 
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import RenderFarm, small_scene, wait_state
-from security_harness import Accounts, submit_as
-from test_security_renders import home_of, one_node, owned_by, root_secret
 
 from protocol.crdt import Phase, task_current
+from tests.harness.jobs import Member, wait_until
+from tests.harness.render import RenderFarm, small_scene, wait_state
+from tests.harness.security import Accounts, submit_as
+from tests.security.test_security_renders import home_of, one_node, owned_by, root_secret
 
 
 def stored_chunks(node: Member) -> set[str]:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import EXAMPLES, SLOW, RenderFarm, render_pids, small_scene, wait_state
-from security_harness import (
+
+from tests.harness.jobs import Member, wait_until
+from tests.harness.render import EXAMPLES, SLOW, RenderFarm, render_pids, small_scene, wait_state
+from tests.harness.security import (
     Accounts,
     as_user,
     assert_found_nothing,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,6 @@ from pathlib import Path
 import pytest
 
 from node import config
-
-# node_harness (in-process nodes) lives in tests/node; appended, so tests/node
-# never shadows the real node package.
-_NODE_TESTS = str(Path(__file__).resolve().parents[1] / "node")
-if _NODE_TESTS not in sys.path:
-    sys.path.append(_NODE_TESTS)
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from node_harness import call, node_prefs, start_node
 
 from node.service import logs
 from protocol.enums import Output
+from tests.harness.nodes import call, node_prefs, start_node
 
 
 def record(level: int, msg: str, exc: bool = False) -> logging.LogRecord:

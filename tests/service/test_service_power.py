@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from node_harness import call, node_prefs, start_node, wait_until
 
 from node.db import Database
 from node.jobs.book import JobBook
 from node.jobs.operations import Jobs, JobSpec
 from node.membership.machines import Machine
 from node.service import power
+from tests.harness.nodes import call, node_prefs, start_node, wait_until
 
 MAC = "02:aa:bb:cc:dd:ee"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from node_harness import UP, Running, V, start_node, wait_until
 
 from node import config
 from node.cli import main
 from node.service import token as farmtoken
+from tests.harness.nodes import UP, Running, V, start_node, wait_until
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:

@@ -16,13 +16,8 @@ from pathlib import Path
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parents[1]
-if str(_TESTS) not in sys.path:
-    sys.path.append(str(_TESTS))
-
-from netlab import Bed, Host, skip_unless_netns  # noqa: E402
-
-from node.service import power  # noqa: E402
+from node.service import power
+from tests.netlab import Bed, Host, skip_unless_netns
 
 pytestmark = pytest.mark.system
 WAIT = 30.0

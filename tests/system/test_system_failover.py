@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, new_token, poll_until, report
 
 from node.errors import NodeError
+from tests.harness.systemfarm import Farm, new_token, poll_until, report
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 

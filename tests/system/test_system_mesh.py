@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, good, new_token, offline, poll_until, report
+
+from tests.harness.systemfarm import Farm, good, new_token, offline, poll_until, report
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from systemfarm import Farm, new_token, poll_until, report
+
+from tests.harness.systemfarm import Farm, new_token, poll_until, report
 
 pytestmark = pytest.mark.system
 

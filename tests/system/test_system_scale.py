@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, new_token, offline, online, poll_until, report
+
+from tests.harness.systemfarm import Farm, new_token, offline, online, poll_until, report
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 

@@ -1,7 +1,7 @@
 """Helpers the asset tests share: files of random bytes and small scenes, the
 chunk requests a node makes, and waits on what nodes hold.
 
-Farms are ``jobs_harness.Farm``: in-process nodes on loopback with static
+Farms are ``tests.harness.jobs.Farm``: in-process nodes on loopback with static
 peers, driven through their control sockets.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import trio
-from jobs_harness import Member, wait_until
 
 from node.image import write_image
 from node.membership.session import Session
 from protocol.crdt import JobDoc
 from protocol.manifest import Manifest
+from tests.harness.jobs import Member, wait_until
 
 MiB = 1 << 20
 

@@ -1,5 +1,5 @@
 """Helpers the render tests share: in-process farms whose nodes render (built on
-``jobs_harness``), small scenes for the built-in renderer, reference renders
+``tests.harness.jobs``), small scenes for the built-in renderer, reference renders
 made without a farm, and the render processes a job runs on this machine.
 
 Reads of a job's state go straight to a node's job book (cheap enough to poll);
@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from jobs_harness import Farm, Member, agreed_server, connected, wait_until
 
 from node.image import read_image
 from protocol.crdt import JobDoc, task_current
 from protocol.enums import RenderJobCreator, RenderResult
+from tests.harness.jobs import Farm, Member, agreed_server, connected, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -37,7 +37,7 @@ CLI_TIMEOUT = 120.0  #: seconds one ``rendernode`` command may take (``submit --
 
 
 class RenderFarm(Farm):
-    """A ``jobs_harness.Farm`` whose nodes share their cores."""
+    """A ``tests.harness.jobs.Farm`` whose nodes share their cores."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

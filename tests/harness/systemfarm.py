@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from netlab import Bed, Host
-
 from node.client import Client
 from node.errors import NodeError
+from tests.netlab import Bed, Host
 
 __all__ = ["MEASUREMENTS", "POLL", "Farm", "new_token", "online", "poll_until", "report"]
 
