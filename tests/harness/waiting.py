@@ -28,10 +28,11 @@ def _say(detail: Callable[[], object] | None) -> object:
 
 
 async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], within: float, what: str,
-                     detail: Callable[[], object] | None = None) -> float:
-    """Poll ``predicate`` (plain or async) every ``POLL`` s until it holds and
+                     detail: Callable[[], object] | None = None, *, every: float = POLL) -> float:
+    """Poll ``predicate`` (plain or async) every ``every`` s until it holds and
     return the seconds that took.  After ``within`` seconds fail with an
-    AssertionError naming ``what`` and ``detail()``.
+    AssertionError naming ``what`` and ``detail()``.  (A predicate that costs
+    something, a control call or a command run, is looked at less often.)
 
     ``within`` may be ``math.inf`` where an enclosing ``trio.fail_after`` bounds
     several steps at once; if that bound runs out first, ``what`` and
@@ -46,7 +47,7 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], within: fl
                     held = await held
                 if held:
                     return trio.current_time() - start
-                await trio.sleep(POLL)
+                await trio.sleep(every)
         except trio.Cancelled:
             if not bound.cancel_called:
                 print(f"gave up waiting for {what}: {_say(detail)}")

@@ -25,8 +25,8 @@ from tests.harness.nodes import (
     start_node,
     start_nodes,
     unique,
-    wait_until,
 )
+from tests.harness.waiting import wait_until
 
 FIND = 20.0  #: generous bound for mDNS discovery plus handshakes on a busy 2-core box
 

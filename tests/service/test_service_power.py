@@ -24,7 +24,8 @@ from node.jobs.book import JobBook
 from node.jobs.operations import Jobs, JobSpec
 from node.membership.machines import Machine
 from node.service import power
-from tests.harness.nodes import call, node_prefs, start_node, wait_until
+from tests.harness.nodes import call, node_prefs, start_node
+from tests.harness.waiting import wait_until
 
 MAC = "02:aa:bb:cc:dd:ee"
 

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from node import config
 from node.cli import main
 from node.service import token as farmtoken
-from tests.harness.nodes import UP, Running, V, start_node, wait_until
+from tests.harness.nodes import UP, Running, V, start_node
+from tests.harness.waiting import wait_until
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:
