@@ -52,7 +52,8 @@ from node.db import FILENAME  # noqa: E402
 from node.errors import NodeError  # noqa: E402
 from node.jobs.book import decode_task_blob  # noqa: E402
 from protocol.crdt import Phase  # noqa: E402
-from tests.harness.systemfarm import Farm, new_token, poll_until  # noqa: E402
+from tests.harness.systemfarm import Farm, new_token  # noqa: E402
+from tests.harness.waiting import poll_until  # noqa: E402
 from tests.netlab import Bed, Host, netns_unavailable_reason  # noqa: E402
 
 EXIT_SKIPPED = 77

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 from node.client import Client
-from tests.harness.systemfarm import Farm, new_token, poll_until, report
+from tests.harness.systemfarm import Farm, new_token, report
+from tests.harness.waiting import poll_until
 from tests.netlab import Host
 
 pytestmark = pytest.mark.system
