@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.netlab import Bed, skip_unless_netns
-from tests.netlab.fixtures import bed_factory  # noqa: F401  (re-exported fixture)
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,12 @@
-"""Fixtures for the node tests: isolation from the host's config file, short
-socket directories, and the check that no thread outlives a test."""
+"""Fixtures for the node tests: the check that no thread outlives a test.  The
+shared fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-from node import config
-
-
-@pytest.fixture(autouse=True)
-def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """config.load(None) must not read the host's /etc/rendernode/rendernode.toml."""
-    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "no-such-rendernode.toml")
 
 
 @pytest.fixture(autouse=True)
@@ -31,11 +20,3 @@ def no_thread_outlives_the_test() -> Iterator[None]:
              if t not in before and t is not threading.main_thread()
              and not t.name.startswith("Trio thread")]
     assert not extra, f"threads outlived the test: {[t.name for t in extra]}"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory for Unix sockets (sun_path holds 108 bytes at most)."""
-    path = Path(tempfile.mkdtemp(prefix="rn-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)

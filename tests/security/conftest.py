@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from node import config
 from tests.harness.jobs import FAST_TMP
 from tests.harness.render import RenderFarm, kill_leftovers
 from tests.harness.security import Accounts
@@ -31,12 +30,6 @@ def _cannot_make_accounts() -> str:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return ""
-
-
-@pytest.fixture(autouse=True)
-def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """config.load(None) must not read the host's /etc/rendernode/rendernode.toml."""
-    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "no-such-rendernode.toml")
 
 
 @pytest.fixture
@@ -101,11 +94,10 @@ def root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def token(monkeypatch: pytest.MonkeyPatch) -> bytes:
-    """The farm token, also in the test process's environment: renders used to inherit it."""
-    value = secrets.token_urlsafe(32)
-    monkeypatch.setenv("RENDERNODE_TOKEN", value)
-    return value.encode()
+def token(token: bytes, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """The shared token, also in the test process's environment: renders used to inherit it."""
+    monkeypatch.setenv("RENDERNODE_TOKEN", token.decode())
+    return token
 
 
 @pytest.fixture

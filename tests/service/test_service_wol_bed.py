@@ -50,11 +50,11 @@ def row_of(server: Host, name: str) -> dict[str, object] | None:
     return rows[0] if rows else None
 
 
-def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token: str) -> None:
+def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token: bytes) -> None:
     server, sleeper, listener = bed.hosts
-    server.start_daemon(token, ["--server-priority", "100", "--peer", sleeper.listen],
+    server.start_daemon(token.decode(), ["--server-priority", "100", "--peer", sleeper.listen],
                         env={"RENDERNODE_SHARE": "false", "RENDERNODE_ELECTION_GRACE": "0.2"})
-    sleeper.start_daemon(token, ["--server-priority", "0"])
+    sleeper.start_daemon(token.decode(), ["--server-priority", "0"])
     server.wait_daemon_socket()
     sleeper.wait_daemon_socket()
     wanted = mac_of(sleeper)

@@ -2,7 +2,7 @@
 
 Each test module builds one bed (module scope: daemons start once per module)
 through ``module_bed_factory``; ``bed_factory`` (function scope, from
-tests.netlab.fixtures) is there for tests that need a bed of their own.  Both skip
+tests/conftest.py) is there for tests that need a bed of their own.  Both skip
 where network namespaces are not allowed and close every bed afterwards, which
 kills every process started in it.
 
@@ -19,7 +19,7 @@ import pytest
 
 from tests.harness.systemfarm import MEASUREMENTS
 from tests.netlab import Bed, skip_unless_netns
-from tests.netlab.fixtures import BedFactory, bed_factory  # noqa: F401  (re-exported fixture)
+from tests.netlab.fixtures import BedFactory
 
 
 @pytest.fixture(scope="module")
