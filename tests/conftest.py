@@ -4,6 +4,8 @@ from the machine the tests run on.
 - ``no_host_config`` (autouse): the host's /etc/rendernode/rendernode.toml and
   the service manager's environment (RENDERNODE_TOKEN, NOTIFY_SOCKET,
   JOURNAL_STREAM) never reach a test.
+- ``no_thread_outlives_the_test`` (autouse): every thread a test starts is gone
+  when it ends (see ``POOLED_THREADS`` for the ones that may stay).
 - ``short_dir``: a short folder (a Unix socket path holds 108 bytes at most), in
   memory where there is /dev/shm (every node's SQLite commits there with
   synchronous=FULL); render processes a test left in it are killed with it.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,12 @@ from tests.harness.jobs import FAST_TMP
 from tests.harness.render import kill_leftovers
 from tests.netlab.fixtures import bed_factory  # noqa: F401  (a fixture, shared)
 
+#: Name prefixes of threads that outlive a test on purpose, being pooled for the
+#: next one: trio's thread cache keeps an idle worker ("Trio thread N") for a
+#: while after ``trio.to_thread.run_sync`` returns.  (A worker still running a
+#: job carries the job's name instead, so an abandoned thread is caught.)
+POOLED_THREADS = ("Trio thread",)
+
 
 @pytest.fixture(autouse=True)
 def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,6 +47,18 @@ def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "no-such-rendernode.toml")
     for name in ("RENDERNODE_TOKEN", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_the_test() -> Iterator[None]:
+    """Like python-zeroconf's own tests: every thread a test starts (zeroconf's
+    loop thread above all) is gone when it ends, but the pooled ones."""
+    before = set(threading.enumerate())
+    yield
+    extra = [t for t in threading.enumerate()
+             if t not in before and t is not threading.main_thread()
+             and not t.name.startswith(POOLED_THREADS)]
+    assert not extra, f"threads outlived the test: {[t.name for t in extra]}"
 
 
 @pytest.fixture
