@@ -12,5 +12,5 @@ root (pyproject.toml puts the root on sys.path, so ``node``, ``protocol`` and
 - ``tests/netlab/`` and ``tests/soak/``: the network-namespace test bed and the
   chaos soak, packages of their own (bench/ uses them too).
 - One folder per part of the product; a unit test is named after the module it
-  tests.
+  tests (``test_<module>.py``, or ``test_<folder>_<module>.py``).
 """
