@@ -43,12 +43,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests", ROOT / "tests" / "system"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))
+if str(ROOT) not in sys.path:  # the tests package: not installed
+    sys.path.append(str(ROOT))
 
-from netlab import Bed, netns_unavailable_reason  # noqa: E402
-from soak import Settings, Soak  # noqa: E402
+from tests.netlab import Bed, netns_unavailable_reason  # noqa: E402
+from tests.soak import Settings, Soak  # noqa: E402
 
 EXIT_SKIPPED = 77
 

@@ -50,8 +50,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from node.client import Client  # noqa: E402
 from node.errors import NodeError  # noqa: E402
@@ -260,10 +258,10 @@ def load_netlab() -> tuple[Any, str | None]:
     tests = ROOT / "tests"
     if not (tests / "netlab" / "__init__.py").exists():
         return None, f"the netlab test bed ({tests / 'netlab'}) is not in this checkout"
-    if str(tests) not in sys.path:
-        sys.path.insert(0, str(tests))
+    if str(ROOT) not in sys.path:  # the tests package: not installed
+        sys.path.insert(0, str(ROOT))
     try:
-        netlab = importlib.import_module("netlab")  # tests/netlab: not an installed package
+        netlab = importlib.import_module("tests.netlab")
     except ImportError as exc:
         return None, f"the netlab test bed does not import: {exc}"
     if not hasattr(netlab, "Bed"):

@@ -45,17 +45,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests", ROOT / "tests" / "system"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))
-
-from netlab import Bed, Host, netns_unavailable_reason  # noqa: E402
-from systemfarm import Farm, new_token, poll_until  # noqa: E402
+if str(ROOT) not in sys.path:  # the tests package: not installed
+    sys.path.append(str(ROOT))
 
 from node.db import FILENAME  # noqa: E402
 from node.errors import NodeError  # noqa: E402
 from node.jobs.book import decode_task_blob  # noqa: E402
 from protocol.crdt import Phase  # noqa: E402
+from tests.harness.systemfarm import Farm, new_token  # noqa: E402
+from tests.harness.waiting import poll_until  # noqa: E402
+from tests.netlab import Bed, Host, netns_unavailable_reason  # noqa: E402
 
 EXIT_SKIPPED = 77
 POLL = 0.01

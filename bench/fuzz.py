@@ -59,11 +59,8 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests" / "protocol"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from sansio_pair import FARM, TOKEN, as_record, make_hello  # noqa: E402
+if str(ROOT) not in sys.path:  # the tests package: not installed
+    sys.path.insert(0, str(ROOT))
 
 from protocol import (  # noqa: E402
     NEED_DATA,
@@ -95,6 +92,7 @@ from protocol.messages import (  # noqa: E402
     Verdict,
 )
 from protocol.noise import XXpsk3  # noqa: E402
+from tests.harness.sansio_pair import FARM, TOKEN, as_record, make_hello  # noqa: E402
 
 TARGETS = ("framing", "codec", "session")
 MEMORY_FACTOR = 64  #: an input may make the code under test allocate this many times its size ...

@@ -43,16 +43,11 @@ import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from node.membership.overlay import ACTIVE_MAX  # noqa: E402
-from protocol.membership import Config, Deliver, MemberChanged, State  # noqa: E402
-from protocol.membership.messages import Gossip, Message  # noqa: E402
-from protocol.membership.simnet import SimNet, payload_copies  # noqa: E402
+from node.membership.overlay import ACTIVE_MAX
+from protocol.membership import Config, Deliver, MemberChanged, State
+from protocol.membership.messages import Gossip, Message
+from protocol.membership.simnet import SimNet, payload_copies
 
 
 class Watch:

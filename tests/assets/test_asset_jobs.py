@@ -23,7 +23,11 @@ from typing import Any
 
 import pytest
 import trio
-from assets_harness import (
+
+from node.assets.jobassets import collect
+from node.assets.store import ChunkStore
+from protocol.enums import CreateJobResult
+from tests.harness.assets import (
     MiB,
     chunk_files,
     doc_on,
@@ -35,14 +39,9 @@ from assets_harness import (
     scene,
     submit,
     texture,
-    until,
-    until_async,
 )
-from jobs_harness import Farm, Member, agreed_server, connected
-
-from node.assets.jobassets import collect
-from node.assets.store import ChunkStore
-from protocol.enums import CreateJobResult
+from tests.harness.jobs import Farm, Member, agreed_server, connected
+from tests.harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BLENDER = shutil.which("blender")
@@ -84,7 +83,7 @@ async def done(member: Member, job: str, within: float = 20.0) -> dict[str, Any]
     async def finished() -> bool:
         return str((await job_state(member, job))["state"]) in ("done", "failed")
 
-    await until_async(finished, f"job {job} ends", within)
+    await wait_until(finished, within, f"job {job} ends", every=0.05)  # a control call a look
     state = await job_state(member, job)
     state["tasks"] = await member.call(lambda c: c.copy_render_task_from(job))
     assert state["state"] == "done", state
@@ -184,7 +183,7 @@ async def test_a_submit_with_assets_has_just_its_replicas_fetch_them(
     farm = Farm(nursery, short_dir, token, defaults={"server_priority": 0})
     origin = await farm.start("o", replicas=1)
     others = [await farm.start(n, peers=[origin]) for n in ("a", "b", "c")]
-    await until(lambda: origin.sees(*others), "the origin sees the others", 5)
+    await wait_until(lambda: origin.sees(*others), 5, "the origin sees the others")
     job_scene, asset = command_job(short_dir)
     result = await origin.submit(str(job_scene), start=False, **command_args(asset))
     assert result["result_name"] == "OK" and result["replicas"] == 1
@@ -235,7 +234,7 @@ async def test_norequestondemand_puts_the_assets_on_every_eligible_worker_at_sta
         return len(task_holders) == 2
 
     await origin.call(lambda c: c.init_and_start_rendering_full_async(job))
-    await until(record, "both eligible workers hold the assets", 10)
+    await wait_until(record, 10, "both eligible workers hold the assets")
     state = await done(origin, job)
     renderer = machines_of(state)
     assert len(renderer) == 1
@@ -259,7 +258,7 @@ async def test_a_worker_that_reaches_no_holder_of_the_manifest_waits_for_one(
     await doc_on(server, job)
     await origin.stop()
     await server.call(lambda c: c.init_and_start_rendering_full_async(job))
-    await until(lambda: w1.node.worker.current is not None, "the worker holds the task", 10)
+    await wait_until(lambda: w1.node.worker.current is not None, 10, "the worker holds the task")
     await trio.sleep(2.0)  # it looks for the manifest meanwhile
     assert not [line for _, line in server.node.book.get(job).visible_log()  # type: ignore[union-attr]
                 if "failed" in line]
@@ -280,8 +279,8 @@ async def test_nopeertopeer_fetches_only_from_the_origin_and_the_server(
     collected = collect(third.node.assets.store, str(job_scene), "command", [str(asset)])
     third.node.swarm.announce(collected.manifest)  # a third node holds every chunk too
     seen_by = [w1, w2]
-    await until(lambda: all(third.uuid in w.node.swarm.holdings.get(collected.manifest, {})
-                            for w in seen_by), "the workers know the third node holds them", 5)
+    await wait_until(lambda: all(third.uuid in w.node.swarm.holdings.get(collected.manifest, {})
+                                 for w in seen_by), 5, "the workers know the third node holds them")
     asked1, asked2 = record_requests(w1), record_requests(w2)
     job = await submit(origin, job_scene, machines=[w1.uuid],
                        **command_args(asset, flags=["NOPEERTOPEERASSETDISTRIBUTION"]))
@@ -397,9 +396,9 @@ async def test_repo_lists_manifests_with_their_jobs_and_repo_gc_drops_unused_one
     assert rows[m_gone.id]["bytes"] == m_gone.size
     assert listing["store_bytes"] == m_gone.size + m_kept.size
     await origin.call(lambda c: c.delete_render_job(gone))
-    await until(lambda: worker.node.book.get(gone) is None
-                or worker.node.book.get(gone).deleted is not None,  # type: ignore[union-attr]
-                "the delete reaches the worker", 5)
+    await wait_until(lambda: worker.node.book.get(gone) is None
+                     or worker.node.book.get(gone).deleted is not None,  # type: ignore[union-attr]
+                     5, "the delete reaches the worker")
     assert (await cli(worker, "repo"))["assets"][0]["jobs"] in ([], [kept])
     dropped = await cli(worker, "repo", "gc")
     assert dropped == {"manifests": 1, "bytes": m_gone.size}

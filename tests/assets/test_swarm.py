@@ -9,11 +9,12 @@ import hashlib
 from pathlib import Path
 
 import trio
-from assets_harness import MiB, random_file, record_requests, slow_serving, until
-from jobs_harness import Farm, Member
 
 from node.assets.store import CorruptChunk
 from protocol.manifest import Manifest
+from tests.harness.assets import MiB, random_file, record_requests, slow_serving
+from tests.harness.jobs import Farm, Member
+from tests.harness.waiting import wait_until
 
 
 async def holding(members: list[Member], files: list[Path], root: Path) -> Manifest:
@@ -28,8 +29,8 @@ async def holding(members: list[Member], files: list[Path], root: Path) -> Manif
 
 async def sees_holders(fetcher: Member, manifest: Manifest, holders: list[Member]) -> None:
     known = fetcher.node.swarm.holdings
-    await until(lambda: all(h.uuid in known.get(manifest.id, {}) for h in holders),
-                f"{fetcher.name} learns who holds the chunks", 5)
+    await wait_until(lambda: all(h.uuid in known.get(manifest.id, {}) for h in holders),
+                     5, f"{fetcher.name} learns who holds the chunks")
 
 
 def has_all(member: Member, manifest: Manifest) -> bool:
@@ -114,7 +115,7 @@ async def test_a_fetch_cut_short_resumes_with_only_the_missing_chunks(
     with trio.move_on_after(20) as scope:
         async with trio.open_nursery() as inner:
             inner.start_soon(fetcher.node.swarm.fetch, manifest)
-            await until(lambda: len(store.held(manifest.chunk_ids())) >= 3, "a few chunks", 15)
+            await wait_until(lambda: len(store.held(manifest.chunk_ids())) >= 3, 15, "a few chunks")
             inner.cancel_scope.cancel()  # as if the node died half way
     assert not scope.cancelled_caught
     held = store.held(manifest.chunk_ids())

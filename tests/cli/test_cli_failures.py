@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_harness import rn
-from jobs_harness import Farm
-from render_harness import RenderFarm, small_scene, wait_state
 
 from node.client import Client, SubmitRefused, UnderReplicated
 from node.render import results as results_mod
 from node.service.runas import RunAs
+from tests.harness.cli import rn
+from tests.harness.jobs import Farm
+from tests.harness.render import RenderFarm, small_scene, wait_state
+from tests.harness.waiting import wait_until
 
 
 def textured_scene(path: Path, texture: str) -> Path:
@@ -145,9 +146,7 @@ async def test_a_job_fewer_peers_hold_than_replicas_is_said_on_stderr_and_listed
     scene = small_scene(short_dir / "shot.json")
     await b.stop()
     await c.stop()
-    with trio.fail_after(10):
-        while a.node.peers.sessions:  # noqa: ASYNC110  (the node's state)
-            await trio.sleep(0.02)
+    await wait_until(lambda: not a.node.peers.sessions, 10, "a holds no session", lambda: a.node.peers.sessions)
     run = await rn(a.sock, "submit", str(scene), "--paused")
     assert run.code == 0, run
     assert "held by this machine only" in run.err and "copied to the others when they come back" in run.err
@@ -170,9 +169,11 @@ async def test_a_job_fewer_peers_hold_than_replicas_is_said_on_stderr_and_listed
 
     b2 = await farm.restart(b)
     c2 = await farm.restart(c)
-    with trio.fail_after(30):
-        while (await rn(a.sock, "jobs", "--json")).json()[0]["under_replicated"]:  # noqa: ASYNC110
-            await trio.sleep(0.2)
+
+    async def replicated() -> bool:
+        return not (await rn(a.sock, "jobs", "--json")).json()[0]["under_replicated"]
+
+    await wait_until(replicated, 30, "the job replicated once b and c are back", every=0.2)  # a command a look
     assert b2.node.book.get(uuid) is not None and c2.node.book.get(uuid) is not None
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_harness import rn
-from render_harness import EXAMPLES, ROOT, RenderFarm, small_scene, wait_state
 
 from node.client import Client
 from node.renderers import blender_deps
+from tests.harness.cli import rn
+from tests.harness.render import EXAMPLES, ROOT, RenderFarm, small_scene, wait_state
 
 BLENDER = shutil.which("blender")
 POVRAY = shutil.which("povray")

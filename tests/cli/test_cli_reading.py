@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_harness import rn
-from render_harness import ROOT, RenderFarm, small_scene, wait_state
 
 from node.cli.jobs import rate_text
 from node.client import Client, SubmitRefused
+from tests.harness.cli import rn
+from tests.harness.render import ROOT, RenderFarm, small_scene, wait_state
 
 NARROW = {"COLUMNS": "80"}
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from render_harness import ROOT
-
 from node.client import Client
+from tests.harness.render import ROOT
+from tests.harness.waiting import poll_until
 
 
 def _daemon(state: Path, sock: Path, log: Path, token: bytes) -> subprocess.Popen[bytes]:
@@ -25,15 +24,23 @@ def _daemon(state: Path, sock: Path, log: Path, token: bytes) -> subprocess.Pope
             cwd=ROOT, start_new_session=True)
 
 
+def _listening(daemon: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
+    """Until the daemon's control socket exists; the daemon must not exit meanwhile."""
+    def up() -> bool:
+        if sock.exists():
+            return True
+        assert daemon.poll() is None, log.read_text()
+        return False
+
+    poll_until(up, 30, f"{sock.name} made", log.read_text, every=0.05, ignore=())
+
+
 def test_a_second_daemon_on_the_same_state_dir_exits_naming_the_running_one(
         short_dir: Path, token: bytes) -> None:
     state = short_dir / "state"
     first = _daemon(state, short_dir / "one.sock", short_dir / "one.log", token)
     try:
-        deadline = time.monotonic() + 30
-        while not (short_dir / "one.sock").exists():
-            assert first.poll() is None and time.monotonic() < deadline, (short_dir / "one.log").read_text()
-            time.sleep(0.05)
+        _listening(first, short_dir / "one.sock", short_dir / "one.log")
         second = _daemon(state, short_dir / "two.sock", short_dir / "two.log", token)
         assert second.wait(30) != 0
         said = (short_dir / "two.log").read_text()
@@ -46,10 +53,7 @@ def test_a_second_daemon_on_the_same_state_dir_exits_naming_the_running_one(
         first.wait(20)
     again = _daemon(state, short_dir / "three.sock", short_dir / "three.log", token)  # the lock went with it
     try:
-        deadline = time.monotonic() + 30
-        while not (short_dir / "three.sock").exists():
-            assert again.poll() is None and time.monotonic() < deadline, (short_dir / "three.log").read_text()
-            time.sleep(0.05)
+        _listening(again, short_dir / "three.sock", short_dir / "three.log")
     finally:
         again.terminate()
         again.wait(20)

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 import trio
-from dashboard_harness import Browser, EventReader
-from jobs_harness import Farm, Member, me, spec, wait_until
 
 from node.client import Client, RemoteError
 from node.dashboard import sessions as sessions_mod
 from node.errors import PermissionDenied
+from tests.harness.dashboard import Browser, EventReader
+from tests.harness.jobs import Farm, Member, me, spec
+from tests.harness.waiting import wait_until
 
 DASH = {"dashboard": True, "dashboard_listen": "127.0.0.1:0"}
 
@@ -171,8 +172,7 @@ async def test_the_views_show_the_whole_farm_from_any_node(farm: Farm) -> None:
     a, b = await farm.mesh("a", "b")
     job = (await a.submit(frames="1-5", name="everywhere"))["uuid"]
     await a.call(lambda c: c.message("hello farm"))
-    with trio.fail_after(10):
-        await wait_until(lambda: b.node.book.get(job) is not None, "b holds the job")
+    await wait_until(lambda: b.node.book.get(job) is not None, 10, "b holds the job")
     browser = await _signed_in(b)
     queue = (await browser.get("/api/queue")).json()
     (row,) = [j for j in queue["jobs"] if j["uuid"] == job]
@@ -185,8 +185,7 @@ async def test_the_views_show_the_whole_farm_from_any_node(farm: Farm) -> None:
     names = {m["name"]: m for m in farm_view["machines"]}
     assert set(names) == {"a", "b"} and all("VERIFIED" in m["bits"] for m in names.values())
     assert names["b"]["local"] and names["b"]["mem_total"] > 0
-    with trio.fail_after(10):
-        await wait_until(lambda: bool(b.node.jobs_api.inbox), "b holds the message")
+    await wait_until(lambda: bool(b.node.jobs_api.inbox), 10, "b holds the message")
     assert (await browser.get("/api/messages")).json()[0]["text"] == "hello farm"
     log = (await browser.get(f"/api/machine/{a.uuid}/log")).json()
     assert any("online" in line["line"] for line in log)
@@ -385,12 +384,10 @@ async def test_the_farm_is_computed_only_while_a_stream_watches(farm: Farm) -> N
         await trio.to_thread.run_sync(stream.close)
     last = stream.last_id
     assert last
-    with trio.fail_after(10):
-        await wait_until(lambda: broker.watchers == 0, "the stream closed")
+    await wait_until(lambda: broker.watchers == 0, 10, "the stream closed")
     published = broker.seq
     await b.stop()  # a farm change nobody watches
-    with trio.fail_after(10):
-        await wait_until(lambda: broker._farm, "the farm change noted")
+    await wait_until(lambda: broker._farm, 10, "the farm change noted")
     await trio.sleep(1.0)  # two FARM_EVERY periods
     assert broker.seq == published, "farm events were computed with nobody watching"
     resumed = await trio.to_thread.run_sync(lambda: EventReader(browser, last))

@@ -16,8 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 
 from node.client import Client
 from node.errors import DaemonNotRunning
+from tests.harness.waiting import poll_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
@@ -79,18 +79,6 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except DaemonNotRunning:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting: {what}")
-
-
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
     """Three daemons meshed by static peers; the first is the server (highest priority)."""
@@ -127,7 +115,8 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
                         return False
             return True
 
-        _wait(formed, "three daemons verify each other and agree on a server", FORM)
+        poll_until(formed, FORM, "three daemons verify each other and agree on a server", every=0.2,
+                   ignore=(DaemonNotRunning,))
         yield out
     finally:
         for d in out:
@@ -145,10 +134,7 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
 def _until(page: Any, expression: str, timeout: float = STEP / 1000) -> None:
     """Poll ``expression`` in the page from here (the page's CSP forbids the eval that
     Playwright's wait_for_function polls with, rightly)."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"gave up waiting for {expression}"
-        time.sleep(0.1)
+    poll_until(lambda: bool(page.evaluate(expression)), timeout, expression, ignore=())
 
 
 def _submit(d: Daemon, frames: str, name: str, rdata: dict[str, Any], out: Path) -> str:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from dashboard_harness import Browser
-from jobs_harness import Member
 from PIL import Image
-from render_harness import EXAMPLES, SMALL, RenderFarm, settled, submit, wait_state
 
 from node.dashboard.service import Dashboard
 from node.render.preview import MAX_WIDTH
+from tests.harness.dashboard import Browser
+from tests.harness.jobs import Member
+from tests.harness.render import EXAMPLES, SMALL, RenderFarm, settled, submit, wait_state
 
 BLENDER = shutil.which("blender")
 DASH = {"dashboard": True, "dashboard_listen": "127.0.0.1:0"}

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
-from jobs_harness import Farm, Member, me, spec, wait_until
 
 from node.cli import main as cli_main
 from node.client import Client, RemoteError
 from node.control.server import Caller
 from protocol.crdt import digest
 from protocol.enums import DetailSelector
+from tests.harness.jobs import Farm, Member, me, spec
+from tests.harness.waiting import wait_until
 
 SELECTED = int(DetailSelector.DETAILSELECTOR_SELECTED)
 NONSELECTED = int(DetailSelector.DETAILSELECTOR_NONSELECTED)
@@ -86,8 +87,7 @@ async def test_job_operations_reach_every_node(farm: Farm) -> None:
     assert await b.call(lambda cl: cl.stop_rendering(uuid)) == "USERBREAK"
     await c.call(lambda cl: cl.set_default_scene_name(uuid, "other.scn"))
     await c.call(lambda cl: cl.add_log_to_job(uuid, "from c"))
-    with trio.fail_after(5):
-        await wait_until(lambda: _same_job_everywhere([a, b, c], uuid), "the job to be equal everywhere")
+    await wait_until(lambda: _same_job_everywhere([a, b, c], uuid), 5, "the job to be equal everywhere")
     job = await a.call(lambda cl: cl.get_job(uuid))
     assert job["state"] == "stopped" and job["result"] == "USERBREAK"
     assert job["default_scene"] == "other.scn"
@@ -215,9 +215,8 @@ async def test_start_stop_restart_scene_log_move_and_delete(
     assert b.node.book.get(j2) is None and b.node.book.docs[j2].deleted is not None
     assert await a.call(order) == [j3, j1]
     assert (await _error(a, "job", job=j2)).code == "not_found"
-    with trio.fail_after(5):
-        await wait_until(lambda: [d.uuid for d in b.node.jobs.queue()] == [j3, j1],
-                         "the other node to show the same queue")
+    await wait_until(lambda: [d.uuid for d in b.node.jobs.queue()] == [j3, j1],
+                     5, "the other node to show the same queue")
 
 
 async def test_users_lists_owners_admins_and_the_caller(
@@ -243,8 +242,8 @@ async def test_messages_reach_every_node_and_private_ones_only_their_people(
     # a private message between two other people, sent on b
     await b.node.jobs_api.message(Caller(0, 1000, 1000, "bob"), {"text": "psst", "to": "carol"})
     with trio.fail_after(5):
-        await wait_until(lambda: len(b.node.jobs_api.inbox) == 3, "both of a's messages to reach b")
-        await wait_until(lambda: len(a.node.jobs_api.inbox) == 3, "b's message to reach a")
+        await wait_until(lambda: len(b.node.jobs_api.inbox) == 3, 5, "both of a's messages to reach b")
+        await wait_until(lambda: len(a.node.jobs_api.inbox) == 3, 5, "b's message to reach a")
     for node in (a, b):
         seen = await node.call(lambda c: c.messages())
         assert [(m["sender"], m["text"], m["private"]) for m in seen] == [

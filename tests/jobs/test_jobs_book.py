@@ -13,11 +13,11 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jobs_harness import FAST_TMP, FakeWall, open_book, spec, table_rows
 
 from node.jobs.book import JobBook, decode_task_blob
 from node.jobs.operations import Jobs
 from protocol.crdt import JobDoc, Phase, Register, TaskState
+from tests.harness.jobs import FAST_TMP, FakeWall, open_book, spec, table_rows
 
 ME = "node-a"
 

@@ -11,15 +11,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crdt_strategies import merge_all, wire_round_trip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jobs_harness import FAST_TMP, FakeWall, open_book, spec
 
 from node.errors import BadRequest
 from node.jobs.operations import Jobs
 from node.jobs.replication import batches, split
 from protocol.crdt import JobDoc, Phase, TaskState, job_to_wire
+from tests.harness.crdt_strategies import merge_all, wire_round_trip
+from tests.harness.jobs import FAST_TMP, FakeWall, open_book, spec
 
 OPS = ("create", "create", "field", "start", "stop", "restart", "task", "task", "task", "delete",
        "log", "replace", "move", "deliver", "deliver", "deliver", "deliver", "tick")

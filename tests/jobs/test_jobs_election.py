@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from jobs_harness import GRACE, Farm, Member, agreed_server, connected, wait_until
 
 from node.jobs.election import TERM_FILE
+from tests.harness.jobs import GRACE, Farm, Member, agreed_server, connected
+from tests.harness.waiting import wait_until
 
 
 async def test_exactly_one_server_is_elected_and_every_node_agrees(
@@ -63,11 +64,10 @@ async def test_a_live_server_keeps_the_role_when_a_higher_priority_node_joins(
     high = await farm.start("high", peers=[low, mid], server_priority=90)
     with trio.fail_after(5):
         await connected([low, mid, high])
-        await wait_until(lambda: high.server == server.uuid, "the newcomer obeys the live server")
+        await wait_until(lambda: high.server == server.uuid, 5, "the newcomer obeys the live server")
     # past the newcomer's start-up grace and a few heartbeats, nothing has moved
     settle = high.node.election._started_at + GRACE + 2 * high.node.prefs.heartbeat_interval
-    with trio.fail_after(5):
-        await wait_until(lambda: trio.current_time() >= settle, "the newcomer's grace to pass")
+    await wait_until(lambda: trio.current_time() >= settle, 5, "the newcomer's grace to pass")
     assert await agreed_server([low, mid, high]) is server
     assert server.term == term and high.role == "worker"
     assert changes == []
@@ -82,8 +82,7 @@ async def test_a_server_claimed_alone_with_a_higher_term_yields_to_the_server_th
     (short_dir / "lone").mkdir()
     (short_dir / "lone" / TERM_FILE).write_text("7")  # it once saw term 7
     lone = await farm.start("lone", server_priority=99)
-    with trio.fail_after(5):
-        await wait_until(lambda: lone.role == "server", "the lone node claims the role")
+    await wait_until(lambda: lone.role == "server", 5, "the lone node claims the role")
     assert lone.term == 8 > server.term
     await lone.link(members[0])
     await lone.link(members[1])

@@ -5,18 +5,20 @@ once the links come back."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from jobs_harness import Farm, Member, agreed_server, book_digests, connected, me, wait_until
 
 from node.daemon import Node
 from node.jobs.election import TERM_FILE
 from node.jobs.operations import job_state
 from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART
 from protocol.crdt import JobDoc
+from tests.harness.jobs import Farm, Member, agreed_server, book_digests, connected, me
+from tests.harness.waiting import wait_until
 
 
 def _converged(members: list[Member]) -> bool:
@@ -34,8 +36,7 @@ async def test_a_node_that_was_down_gets_what_it_missed_on_reconnect(
     farm = Farm(nursery, short_dir, token, defaults={"server_priority": 0})
     a, b, c = await farm.mesh("a", "b", "c")
     before = (await a.submit())["uuid"]
-    with trio.fail_after(5):
-        await wait_until(lambda: _converged([a, b, c]), "the first job everywhere")
+    await wait_until(lambda: _converged([a, b, c]), 5, "the first job everywhere")
     await c.stop()
     made = []
     for _ in range(3):
@@ -59,7 +60,7 @@ async def test_a_node_that_was_down_gets_what_it_missed_on_reconnect(
     c = await farm.restart(c, built=from_its_own_disk)
     with trio.fail_after(5):
         await connected([a, b, c])
-        await wait_until(lambda: _converged([a, b, c]), "c to catch up", lambda: _digest_detail([a, b, c]))
+        await wait_until(lambda: _converged([a, b, c]), 5, "c to catch up", lambda: _digest_detail([a, b, c]))
     book = c.node.book
     assert book.get(before) is None and book.docs[before].deleted is not None
     assert [d.uuid for d in c.node.jobs.queue()] == made
@@ -108,7 +109,7 @@ async def test_both_sides_of_a_partition_keep_working_and_converge_on_heal(
     everyone = [a, b, c, d]
     with trio.fail_after(5):
         await connected(everyone)
-        await wait_until(lambda: _converged(everyone), "identical job books",
+        await wait_until(lambda: _converged(everyone), 5, "identical job books",
                          lambda: _digest_detail(everyone))
         server = await agreed_server(everyone)
     assert server is winner and server.term == right_saw + 1
@@ -125,7 +126,8 @@ async def test_both_sides_of_a_partition_keep_working_and_converge_on_heal(
 
 
 async def _cut(left: list[Member], right: list[Member]) -> None:
-    """Partition: each side forgets the other (the dialing side first, so nobody redials)."""
+    """Partition: each side forgets the other (the dialing side first, so nobody
+    redials); as long as the caller's ``trio.fail_after`` lets it."""
     for y in right:
         for x in left:
             await y.forget(x)
@@ -133,7 +135,7 @@ async def _cut(left: list[Member], right: list[Member]) -> None:
         for y in right:
             await x.forget(y)
     await wait_until(lambda: not any(x.sees(y) or y.sees(x) for x in left for y in right),
-                     "the two sides to lose each other")
+                     math.inf, "the two sides to lose each other")
 
 
 async def test_concurrent_changes_to_one_job_on_both_sides_merge_into_one_document(
@@ -146,7 +148,7 @@ async def test_concurrent_changes_to_one_job_on_both_sides_merge_into_one_docume
     shared = (await a.submit(frames="1-6"))["uuid"]
     doomed = (await a.submit())["uuid"]
     with trio.fail_after(5):
-        await wait_until(lambda: _converged(everyone), "both jobs everywhere")
+        await wait_until(lambda: _converged(everyone), 5, "both jobs everywhere")
         await _cut(left, right)
         # the side without the old server elects its own, with the next term
         left_server = await agreed_server(left)
@@ -172,7 +174,7 @@ async def test_concurrent_changes_to_one_job_on_both_sides_merge_into_one_docume
             await x.link(y)
     with trio.fail_after(5):
         await connected(everyone)
-        await wait_until(lambda: _converged(everyone), "identical job books",
+        await wait_until(lambda: _converged(everyone), 5, "identical job books",
                          lambda: _digest_detail(everyone))
         server = await agreed_server(everyone)
     assert server.term == first_term + 1  # the lower term stepped down
@@ -194,11 +196,9 @@ async def test_a_node_linked_to_one_peer_only_still_gets_every_job(
     a = await farm.start("a")
     b = await farm.start("b", peers=[a])
     c = await farm.start("c", peers=[b])  # c knows b only (another subnet, say)
-    with trio.fail_after(5):
-        await wait_until(lambda: b.sees(a, c), "the chain a - b - c")
+    await wait_until(lambda: b.sees(a, c), 5, "the chain a - b - c")
     uuid = (await a.submit())["uuid"]
-    with trio.fail_after(1):
-        await wait_until(lambda: c.node.book.get(uuid) is not None, "the job to reach c")
+    await wait_until(lambda: c.node.book.get(uuid) is not None, 1, "the job to reach c")
 
 
 async def test_a_worker_the_server_cannot_dial_gets_its_work_through_another_node(
@@ -216,15 +216,13 @@ async def test_a_worker_the_server_cannot_dial_gets_its_work_through_another_nod
         session = x.node.peers.sessions.get(y.uuid)
         if session is not None:
             await x.node.peers._goodbye(session, "firewalled")
-    with trio.fail_after(10):
-        await wait_until(lambda: c.uuid in a.node.peers.online_uuids() and a.node.election.role == "server"
-                         and c.node.election.server == a.uuid, "c online at the server a, through b")
+    await wait_until(lambda: c.uuid in a.node.peers.online_uuids() and a.node.election.role == "server"
+                     and c.node.election.server == a.uuid, 10, "c online at the server a, through b")
     assert c.uuid not in a.node.peers.sessions and a.uuid not in c.node.peers.sessions
     uuid = (await a.submit(renderer="command", frames="1-6",
                            rdata={"command": "true"}, machines=[c.uuid]))["uuid"]
-    with trio.fail_after(30):
-        await wait_until(lambda: job_state(a.node.book.get(uuid) or JobDoc(uuid)) == "done",
-                         "the job rendered on c through the relay")
+    await wait_until(lambda: job_state(a.node.book.get(uuid) or JobDoc(uuid)) == "done",
+                     30, "the job rendered on c through the relay")
     doc = a.node.book.get(uuid)
     assert doc is not None
     assert all(c.uuid in t.all_machines for t in doc.tasks.values())

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from jobs_harness import FakeWall, open_book, spec
 
 from node.jobs.operations import Jobs, task_frames, task_shape, task_shapes, tiling_of
 from node.jobs.tiling import Tiling, auto_grid, parse_grid, problem
 from node.renderers.settings import describe, normalize
 from protocol.crdt import Phase, TaskState
+from tests.harness.jobs import FakeWall, open_book, spec
 
 
 @pytest.mark.parametrize(("cols", "rows", "width", "height"),

@@ -10,7 +10,7 @@ everything inside and all namespaces, the bridge and the rules disappear.
 Needs root and the Debian packages iproute2, util-linux, mount and nftables.
 Typical use::
 
-    from netlab import Bed, skip_unless_netns
+    from tests.netlab import Bed, skip_unless_netns
 
     skip_unless_netns()
     with Bed(3) as bed:

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netlab import Bed, skip_unless_netns
-from netlab.fixtures import bed_factory  # noqa: F401  (re-exported fixture)
+from tests.netlab import Bed, skip_unless_netns
 
 
 @pytest.fixture(scope="module")

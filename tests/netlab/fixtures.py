@@ -3,7 +3,7 @@
 Design: fixtures only wrap :class:`netlab.Bed` with a skip check and guaranteed
 close, so tests elsewhere get the same behaviour with one line::
 
-    from netlab.fixtures import bed_factory  # noqa: F401  (in a conftest.py)
+    from tests.netlab.fixtures import bed_factory  # noqa: F401  (in a conftest.py)
 """
 
 from __future__ import annotations

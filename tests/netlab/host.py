@@ -34,15 +34,6 @@ DAEMON_PORT = 5401
 CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_UNIX_PATH = 107
 
-# pytest imports the netlab package by putting tests/ on sys.path, where
-# tests/node and tests/protocol (no __init__.py) would be found as namespace
-# packages named ``node`` and ``protocol`` before the editable install's
-# finder runs.  With the checkout root on sys.path the real packages win (the
-# same files the editable install points at), so other test directories keep
-# importing the project after netlab was imported.
-if str(CHECKOUT_ROOT) not in sys.path:
-    sys.path.append(str(CHECKOUT_ROOT))
-
 
 class CliError(NetlabError):
     """The ``node`` CLI exited non-zero or printed something that is not JSON."""

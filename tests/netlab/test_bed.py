@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from netlab import (
+from tests.harness.waiting import poll_until
+from tests.netlab import (
     BRIDGE,
     CHECKOUT_ROOT,
     Bed,
@@ -35,6 +36,7 @@ skip_unless_netns()
 pytestmark = pytest.mark.system
 
 ECHO_PORT = 7
+LOOK = 0.02  #: seconds between two looks of a wait (each waits 5 s at most)
 MBIT = 1_000_000
 
 
@@ -101,15 +103,6 @@ def log_lines(proc: Proc) -> int:
     return len(proc.read_log().splitlines())
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 # -- topology -------------------------------------------------------------------------
 
 
@@ -120,7 +113,7 @@ def test_hosts_are_namespaces_on_one_subnet(bed: Bed) -> None:
     assert "224.0.0.0/4 dev eth0" in h0.run(["ip", "route", "show"]).stdout
     assert "state UNKNOWN" in h0.run(["ip", "link", "show", "lo"]).stdout  # lo is up
     proc = h0.spawn(["sleep", "30"])
-    assert wait_until(lambda: proc.state() != "gone")
+    poll_until(lambda: proc.state() != "gone", 5, "the process runs", every=LOOK, ignore=())
     ns = {k: os.stat(f"/proc/{proc.pid}/ns/{k}").st_ino for k in ("net", "pid")}
     assert ns["pid"] == bed.ns_inodes["pid"]
     assert ns["net"] not in (bed.ns_inodes["net"], os.stat("/proc/self/ns/net").st_ino)
@@ -218,7 +211,7 @@ def test_cut_and_uncut(bed: Bed) -> None:
     h1.cut(link=True)
     assert pings(h0, h1, count=2) == 0
     h1.uncut()
-    assert wait_until(lambda: pings(h0, h1, count=1) == 1)
+    poll_until(lambda: pings(h0, h1, count=1) == 1, 5, "h0 reaches h1 again", every=LOOK, ignore=())
 
 
 def test_partition_and_heal(bed: Bed) -> None:
@@ -243,12 +236,12 @@ def test_freeze_thaw_kill(bed: Bed) -> None:
     proc = bed.hosts[0].spawn([sys.executable, "-c", COUNTER])
     proc.wait_for_log("3\n")
     proc.freeze()
-    assert wait_until(lambda: proc.state() == "T")
+    poll_until(lambda: proc.state() == "T", 5, "the process stopped", every=LOOK, ignore=())
     frozen_at = log_lines(proc)
     time.sleep(0.3)
     assert log_lines(proc) == frozen_at
     proc.thaw()
-    assert wait_until(lambda: log_lines(proc) > frozen_at + 3)
+    poll_until(lambda: log_lines(proc) > frozen_at + 3, 5, "the process counts on", every=LOOK, ignore=())
     assert proc.alive()
     proc.kill()
     assert proc.wait(5) == -signal.SIGKILL
@@ -290,15 +283,14 @@ def test_killed_supervisor_takes_everything_with_it(bed_factory: Callable[..., B
     os.kill(bed.supervisor_pid, signal.SIGKILL)
     for p in procs:
         assert p.wait(5) == -signal.SIGKILL
-    assert wait_until(lambda: not bed.alive())
+    poll_until(lambda: not bed.alive(), 5, "the bed is gone", every=LOOK, ignore=())
     with pytest.raises(NetlabError):
         bed.hosts[0].run(["true"])
 
 
 CRASHER = """
-import json, sys, time
-sys.path.insert(0, {tests!r})
-from netlab import Bed
+import json, time
+from tests.netlab import Bed
 bed = Bed(2, base_dir={base!r})
 procs = [h.spawn(["sleep", "60"]) for h in bed.hosts]
 print(json.dumps({{"pids": [bed.supervisor_pid, bed._sup.pid] + [p.pid for p in procs],
@@ -332,11 +324,10 @@ def _ns_in_use(inodes: set[int]) -> list[str]:
 
 def test_sigkilled_owner_leaves_nothing_behind(tmp_path: Path) -> None:
     netns_before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    script = CRASHER.format(
-        tests=str(Path(__file__).resolve().parents[1]), base=str(tmp_path / "bed")
-    )
-    owner = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True
+    script = CRASHER.format(base=str(tmp_path / "bed"))
+    owner = subprocess.Popen(  # the checkout root on PYTHONPATH: tests.netlab imports
+        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True,
+        env=python_env(),
     )
     assert owner.stdout is not None
     info = json.loads(owner.stdout.readline())
@@ -346,8 +337,10 @@ def test_sigkilled_owner_leaves_nothing_behind(tmp_path: Path) -> None:
     owner.wait()
     owner.stdout.close()
     pids = info["pids"] + info["launchers"]
-    assert wait_until(lambda: all(map(_gone, pids)), timeout=5), [p for p in pids if not _gone(p)]
-    assert wait_until(lambda: not _ns_in_use(inodes), timeout=5), _ns_in_use(inodes)
+    poll_until(lambda: all(map(_gone, pids)), 5, "every process gone",
+               lambda: [p for p in pids if not _gone(p)], every=LOOK, ignore=())
+    poll_until(lambda: not _ns_in_use(inodes), 5, "no namespace in use", lambda: _ns_in_use(inodes),
+               every=LOOK, ignore=())
     assert (
         subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         == netns_before

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import trio
-from node_harness import call, client_do, new_token, node_prefs, start_node, unique, wait_until
 
 from node.client import Client, RemoteError
 from node.control import server
@@ -21,6 +20,8 @@ from node.errors import ConfigError, DaemonNotRunning
 from protocol import codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
 from protocol.messages import Error, JobDelta, Reply
+from tests.harness.nodes import call, client_do, new_token, node_prefs, start_node, unique
+from tests.harness.waiting import wait_until
 
 CLOSE = 3.0  #: the daemon must drop a bad peer connection well before handshake_timeout (5 s)
 

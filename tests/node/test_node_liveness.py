@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from node_harness import V, node_prefs
 
 from node import capabilities
 from node.db import Database
@@ -25,6 +24,7 @@ from node.membership.peers import Peers
 from node.membership.session import Session
 from protocol import ConnectionClosed, HandshakeComplete, derive_psk
 from protocol.messages import DialBack, DialBackResult, Goodbye, Heartbeat, Hello, Verdict
+from tests.harness.nodes import V, node_prefs
 
 INTERVAL = 0.5
 MISSES = 3

@@ -10,7 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from node_harness import (
+
+from node.membership.session import Session, SessionLost
+from protocol.codec import Message
+from protocol.enums import MachineList
+from protocol.messages import Chat
+from tests.harness.nodes import (
     UP,
     Running,
     V,
@@ -20,13 +25,8 @@ from node_harness import (
     start_node,
     start_nodes,
     unique,
-    wait_until,
 )
-
-from node.membership.session import Session, SessionLost
-from protocol.codec import Message
-from protocol.enums import MachineList
-from protocol.messages import Chat
+from tests.harness.waiting import wait_until
 
 FIND = 20.0  #: generous bound for mDNS discovery plus handshakes on a busy 2-core box
 

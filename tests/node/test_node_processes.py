@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
-from node_harness import new_token, unique
 
 from node.cli import main
 from node.client import Client
+from tests.harness.nodes import new_token, unique
+from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -87,18 +88,14 @@ class Daemon:
             try:
                 status = await self.call("status")
             except Exception:  # noqa: BLE001
+                assert self.proc is not None and self.proc.poll() is None, (
+                    f"{self.name} exited with {self.proc and self.proc.returncode}: {self.tail()}")
                 return False
             self.uuid = status["uuid"]
             self.port = int(status["listen"][0].rpartition(":")[2])
             return True
 
-        with trio.move_on_after(FIND):
-            while not await answered():
-                assert self.proc is not None and self.proc.poll() is None, (
-                    f"{self.name} exited with {self.proc and self.proc.returncode}: {self.tail()}")
-                await trio.sleep(0.05)
-            return
-        raise AssertionError(f"{self.name} did not answer within {FIND} s: {self.tail()}")
+        await wait_until(answered, FIND, f"{self.name} answers", self.tail, every=0.05)
 
 
 @pytest.fixture
@@ -171,13 +168,8 @@ async def wait_rows(daemon: Daemon, predicate: Any, within: float, what: str) ->
         latest = await daemon.rows()
         return bool(latest) and bool(predicate(latest))
 
-    start = trio.current_time()
-    with trio.move_on_after(within):
-        while not await check():  # noqa: ASYNC110  (another process's state)
-            await trio.sleep(0.02)
-        return trio.current_time() - start
-    raise AssertionError(f"not within {within} s: {what}; table of {daemon.name}: {latest}; "
-                         f"log: {daemon.tail()}")
+    return await wait_until(check, within, what,
+                            lambda: f"table of {daemon.name}: {latest}; log: {daemon.tail()}")
 
 
 async def test_daemon_processes_find_and_verify_each_other_and_the_cli_reports_it(farm: Any) -> None:
@@ -344,11 +336,10 @@ async def test_the_cli_without_a_daemon_fails_in_one_line_saying_how_to_start_on
 async def start_fails(daemon: Daemon) -> str:
     """Start ``daemon``, expect it to exit non-zero; return its one ``rendernode:`` line."""
     daemon.start()
-    assert daemon.proc is not None
-    with trio.fail_after(20):
-        while daemon.proc.poll() is None:  # noqa: ASYNC110  (another process's state)
-            await trio.sleep(0.05)
-    assert daemon.proc.returncode != 0
+    proc = daemon.proc
+    assert proc is not None
+    await wait_until(lambda: proc.poll() is not None, 20, f"{daemon.name} exits", every=0.05)
+    assert proc.returncode != 0
     lines = [line for line in daemon.tail().splitlines() if line.startswith("rendernode:")]
     assert len(lines) == 1 and "Traceback" not in daemon.tail(), daemon.tail()
     return lines[0]

@@ -22,6 +22,7 @@ from protocol import HandshakeComplete, MessageReceived, PeerConnection
 from protocol.codec import Message
 from protocol.connection import derive_psk
 from protocol.messages import Call, Heartbeat, Hello, Reply
+from tests.harness.waiting import wait_until
 
 SMALL_BUFFER = 4096  #: SO_SNDBUF / SO_RCVBUF: the kernel doubles it; writes stall often
 
@@ -274,9 +275,7 @@ async def test_callers_waiting_on_an_ended_session_get_session_lost() -> None:
             nursery.start_soon(bulk, a)
         await trio.sleep(0.5)
         a.end("ended by the test")
-        with trio.fail_after(5):
-            while len(outcomes) < 10:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        await wait_until(lambda: len(outcomes) >= 10, 5, "every caller told", lambda: outcomes, every=0.01)
         assert outcomes == ["lost"] * 10
         try:
             await a.send(Heartbeat(seq=1))

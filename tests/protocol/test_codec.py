@@ -15,7 +15,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sansio_pair import FARM, feed, make_pair, open_pair
 
 from protocol import (
     Cipher,
@@ -39,6 +38,7 @@ from protocol.connection import MAGIC, ConnectionState, prologue
 from protocol.framing import HEADER, HEADER_SIZE, MAX_CONTROL, RecordDecoder
 from protocol.messages import Call, Heartbeat, Hello
 from protocol.noise import XXpsk3
+from tests.harness.sansio_pair import FARM, feed, make_pair, open_pair
 
 PEAK_LIMIT = 16 * 1024 * 1024
 

@@ -4,7 +4,6 @@ size limits checked from the header before anything is buffered."""
 from __future__ import annotations
 
 import pytest
-from sansio_pair import as_record, feed, make_pair, open_pair
 
 from protocol import LocalProtocolError, RemoteProtocolError
 from protocol.framing import (
@@ -15,6 +14,7 @@ from protocol.framing import (
     RecordDecoder,
     encode_record,
 )
+from tests.harness.sansio_pair import as_record, feed, make_pair, open_pair
 
 BODIES = [b"", b"x", b"hello world", bytes(range(256)) * 4]
 

@@ -9,7 +9,6 @@ from typing import Any
 import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sansio_pair import as_record, drain, make_hello, make_pair
 
 from protocol import (
     ConnectionClosed,
@@ -24,6 +23,7 @@ from protocol import (
 from protocol.connection import _HANDSHAKE_RECORD_MAX, _TRANSPORT_RECORD_MAX, MAGIC
 from protocol.framing import HEADER, HEADER_SIZE, RecordDecoder
 from protocol.messages import Heartbeat, Hello, Reply
+from tests.harness.sansio_pair import as_record, drain, make_hello, make_pair
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

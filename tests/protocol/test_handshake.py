@@ -5,18 +5,6 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from sansio_pair import (
-    FARM,
-    Pair,
-    as_record,
-    feed,
-    handshake,
-    make_hello,
-    make_pair,
-    public,
-    record_body,
-    split_records,
-)
 
 from protocol import (
     Cipher,
@@ -31,6 +19,18 @@ from protocol import (
 )
 from protocol.connection import MAGIC
 from protocol.noise import WrongPsk
+from tests.harness.sansio_pair import (
+    FARM,
+    Pair,
+    as_record,
+    feed,
+    handshake,
+    make_hello,
+    make_pair,
+    public,
+    record_body,
+    split_records,
+)
 
 # Byte offsets inside the first handshake record's body: b"H" "RN" major cipher noise...
 KIND, MAJOR_AT, CIPHER_AT, NOISE1_AT = 0, 3, 4, 5

@@ -13,7 +13,6 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from noise.connection import Keypair, NoiseConnection
-from sansio_pair import FARM, TOKEN, as_record, feed, make_hello, public, record_body
 
 import protocol.connection
 from protocol import (
@@ -30,6 +29,7 @@ from protocol.codec import PROTO_MAJOR
 from protocol.connection import MAGIC, prologue
 from protocol.messages import Heartbeat
 from protocol.noise import WrongPsk, protocol_name
+from tests.harness.sansio_pair import FARM, TOKEN, as_record, feed, make_hello, public, record_body
 
 I_HINT = {"node": "initiator", "term": 2}
 R_HINT = {"node": "responder", "arch": "riscv64"}

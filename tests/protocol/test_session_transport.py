@@ -5,7 +5,6 @@ directions working; Hello comes first; Goodbye and EOF close."""
 from __future__ import annotations
 
 import pytest
-from sansio_pair import as_record, feed, handshake, make_hello, make_pair, open_pair
 
 import protocol.connection
 from protocol import (
@@ -22,6 +21,7 @@ from protocol import (
 from protocol.framing import HEADER_SIZE
 from protocol.messages import Call, Goodbye, Heartbeat, Reply
 from protocol.noise import CipherState
+from tests.harness.sansio_pair import as_record, feed, handshake, make_hello, make_pair, open_pair
 
 
 def heartbeats(conn: PeerConnection, n: int, start: int = 0) -> list[bytes]:

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from render_harness import ROOT, RenderFarm, cli, cli_run, frame_files, small_scene
-
 from node.image import read_image
+from tests.harness.render import ROOT, RenderFarm, cli, cli_run, frame_files, small_scene
 
 
 async def test_submit_wait_exits_zero_once_the_job_is_done_and_tasks_tell_how(

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import (
+
+from node.jobs import replication
+from protocol.crdt import digest
+from tests.harness.jobs import Member
+from tests.harness.render import (
     SLOW,
     RenderFarm,
     alive,
@@ -25,9 +28,7 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node.jobs import replication
-from protocol.crdt import digest
+from tests.harness.waiting import wait_until
 
 
 def _quiet(members: list[Member], uuid: str) -> bool:
@@ -54,9 +55,8 @@ async def _mid_job(members: list[Member], origin: Member, uuid: str, out: Path) 
         return len(frame_files(out)) >= 2 and bool(render_pids(uuid)) and any(
             mid_frame(m, uuid) for m in members)
 
-    with trio.fail_after(60):
-        await wait_until(busy, "frames arriving while others render",
-                         lambda: (sorted(frame_files(out)), render_pids(uuid)))
+    await wait_until(busy, 60, "frames arriving while others render",
+                     lambda: (sorted(frame_files(out)), render_pids(uuid)))
     return render_pids(uuid)
 
 
@@ -75,9 +75,9 @@ async def test_stop_kills_the_renders_and_start_renders_the_rest(
     with trio.fail_after(10):
         for m in members:
             await wait_state(m, uuid, "stopped")
-        await wait_until(lambda: _quiet(members, uuid), "nothing of the stopped job runs or travels",
+        await wait_until(lambda: _quiet(members, uuid), 10, "nothing of the stopped job runs or travels",
                          lambda: render_pids(uuid))
-        await wait_until(lambda: _same_everywhere(members, uuid), "every node holds the same job")
+        await wait_until(lambda: _same_everywhere(members, uuid), 10, "every node holds the same job")
     assert not any(alive(pid) for pid in pids), "a render process outlived the stop"
     rows = tasks(origin, uuid)
     done = {r["frame"] for r in rows if r["state"] == "done"}
@@ -111,9 +111,9 @@ async def test_delete_mid_job_removes_it_everywhere_and_the_workers_let_go(
     reply = await origin.call(lambda c: c.call("delete", job=uuid, inform_clients=True))
     assert reply["deleted"] and reply["replicas"] == 2
     with trio.fail_after(15):
-        await wait_until(lambda: all(state(m, uuid) == "gone" for m in members), "the job gone on every node",
+        await wait_until(lambda: all(state(m, uuid) == "gone" for m in members), 15, "the job gone on every node",
                          lambda: {m.name: state(m, uuid) for m in members})
-        await wait_until(lambda: _quiet(members, uuid), "nothing of the deleted job runs or travels",
+        await wait_until(lambda: _quiet(members, uuid), 15, "nothing of the deleted job runs or travels",
                          lambda: render_pids(uuid))
 
         def workdirs() -> list[str]:  # removed in a thread once the worker let the task go
@@ -122,7 +122,7 @@ async def test_delete_mid_job_removes_it_everywhere_and_the_workers_let_go(
                                    os.path.join(m.node.prefs.work_dir, "tasks"))
                     for n in os.listdir(folder) if uuid in n]
 
-        await wait_until(lambda: not workdirs(), "no work folder of the deleted job left", workdirs)
+        await wait_until(lambda: not workdirs(), 15, "no work folder of the deleted job left", workdirs)
     assert not any(alive(pid) for pid in pids), "a render process outlived the delete"
     for m in members:
         assert doc_of(m, uuid) is None and m.node.book.docs[uuid].deleted is not None

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from render_harness import (
+
+from node.image import read_image
+from tests.harness.render import (
     EXAMPLES,
     RenderFarm,
     doc_of,
@@ -21,8 +23,6 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node.image import read_image
 
 BLENDER = shutil.which("blender")
 POVRAY = shutil.which("povray")

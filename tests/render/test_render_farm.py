@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import trio
-from jobs_harness import agreed_server, wait_until
-from render_harness import (
+
+from node.membership import peers as peers_module
+from protocol.membership.effects import Config
+from tests.harness.jobs import agreed_server
+from tests.harness.render import (
     SLOW,
     SMALL,
     RenderFarm,
@@ -27,9 +30,7 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node.membership import peers as peers_module
-from protocol.membership.effects import Config
+from tests.harness.waiting import wait_until
 
 
 async def test_a_job_renders_on_several_machines_exactly_as_on_one(
@@ -72,9 +73,8 @@ async def test_a_worker_that_dies_mid_frame_loses_only_that_attempt(
     out = short_dir / "out"
     uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
     its_renders = f"{victim.node.prefs.work_dir}/tasks/{uuid}-"  # in every render's command line
-    with trio.fail_after(60):
-        await wait_until(lambda: mid_frame(victim, uuid) and bool(render_pids(its_renders)),
-                         "the victim renders a frame of the job")
+    await wait_until(lambda: mid_frame(victim, uuid) and bool(render_pids(its_renders)),
+                     60, "the victim renders a frame of the job")
     running = victim.node.worker.current
     assert running is not None
     lost_task = running.msg.task
@@ -106,15 +106,13 @@ async def test_a_task_its_worker_gives_up_while_shutting_down_goes_back_to_the_q
     victim = next(m for m in members if m is not server)
     out = short_dir / "out"
     uuid = await submit(server, farm.scene, frames="1-8", rdata=SLOW, output=str(out / "frame_####.png"))
-    with trio.fail_after(60):
-        await wait_until(lambda: mid_frame(victim, uuid), "the victim renders a frame of the job")
+    await wait_until(lambda: mid_frame(victim, uuid), 60, "the victim renders a frame of the job")
     running = victim.node.worker.current
     assert running is not None
     given_up = running.msg.task
     running.scope.cancel()  # what a shutdown does to the task it renders: reported as stopped
-    with trio.fail_after(10):
-        await wait_until(lambda: attempts(server, uuid)[given_up] >= 1,
-                         "the server hears that the victim stopped the task")
+    await wait_until(lambda: attempts(server, uuid)[given_up] >= 1,
+                     10, "the server hears that the victim stopped the task")
     await victim.stop()
 
     with trio.fail_after(60):
@@ -144,16 +142,16 @@ async def test_leases_of_online_workers_the_server_is_still_dialing_do_not_lapse
     members = [first] + [await farm.start(f"w{i}", peers=[first], built=built) for i in range(5)]
     with trio.fail_after(30):
         await wait_until(lambda: all(len(m.node.peers.online_uuids()) == 5 for m in members),
-                         "every node counts the five others ONLINE",
+                         30, "every node counts the five others ONLINE",
                          lambda: {m.name: len(m.node.peers.online_uuids()) for m in members})
         server = await agreed_server(members)
         want = {m.uuid for m in members}
         await wait_until(lambda: set(server.node.scheduler.workers()) == want,
-                         "the server counts every node as a worker",
+                         30, "the server counts every node as a worker",
                          lambda: server.node.scheduler.workers())
         undialed = lambda: [m for m in members if m is not server  # noqa: E731
                             and m.uuid not in server.node.peers.sessions]
-        await wait_until(lambda: len(undialed()) >= 2, "the server has no session with two workers",
+        await wait_until(lambda: len(undialed()) >= 2, 30, "the server has no session with two workers",
                          lambda: sorted(server.node.peers.sessions))
     strangers = {m.uuid for m in undialed()}
     real_dial = server.node.peers._dial_member

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from jobs_harness import wait_until
-from render_harness import (
+
+from tests.harness.render import (
     SMALL,
     RenderFarm,
     cli,
@@ -21,6 +21,7 @@ from render_harness import (
     summary,
     wait_state,
 )
+from tests.harness.waiting import wait_until
 
 
 async def test_results_are_listed_removed_one_by_one_and_cleared(farm: RenderFarm, short_dir: Path) -> None:
@@ -32,7 +33,7 @@ async def test_results_are_listed_removed_one_by_one_and_cleared(farm: RenderFar
     with trio.fail_after(60):
         assert await wait_state(origin, uuid, "done", "failed") == "done", "\n".join(log_lines(origin, uuid))
         # the repository copy travels on its own, after the submitter's
-        await wait_until(lambda: len(server.node.results.repository()) == 1, "the copy in the repository")
+        await wait_until(lambda: len(server.node.results.repository()) == 1, 60, "the copy in the repository")
 
     listed = await cli(origin, "results", uuid)
     assert sorted(r["frame"] for r in listed) == [1, 2, 3]

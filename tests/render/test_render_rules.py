@@ -14,8 +14,16 @@ from typing import Any
 
 import pytest
 import trio
-from jobs_harness import agreed_server, wait_until
-from render_harness import (
+
+from node import renderers
+from node.jobs.scheduler import LOST_LIMIT
+from node.jobs.scheduling.policy import DEPTH
+from node.render.worker import Running
+from protocol.crdt import task_current
+from protocol.enums import RenderResult
+from protocol.messages import Assign, TaskUpdate
+from tests.harness.jobs import agreed_server
+from tests.harness.render import (
     EXAMPLES,
     NOMACHINE,
     SMALL,
@@ -29,14 +37,7 @@ from render_harness import (
     tasks,
     wait_state,
 )
-
-from node import renderers
-from node.jobs.scheduler import LOST_LIMIT
-from node.jobs.scheduling.policy import DEPTH
-from node.render.worker import Running
-from protocol.crdt import task_current
-from protocol.enums import RenderResult
-from protocol.messages import Assign, TaskUpdate
+from tests.harness.waiting import wait_until
 
 needs_povray = pytest.mark.skipif(shutil.which("povray") is None,
                                   reason="povray is not installed (Debian: apt-get install povray)")
@@ -133,9 +134,8 @@ async def test_deleteafterrendering_deletes_the_job_once_its_frames_are_delivere
     out = short_dir / "out"
     uuid = await submit(origin, farm.scene, frames="1-4", rdata=SMALL, flags=["DELETEAFTERRENDERING"],
                         output=str(out / "frame_####.png"))
-    with trio.fail_after(60):
-        await wait_until(lambda: all(state(m, uuid) == "gone" for m in members), "the job deleted everywhere",
-                         lambda: {m.name: state(m, uuid) for m in members})
+    await wait_until(lambda: all(state(m, uuid) == "gone" for m in members), 60, "the job deleted everywhere",
+                     lambda: {m.name: state(m, uuid) for m in members})
     assert sorted(frame_files(out)) == [1, 2, 3, 4]
     assert all(m.node.book.docs[uuid].deleted is not None for m in members)
     assert not any(item.job == uuid for m in members for item in m.node.results.pending())
@@ -211,10 +211,9 @@ async def test_a_worker_busy_behind_the_servers_back_is_not_asked_again_at_once(
     local worker did so without ever yielding, and froze the daemon)."""
     server = await farm.start("server", share=False)
     worker = await farm.start("worker", peers=[server], server_priority=0)
-    with trio.fail_after(30):
-        await wait_until(lambda: server.node.election.role == "server"
-                         and set(server.node.scheduler.workers()) == {worker.uuid},
-                         "the server counts the worker", lambda: server.node.scheduler.workers())
+    await wait_until(lambda: server.node.election.role == "server"
+                     and set(server.node.scheduler.workers()) == {worker.uuid},
+                     30, "the server counts the worker", lambda: server.node.scheduler.workers())
     held = object()  # two tasks the server never handed out
     worker.node.worker.current, worker.node.worker.waiting = held, held  # type: ignore[assignment]
     refusals = 0
@@ -281,12 +280,12 @@ async def test_a_new_server_does_not_log_the_end_of_jobs_that_ended_before_it(fa
     uuid = await submit(a, farm.scene, frames="1-2", renderer="command", rdata={"command": "true"})
     with trio.fail_after(30):
         assert await wait_state(a, uuid, "done", "failed") == "done"
-        await wait_until(lambda: log_lines(a, uuid).count("job done") == 1, "the end logged")
+        await wait_until(lambda: log_lines(a, uuid).count("job done") == 1, 30, "the end logged")
     rest = [m for m in (a, b, c) if m is not server]
     await server.stop()
     with trio.fail_after(30):
         new = await agreed_server(rest)
-        await wait_until(lambda: new.node.scheduler.status()["active"], "the new server schedules")
+        await wait_until(lambda: new.node.scheduler.status()["active"], 30, "the new server schedules")
     await trio.sleep(0.5)
     for m in rest:
         assert log_lines(m, uuid).count("job done") == 1, log_lines(m, uuid)

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from jobs_harness import wait_until
-from render_harness import (
+
+from node.image import read_image
+from node.render.assembly import partial_path
+from tests.harness.render import (
     EXAMPLES,
     SLOW,
     SMALL,
@@ -38,10 +40,8 @@ from render_harness import (
     tasks,
     wait_state,
 )
-from test_render_external import make_cube
-
-from node.image import read_image
-from node.render.assembly import partial_path
+from tests.harness.waiting import wait_until
+from tests.render.test_render_external import make_cube
 
 BLENDER = shutil.which("blender")
 needs_blender = pytest.mark.skipif(BLENDER is None,
@@ -119,9 +119,8 @@ async def test_a_worker_killed_while_rendering_a_tile_costs_that_tile_one_more_r
     out = short_dir / "out"
     uuid = await submit(server, farm.scene, frames="1", rdata=SLOW, tiles="3x3", output=str(out / "still.png"))
     its_renders = f"{victim.node.prefs.work_dir}/tasks/{uuid}-"
-    with trio.fail_after(60):
-        await wait_until(lambda: mid_frame(victim, uuid) and bool(render_pids(its_renders)),
-                         "the victim renders a tile of the job")
+    await wait_until(lambda: mid_frame(victim, uuid) and bool(render_pids(its_renders)),
+                     60, "the victim renders a tile of the job")
     running = victim.node.worker.current
     assert running is not None
     lost = running.msg.task
@@ -159,13 +158,12 @@ async def test_a_tiled_job_stopped_midway_resumes_and_one_deleted_leaves_no_tile
     (a, b), _ = await farm.ready("a", "b")
     out = short_dir / "out"
     uuid = await submit(a, farm.scene, frames="1", rdata=SLOW, tiles="4x2", output=str(out / "still.png"))
-    with trio.fail_after(60):
-        await wait_until(lambda: summary(a, uuid)["tiles_done"] >= 2, "two tiles done")
+    await wait_until(lambda: summary(a, uuid)["tiles_done"] >= 2, 60, "two tiles done")
     await a.call(lambda c: c.stop_rendering(uuid))
     with trio.fail_after(30):
         await wait_state(a, uuid, "stopped")
         await wait_until(lambda: partial_path(str(out / "still.png")) in map(str, out.iterdir()),
-                         "the partial image of the still")
+                         30, "the partial image of the still")
     partial = read_image(partial_path(str(out / "still.png")))
     assert partial.shape == (90, 160, 4) and 0 < int((partial[:, :, 3] == 255).sum()) < 90 * 160
     assert int((partial[:, :, 3] == 0).sum()) > 0, "the partial image has no transparent part"
@@ -180,12 +178,11 @@ async def test_a_tiled_job_stopped_midway_resumes_and_one_deleted_leaves_no_tile
     gone_out = short_dir / "gone"
     doomed = await submit(a, farm.scene, frames="1", rdata=SLOW, tiles="4x2", output=str(gone_out / "still.png"))
     kept = Path(a.node.prefs.state_dir) / "tiles" / doomed
-    with trio.fail_after(60):
-        await wait_until(lambda: summary(a, doomed)["tiles_done"] >= 1 and kept.is_dir(), "a tile kept")
+    await wait_until(lambda: summary(a, doomed)["tiles_done"] >= 1 and kept.is_dir(), 60, "a tile kept")
     await a.call(lambda c: c.delete_render_job(doomed))
     with trio.fail_after(30):
-        await wait_until(lambda: state(a, doomed) == "gone" and not kept.exists(), "its tiles removed")
-        await wait_until(lambda: not a.node.worker.busy and not b.node.worker.busy, "the workers idle")
+        await wait_until(lambda: state(a, doomed) == "gone" and not kept.exists(), 30, "its tiles removed")
+        await wait_until(lambda: not a.node.worker.busy and not b.node.worker.busy, 30, "the workers idle")
     assert not (gone_out / "still.png").exists()
     assert doc_of(a, doomed) is None
 

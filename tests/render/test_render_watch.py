@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import (
+
+from node.jobs import watch
+from tests.harness.jobs import Member
+from tests.harness.render import (
     RenderFarm,
     creator_name,
     frame_files,
@@ -24,8 +26,7 @@ from render_harness import (
     small_scene,
     wait_state,
 )
-
-from node.jobs import watch
+from tests.harness.waiting import wait_until
 
 
 class Scans:
@@ -49,8 +50,7 @@ class Scans:
     async def wait(self, n: int) -> None:
         """Wait for ``n`` more complete scans."""
         target = self.count + n
-        with trio.fail_after(10 + n):
-            await wait_until(lambda: self.count >= target, f"{n} more scans of the watch folder")
+        await wait_until(lambda: self.count >= target, 10 + n, f"{n} more scans of the watch folder")
 
 
 @pytest.fixture
@@ -64,8 +64,7 @@ def jobs_of(member: Member, scene: Path) -> list[str]:
 
 
 async def one_job(member: Member, scene: Path) -> str:
-    with trio.fail_after(15):
-        await wait_until(lambda: bool(jobs_of(member, scene)), f"a job for {scene.name}")
+    await wait_until(lambda: bool(jobs_of(member, scene)), 15, f"a job for {scene.name}")
     (uuid,) = jobs_of(member, scene)
     return uuid
 
@@ -130,8 +129,7 @@ async def test_a_scene_still_being_written_waits_until_it_holds_still(
             written += 1
 
     scans.before_scan = append_part
-    with trio.fail_after(20):
-        await wait_until(lambda: written == len(parts), "the whole file written, one part per scan")
+    await wait_until(lambda: written == len(parts), 20, "the whole file written, one part per scan")
     assert not jobs_of(watcher, growing), "a file was submitted while it was still growing"
     scans.before_scan = None
 

@@ -18,17 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-_HERE = Path(__file__).resolve().parent
-for sub in ("jobs", "render"):  # the in-process farm harnesses; appended, shadowing nothing
-    path = str(_HERE.parent / sub)
-    if path not in sys.path:
-        sys.path.append(path)
-
-from jobs_harness import FAST_TMP  # noqa: E402
-from render_harness import RenderFarm, kill_leftovers  # noqa: E402
-from security_harness import Accounts  # noqa: E402
-
-from node import config  # noqa: E402
+from tests.harness.jobs import FAST_TMP
+from tests.harness.render import RenderFarm, kill_leftovers
+from tests.harness.security import Accounts
 
 
 def _cannot_make_accounts() -> str:
@@ -38,12 +30,6 @@ def _cannot_make_accounts() -> str:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return ""
-
-
-@pytest.fixture(autouse=True)
-def no_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """config.load(None) must not read the host's /etc/rendernode/rendernode.toml."""
-    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "no-such-rendernode.toml")
 
 
 @pytest.fixture
@@ -108,11 +94,10 @@ def root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def token(monkeypatch: pytest.MonkeyPatch) -> bytes:
-    """The farm token, also in the test process's environment: renders used to inherit it."""
-    value = secrets.token_urlsafe(32)
-    monkeypatch.setenv("RENDERNODE_TOKEN", value)
-    return value.encode()
+def token(token: bytes, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """The shared token, also in the test process's environment: renders used to inherit it."""
+    monkeypatch.setenv("RENDERNODE_TOKEN", token.decode())
+    return token
 
 
 @pytest.fixture

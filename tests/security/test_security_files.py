@@ -12,12 +12,13 @@ import threading
 from pathlib import Path
 
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import RenderFarm, small_scene, wait_state
-from security_harness import Accounts, submit_as
-from test_security_renders import home_of, one_node, owned_by, root_secret
 
 from protocol.crdt import Phase, task_current
+from tests.harness.jobs import Member
+from tests.harness.render import RenderFarm, small_scene, wait_state
+from tests.harness.security import Accounts, submit_as
+from tests.harness.waiting import wait_until
+from tests.security.test_security_renders import home_of, one_node, owned_by, root_secret
 
 
 def stored_chunks(node: Member) -> set[str]:
@@ -138,9 +139,8 @@ async def test_an_output_folder_swapped_for_a_symlink_after_submit_gets_no_frame
     doc = node.node.book.get(uuid)
     assert doc is not None
     node.node.jobs.start(doc, accounts.alice)
-    with trio.fail_after(60):
-        await wait_until(lambda: task_current(node.node.book.get(uuid), 0).phase == Phase.DELIVERING,  # type: ignore[arg-type]
-                         "the frame is rendered")
+    await wait_until(lambda: task_current(node.node.book.get(uuid), 0).phase == Phase.DELIVERING,  # type: ignore[arg-type]
+                     60, "the frame is rendered")
     await trio.sleep(3)  # a delivery attempt or two (RETRY is 2 s)
     assert list(protected.iterdir()) == [], "the frame went where alice cannot write"
     assert await wait_state(node, uuid, "rendering", "queued") in ("rendering", "queued")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from jobs_harness import Member, wait_until
-from render_harness import EXAMPLES, SLOW, RenderFarm, render_pids, small_scene, wait_state
-from security_harness import (
+
+from tests.harness.jobs import Member
+from tests.harness.render import EXAMPLES, SLOW, RenderFarm, render_pids, small_scene, wait_state
+from tests.harness.security import (
     Accounts,
     as_user,
     assert_found_nothing,
@@ -28,6 +29,7 @@ from security_harness import (
     attack_targets,
     submit_as,
 )
+from tests.harness.waiting import wait_until
 
 BLENDER = shutil.which("blender")
 needs_blender = pytest.mark.skipif(BLENDER is None, reason="blender is not installed (apt-get install blender)")
@@ -192,9 +194,8 @@ async def test_nothing_a_render_starts_outlives_its_task(
     with trio.fail_after(60):
         assert await wait_state(node, result["uuid"], "done", "failed") == "done"
     pid = int((folder / "out" / "pid_0001.txt").read_text())
-    with trio.fail_after(5):
-        await wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid),
-                         "the lingering process is gone")
+    await wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid),
+                     5, "the lingering process is gone")
 
 
 def _exists(path: str) -> bool:

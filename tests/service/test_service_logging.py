@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from node_harness import call, node_prefs, start_node
 
 from node.service import logs
 from protocol.enums import Output
+from tests.harness.nodes import call, node_prefs, start_node
 
 
 def record(level: int, msg: str, exc: bool = False) -> logging.LogRecord:
@@ -113,11 +113,11 @@ def test_sd_notify_without_a_manager_does_nothing(short_dir: Path, monkeypatch: 
 ])
 async def test_console_output_flags_map_to_levels(flags: Output, level: int, prefix: str,
                                                   short_dir: Path, caplog: pytest.LogCaptureFixture,
-                                                  token: str) -> None:
+                                                  token: bytes) -> None:
     caplog.set_level(logging.DEBUG, logger="rendernode.console")
     prefs = node_prefs(short_dir, "console", mdns=False)
     async with trio.open_nursery() as nursery:
-        await start_node(nursery, prefs, token.encode())
+        await start_node(nursery, prefs, token)
         assert await call(prefs.socket, "console", flags=int(flags), text="frame 12 done")
         nursery.cancel_scope.cancel()
     (rec,) = [r for r in caplog.records if r.name == "rendernode.console"]

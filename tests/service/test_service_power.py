@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from node_harness import call, node_prefs, start_node, wait_until
 
 from node.db import Database
 from node.jobs.book import JobBook
 from node.jobs.operations import Jobs, JobSpec
 from node.membership.machines import Machine
 from node.service import power
+from tests.harness.nodes import call, node_prefs, start_node
+from tests.harness.waiting import wait_until
 
 MAC = "02:aa:bb:cc:dd:ee"
 
@@ -84,12 +85,12 @@ def test_without_a_default_route_the_first_interface_with_a_mac(fake_sys: tuple[
     assert power.local_mac("0.0.0.0:5401", net, routes) == ""  # lo has none
 
 
-def test_this_machine_announces_its_mac_in_hello(tmp_path: Path, token: str) -> None:
+def test_this_machine_announces_its_mac_in_hello(tmp_path: Path, token: bytes) -> None:
     """The real /sys: a node's Hello carries the MAC local_mac finds (if any)."""
     from node import daemon
 
     prefs = node_prefs(tmp_path, "mac", mdns=False)
-    node = daemon.build(prefs, token.encode(), {})
+    node = daemon.build(prefs, token, {})
     try:
         assert node.peers.local_mac == power.local_mac(prefs.listen)
         assert node.peers.hello().mac == node.peers.local_mac
@@ -98,7 +99,7 @@ def test_this_machine_announces_its_mac_in_hello(tmp_path: Path, token: str) -> 
     finally:
         node.db.close()
     prefs = node_prefs(tmp_path, "selfish", mdns=False, share=False)
-    node = daemon.build(prefs, token.encode(), {})
+    node = daemon.build(prefs, token, {})
     try:
         assert node.peers.hello().mac == ""  # it does not render for the farm: never woken
     finally:
@@ -306,7 +307,7 @@ async def test_a_missing_inhibitor_program_is_reported_once() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_rendering_worker_holds_the_inhibitor(short_dir: Path, token: str,
+async def test_a_rendering_worker_holds_the_inhibitor(short_dir: Path, token: bytes,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's on_busy hook drives the node's own inhibitor (the fake command)."""
     fake = FakeInhibitor(short_dir / "pids")
@@ -317,7 +318,7 @@ async def test_a_rendering_worker_holds_the_inhibitor(short_dir: Path, token: st
     prefs = node_prefs(short_dir, "w", mdns=False, election_grace=0.1)
     busy: list[bool] = []
     async with trio.open_nursery() as nursery:
-        running = await start_node(nursery, prefs, token.encode())
+        running = await start_node(nursery, prefs, token)
         running.node.worker.on_busy.append(busy.append)
         await wait_until(lambda: running.node.election.role == "server", 5, "the node is the server")
         result = await call(prefs.socket, "submit", scene=str(scene), renderer="command", frames="1",

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from node_harness import UP, Running, V, start_node, wait_until
 
 from node import config
 from node.cli import main
 from node.service import token as farmtoken
+from tests.harness.nodes import UP, Running, V, start_node
+from tests.harness.waiting import wait_until
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:
@@ -78,7 +79,7 @@ def test_the_token_file_belongs_to_the_service_user_when_it_exists(
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.pw_uid, nobody.pw_gid, 0o600)
 
 
-def test_token_show_rotate_and_set(tmp_path: Path, token: str) -> None:
+def test_token_show_rotate_and_set(tmp_path: Path, token: bytes) -> None:
     cli("init", "--config-dir", str(tmp_path))
     first = (tmp_path / "token").read_text().strip()
     code, out = cli("token", "show", "--config-dir", str(tmp_path))
@@ -89,9 +90,9 @@ def test_token_show_rotate_and_set(tmp_path: Path, token: str) -> None:
     assert rotated != first and (tmp_path / "token").read_text().strip() == rotated
     assert "SECURITYTOKENCHANGED" in out and "systemctl reload rendernode" in out
     assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
-    code, out = cli("token", "set", "--config-dir", str(tmp_path), input=token + "\n")
+    code, out = cli("token", "set", "--config-dir", str(tmp_path), input=token.decode() + "\n")
     assert code == 0, out
-    assert farmtoken.show(tmp_path) == token
+    assert farmtoken.show(tmp_path) == token.decode()
 
 
 def test_token_set_refuses_a_weak_token(tmp_path: Path) -> None:

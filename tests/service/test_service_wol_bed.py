@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parents[1]
-if str(_TESTS) not in sys.path:
-    sys.path.append(str(_TESTS))
-
-from netlab import Bed, Host, skip_unless_netns  # noqa: E402
-
-from node.service import power  # noqa: E402
+from node.service import power
+from tests.harness.waiting import poll_until
+from tests.netlab import Bed, Host, skip_unless_netns
 
 pytestmark = pytest.mark.system
 WAIT = 30.0
@@ -45,14 +40,6 @@ def bed() -> Iterator[Bed]:
         yield bed
 
 
-def until(check: object, what: str, detail: object = lambda: "") -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT} s: {what}; {detail()}")  # type: ignore[operator]
-        time.sleep(0.1)
-
-
 def mac_of(host: Host) -> str:
     links = json.loads(host.run(["ip", "-j", "link", "show", "eth0"]).stdout)
     return str(links[0]["address"]).lower()
@@ -63,11 +50,11 @@ def row_of(server: Host, name: str) -> dict[str, object] | None:
     return rows[0] if rows else None
 
 
-def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token: str) -> None:
+def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token: bytes) -> None:
     server, sleeper, listener = bed.hosts
-    server.start_daemon(token, ["--server-priority", "100", "--peer", sleeper.listen],
+    server.start_daemon(token.decode(), ["--server-priority", "100", "--peer", sleeper.listen],
                         env={"RENDERNODE_SHARE": "false", "RENDERNODE_ELECTION_GRACE": "0.2"})
-    sleeper.start_daemon(token, ["--server-priority", "0"])
+    sleeper.start_daemon(token.decode(), ["--server-priority", "0"])
     server.wait_daemon_socket()
     sleeper.wait_daemon_socket()
     wanted = mac_of(sleeper)
@@ -77,11 +64,13 @@ def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token
         row = row_of(server, sleeper.name)
         return row is not None and "VERIFIED" in row["bits"] and row["mac"] == wanted  # type: ignore[operator]
 
-    until(learned, "the server verifies the sleeper and learns its MAC",
-          lambda: row_of(server, sleeper.name))
-    until(lambda: server.cli("status")["role"] == "server", "the server holds the server role")
+    poll_until(learned, WAIT, "the server verifies the sleeper and learns its MAC",
+               lambda: row_of(server, sleeper.name), ignore=())
+    poll_until(lambda: server.cli("status")["role"] == "server", WAIT, "the server holds the server role",
+               ignore=())
     sleeper.stop_daemon()
-    until(lambda: not (row_of(server, sleeper.name) or {}).get("online"), "the sleeper is offline")
+    poll_until(lambda: not (row_of(server, sleeper.name) or {}).get("online"), WAIT, "the sleeper is offline",
+               ignore=())
 
     catch = listener.spawn([sys.executable, "-I", "-c", CATCH, str(WAIT)])
     catch.wait_for_log("ready")
@@ -90,8 +79,8 @@ def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token
     job = server.cli("submit", str(scene), "--renderer", "command", "--command", "true", "--frames", "1")
     assert job["uuid"], job
 
-    until(lambda: '"hex"' in catch.read_log(), "the listener catches a magic packet",
-          lambda: (catch.read_log(), server.cli("machines"), server.cli("jobs")))
+    poll_until(lambda: '"hex"' in catch.read_log(), WAIT, "the listener catches a magic packet",
+               lambda: (catch.read_log(), server.cli("machines"), server.cli("jobs")), ignore=())
     caught = json.loads(catch.read_log().splitlines()[-1])
     assert bytes.fromhex(caught["hex"]) == power.magic_packet(wanted)
     assert caught["from"] == server.addr

@@ -7,8 +7,8 @@ acknowledged job was lost, that every frame reached its submitter intact and
 that the replicas' job books are identical.  ``bench/chaos.py`` runs it at
 full size, ``tests/system/test_system_chaos.py`` in two minutes::
 
-    from netlab import Bed
-    from soak import Settings, Soak
+    from tests.netlab import Bed
+    from tests.soak import Settings, Soak
 
     with Bed(6) as bed:
         outcome = Soak(bed, Settings(hosts=6, minutes=2)).run()

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netlab import Bed, Host
+from tests.netlab import Bed, Host
 
 __all__ = ["KINDS", "Faults", "descendants"]
 

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import Bed, Host
-from systemfarm import new_token
-
 from node.client import Client
 from node.errors import NodeError
 from protocol.frames import parse_frames
+from tests.harness.systemfarm import new_token
+from tests.netlab import Bed, Host
 
 from .faults import KINDS, Faults
 from .probes import Ledger, book_digest, log_summary, machine_busy, read_book

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab import CHECKOUT_ROOT, Host, python_env
-
 from node.client import Client
 from node.errors import NodeError
+from tests.netlab import CHECKOUT_ROOT, Host, python_env
 
 __all__ = ["KINDS", "RDATA", "Job", "Submitter", "Workload", "render_reference", "sha256_file"]
 

@@ -2,7 +2,7 @@
 
 Each test module builds one bed (module scope: daemons start once per module)
 through ``module_bed_factory``; ``bed_factory`` (function scope, from
-netlab.fixtures) is there for tests that need a bed of their own.  Both skip
+tests/conftest.py) is there for tests that need a bed of their own.  Both skip
 where network namespaces are not allowed and close every bed afterwards, which
 kills every process started in it.
 
@@ -12,24 +12,14 @@ summary, so they show without ``-s``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-# tests/ holds the netlab package; appended (not prepended) so tests/node and
-# tests/protocol never shadow the real node and protocol packages.  This folder
-# holds systemfarm (pytest's default import mode puts it first on sys.path;
-# other modes do not).
-for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))
-
-from netlab import Bed, skip_unless_netns  # noqa: E402
-from netlab.fixtures import BedFactory, bed_factory  # noqa: E402,F401  (re-exported fixture)
-from systemfarm import MEASUREMENTS  # noqa: E402
+from tests.harness.systemfarm import MEASUREMENTS
+from tests.netlab import Bed, skip_unless_netns
+from tests.netlab.fixtures import BedFactory
 
 
 @pytest.fixture(scope="module")

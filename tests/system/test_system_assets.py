@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, new_token, poll_until, report
 
 from node.client import Client
+from tests.harness.systemfarm import Farm, new_token, report
+from tests.harness.waiting import poll_until
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 

@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 import pytest
-from soak import Settings, Soak
-from systemfarm import report
+
+from tests.harness.systemfarm import report
+from tests.soak import Settings, Soak
 
 pytestmark = pytest.mark.system
 

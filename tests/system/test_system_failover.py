@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, new_token, poll_until, report
 
-from node.errors import NodeError
+from tests.harness.systemfarm import Farm, new_token, report
+from tests.harness.waiting import poll_until
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 
@@ -118,7 +118,7 @@ def wait_done(farm: Farm, hosts: Sequence[Host], uuids: Sequence[str], timeout: 
                                        else f"{j['state']} {j['frames_done']}/{j['frames_total']}"))
         return not pending, f"not done: {pending}"
 
-    return poll_until(check, timeout, what, since)
+    return poll_until(check, timeout, what, since=since)
 
 
 def wait_converged(farm: Farm, hosts: Sequence[Host], uuids: Sequence[str], timeout: float,
@@ -139,29 +139,26 @@ def wait_converged(farm: Farm, hosts: Sequence[Host], uuids: Sequence[str], time
                   for n, rows in lists.items()}
         return same and not lacking, f"lacking {lacking}; lists: {states}"
 
-    return poll_until(check, timeout, what, since)
+    return poll_until(check, timeout, what, since=since)
 
 
 def watch_new_server(farm: Farm, survivors: Sequence[Host], old_uuid: str, since: float,
                      timeout: float) -> tuple[float, str, int]:
     """Poll (every FAST_POLL s) until all survivors agree on one server other than
     ``old_uuid``: (seconds since ``since``, server host name, term)."""
-    deadline = time.monotonic() + timeout
-    detail = "never checked"
-    while True:
-        try:
-            agreed, detail, statuses = farm.election(survivors)
-        except NodeError as exc:
-            agreed, statuses = False, {}
-            detail = f"control socket error: {exc.reason}"
-        now = time.monotonic()
+    found: list[tuple[str, int]] = []
+
+    def check() -> tuple[bool, str]:
+        agreed, detail, statuses = farm.election(survivors)
         if agreed:
             s = next(iter(statuses.values()))
             if s["server"] != old_uuid:
-                return now - since, farm.name_of(s["server"]), int(s["term"])
-        if now > deadline:
-            raise AssertionError(f"no new server {now - since:.2f} s after the kill: {detail}")
-        time.sleep(FAST_POLL)
+                found[:] = [(farm.name_of(s["server"]), int(s["term"]))]
+                return True, detail
+        return False, detail
+
+    took = poll_until(check, timeout, "a new server after the kill", since=since, every=FAST_POLL)
+    return took, found[0][0], found[0][1]
 
 
 def kill(farm: Farm, host: Host) -> float:

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netlab import Proc, python_env
-from systemfarm import POLL, Farm, good, new_token, report
 
 from node.errors import NodeError
+from tests.harness.systemfarm import POLL, Farm, good, new_token, report
+from tests.netlab import Proc, python_env
 
 pytestmark = pytest.mark.system
 

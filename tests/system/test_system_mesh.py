@@ -26,8 +26,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, good, new_token, offline, poll_until, report
+
+from tests.harness.systemfarm import Farm, good, new_token, offline, report
+from tests.harness.waiting import poll_until
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 
@@ -145,7 +147,7 @@ def test_cut_host_goes_offline_and_comes_back(meshed: Farm) -> None:
         down, down_each = farm.watch_peer(others, victim, offline, 6.0,
                                           f"{victim.name} OFFLINE on the others after cut()", t_cut)
         alone = poll_until(lambda: sees_all_offline(farm, victim, others), 6.0,
-                           f"{victim.name} lists the others OFFLINE while cut", t_cut)
+                           f"{victim.name} lists the others OFFLINE while cut", since=t_cut)
     finally:
         t_uncut = time.monotonic()
         victim.uncut()

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, new_token, poll_until, report
+
+from tests.harness.systemfarm import Farm, new_token, report
+from tests.harness.waiting import poll_until
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 

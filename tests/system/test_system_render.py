@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from systemfarm import Farm, new_token, poll_until, report
+
+from tests.harness.systemfarm import Farm, new_token, report
+from tests.harness.waiting import poll_until
 
 pytestmark = pytest.mark.system
 

@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netlab import Host
-from systemfarm import Farm, new_token, offline, online, poll_until, report
+
+from tests.harness.systemfarm import Farm, new_token, offline, online, report
+from tests.harness.waiting import poll_until
+from tests.netlab import Host
 
 pytestmark = pytest.mark.system
 
@@ -134,7 +136,7 @@ def test_cut_host_offline_on_all_then_back(one_farm: Farm) -> None:
             still = [o.name for o in others if not offline(rows.get(farm.uuid[o.name]))]
             return not still, f"{victim.name} still lists online: {still}"
 
-        lonely = poll_until(alone, 10.0, f"{victim.name} lists the others OFFLINE while cut", t_cut)
+        lonely = poll_until(alone, 10.0, f"{victim.name} lists the others OFFLINE while cut", since=t_cut)
     finally:
         t_uncut = time.monotonic()
         victim.uncut()

@@ -1,7 +1,7 @@
 """Helpers the asset tests share: files of random bytes and small scenes, the
-chunk requests a node makes, and waits on what nodes hold.
+chunk requests a node makes, and what nodes hold.
 
-Farms are ``jobs_harness.Farm``: in-process nodes on loopback with static
+Farms are ``tests.harness.jobs.Farm``: in-process nodes on loopback with static
 peers, driven through their control sockets.
 """
 
@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import trio
-from jobs_harness import Member, wait_until
 
 from node.image import write_image
 from node.membership.session import Session
 from protocol.crdt import JobDoc
 from protocol.manifest import Manifest
+from tests.harness.jobs import Member
+from tests.harness.waiting import wait_until
 
 MiB = 1 << 20
 
@@ -111,8 +110,7 @@ def chunk_files(member: Member) -> list[Path]:
 
 async def doc_on(member: Member, job: str, within: float = 5.0) -> JobDoc:
     """``job`` as ``member`` holds it, once replication brought it there."""
-    with trio.fail_after(within):
-        await wait_until(lambda: member.node.book.get(job) is not None, f"{member.name} knows {job}")
+    await wait_until(lambda: member.node.book.get(job) is not None, within, f"{member.name} knows {job}")
     doc = member.node.book.get(job)
     assert doc is not None
     return doc
@@ -123,16 +121,3 @@ async def job_state(member: Member, job: str) -> dict[str, Any]:
     result: dict[str, Any] = await member.call(lambda c: c.get_job(job))
     return result
 
-
-async def until(predicate: Callable[[], bool], what: str, within: float,
-                detail: Callable[[], object] = lambda: "") -> None:
-    """``wait_until`` bounded by ``within`` seconds."""
-    with trio.fail_after(within):
-        await wait_until(predicate, what, detail)
-
-
-async def until_async(predicate: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
-    """Poll an async predicate every 50 ms for at most ``within`` seconds."""
-    with trio.fail_after(within):
-        while not await predicate():  # noqa: ASYNC110  (the state is a node's, seen by polling)
-            await trio.sleep(0.05)

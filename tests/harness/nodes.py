@@ -1,5 +1,5 @@
-"""Helpers the node tests share: in-process nodes, polling with a bound, and
-the bits a machine-table row carries."""
+"""Helpers the node tests share: in-process nodes, control calls off the trio
+thread, and the bits a machine-table row carries."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from protocol.verification import VerificationBits
 
 V = VerificationBits
 UP = V.VERIFICATIONBIT_ONLINE | V.VERIFICATIONBIT_VERIFIED
-POLL = 0.02
 
 
 def new_token() -> bytes:
@@ -107,19 +106,6 @@ async def start_nodes(nursery: trio.Nursery, prefs: list[config.Preferences],
         for i in range(len(prefs)):
             starting.start_soon(one, i)
     return [started[i] for i in range(len(prefs))]
-
-
-async def wait_until(predicate: Callable[[], bool], within: float, what: str,
-                     detail: Callable[[], object] = lambda: "") -> float:
-    """Poll ``predicate`` until it holds; fail after ``within`` seconds saying
-    what did not happen.  Returns the seconds it took.  (Polling, because the
-    state watched belongs to a node, a process or the kernel, not to the test.)"""
-    start = trio.current_time()
-    with trio.move_on_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(POLL)
-        return trio.current_time() - start
-    raise AssertionError(f"not within {within} s: {what}; {detail()}")
 
 
 async def call(path: str | Path, method: str, **args: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The content-addressed chunk store (node.chunkstore): verify on put and get,
+"""The content-addressed chunk store (node.assets.store): verify on put and get,
 writes through a temp file and a rename, damage on disk found and dropped, the
 LRU cap that never evicts a pinned job's chunks, gc, materialising files."""
 

@@ -5,6 +5,7 @@ addresses only (no mDNS), driven through the blocking control-socket client."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import pwd
 import shutil
@@ -22,8 +23,8 @@ from node.daemon import Node
 from node.db import Database
 from node.jobs.book import JobBook
 from node.jobs.operations import Jobs, JobSpec
+from tests.harness.waiting import wait_until
 
-POLL = 0.02
 GRACE = 0.5
 #: memory-backed temp space where there is one: SQLite's fsyncs on a real disk
 #: cost tens of milliseconds each, and these tests make many databases
@@ -65,21 +66,6 @@ def table_rows(state_dir: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]
         return list(conn.execute(sql, params))
     finally:
         conn.close()
-
-
-async def wait_until(predicate: Callable[[], bool], what: str,
-                     detail: Callable[[], object] = lambda: "") -> None:
-    """Poll ``predicate`` until it holds (the services under test offer no event
-    to wait on); bound it with ``trio.fail_after`` at the call site.  If the bound
-    runs out, what was awaited and ``detail()`` go to the test's output."""
-    try:
-        while True:
-            if predicate():
-                return
-            await trio.sleep(POLL)
-    except trio.Cancelled:
-        print(f"gave up waiting for {what}: {detail()}")
-        raise
 
 
 # -- in-process farms ---------------------------------------------------------------
@@ -250,10 +236,11 @@ class Farm:
         return [m for m in self.members if not m.stopped.is_set()]
 
 
-async def connected(members: list[Member]) -> None:
-    """Wait until every one of ``members`` has a session with every other."""
+async def connected(members: list[Member], within: float = math.inf) -> None:
+    """Wait until every one of ``members`` has a session with every other (by
+    default as long as the caller's ``trio.fail_after`` lets it)."""
     await wait_until(lambda: all(m.sees(*(o for o in members if o is not m)) for m in members),
-                     "every node sees every other",
+                     within, "every node sees every other",
                      lambda: {m.name: len(m.node.peers.sessions) for m in members})
 
 
@@ -272,9 +259,10 @@ def one_server(members: list[Member]) -> Member | None:
     return chosen[0]
 
 
-async def agreed_server(members: list[Member]) -> Member:
-    """Wait until ``members`` agree on exactly one server; return it."""
-    await wait_until(lambda: one_server(members) is not None, "a single server all nodes agree on",
+async def agreed_server(members: list[Member], within: float = math.inf) -> Member:
+    """Wait until ``members`` agree on exactly one server (by default as long as
+    the caller's ``trio.fail_after`` lets it); return it."""
+    await wait_until(lambda: one_server(members) is not None, within, "a single server all nodes agree on",
                      lambda: [(m.name, m.role, m.term, m.server) for m in members])
     server = one_server(members)
     assert server is not None

@@ -5,8 +5,9 @@ mDNS on each host's eth0, no static peers); the tests read each daemon's
 ``status`` and ``machines`` through ``node.client.Client`` on its control
 socket, which is a file the root namespace reaches.  (The ``node`` CLI answers
 the same calls, but one interpreter per poll would load the 2 cores the
-daemons run on.)  Every wait is a poll with a deadline (every ``POLL`` s);
-latencies are measured from the moment before the action that causes them.
+daemons run on.)  Every wait is a ``poll_until`` (tests.harness.waiting) with a
+deadline, every ``POLL`` s; latencies are measured from the moment before the
+action that causes them.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from netlab import Bed, Host
-
 from node.client import Client
 from node.errors import NodeError
+from tests.harness.waiting import SYNC_POLL, poll_until
+from tests.netlab import Bed, Host
 
-__all__ = ["MEASUREMENTS", "POLL", "Farm", "new_token", "online", "poll_until", "report"]
+__all__ = ["MEASUREMENTS", "POLL", "Farm", "new_token", "online", "report"]
 
-POLL = 0.1
+POLL = SYNC_POLL  #: seconds between two looks at the daemons
 #: Lines printed by :func:`report`, repeated in the terminal summary.
 MEASUREMENTS: list[str] = []
 
@@ -37,29 +38,6 @@ def report(line: str) -> None:
     """Print a measurement (and keep it for the terminal summary)."""
     MEASUREMENTS.append(line)
     print(line, flush=True)
-
-
-def poll_until(check: Callable[[], tuple[bool, str]], timeout: float, what: str,
-               since: float | None = None) -> float:
-    """Call ``check`` every ``POLL`` s until it returns (True, _); return seconds since ``since``.
-
-    ``check`` returns (done, detail); a NodeError from it counts as not done.
-    On timeout, fails the test naming ``what`` and the last detail.
-    """
-    start = time.monotonic() if since is None else since
-    deadline = time.monotonic() + timeout
-    detail = "never checked"
-    while True:
-        try:
-            done, detail = check()
-        except NodeError as exc:
-            done, detail = False, f"control socket error: {exc.reason}"
-        now = time.monotonic()
-        if done:
-            return now - start
-        if now > deadline:
-            raise AssertionError(f"{what}: not so after {now - start:.2f} s; last seen: {detail}")
-        time.sleep(POLL)
 
 
 def good(row: Mapping[str, Any] | None) -> bool:
@@ -171,7 +149,7 @@ class Farm:
             missing = self.mesh_missing(hosts)
             return not missing, f"missing (observer: peers) {missing}"
 
-        return poll_until(check, timeout, what, since)
+        return poll_until(check, timeout, what, since=since)
 
     def online_missing(self, hosts: Sequence[Host]) -> dict[str, list[str]]:
         """For each host, the others of ``hosts`` it does not list ONLINE."""
@@ -191,7 +169,7 @@ class Farm:
             missing = self.online_missing(hosts)
             return not missing, f"missing (observer: peers) {missing}"
 
-        return poll_until(check, timeout, what, since)
+        return poll_until(check, timeout, what, since=since)
 
     def watch_peer(self, observers: Sequence[Host], target: Host, want: Callable[[Any], bool],
                    timeout: float, what: str, since: float) -> tuple[float, dict[str, float]]:
@@ -212,7 +190,7 @@ class Farm:
                     pending[o.name] = sorted(row["bits"]) if row else "not listed"
             return not pending, f"{target.name} as seen by {pending}"
 
-        took = poll_until(check, timeout, what, since)
+        took = poll_until(check, timeout, what, since=since)
         return took, first
 
     def election(self, hosts: Sequence[Host]) -> tuple[bool, str, dict[str, dict[str, Any]]]:
@@ -243,5 +221,5 @@ class Farm:
                 found[:] = [(self.name_of(s["server"]), int(s["term"]))]
             return agreed, detail
 
-        took = poll_until(check, timeout, what, since)
+        took = poll_until(check, timeout, what, since=since)
         return took, found[0][0], found[0][1]

@@ -9,7 +9,6 @@ import itertools
 from typing import Any
 
 import pytest
-from crdt_strategies import JOB, copy_doc, documents, events, merge_all, wire_round_trip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +36,14 @@ from protocol.crdt import (
     tombstone,
 )
 from protocol.errors import RemoteProtocolError
+from tests.harness.crdt_strategies import (
+    JOB,
+    copy_doc,
+    documents,
+    events,
+    merge_all,
+    wire_round_trip,
+)
 
 # -- last-writer-wins registers ---------------------------------------------------
 

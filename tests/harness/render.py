@@ -1,5 +1,5 @@
 """Helpers the render tests share: in-process farms whose nodes render (built on
-``jobs_harness``), small scenes for the built-in renderer, reference renders
+``tests.harness.jobs``), small scenes for the built-in renderer, reference renders
 made without a farm, and the render processes a job runs on this machine.
 
 Reads of a job's state go straight to a node's job book (cheap enough to poll);
@@ -11,6 +11,7 @@ holds the job's UUID.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from jobs_harness import Farm, Member, agreed_server, connected, wait_until
 
 from node.image import read_image
 from protocol.crdt import JobDoc, task_current
 from protocol.enums import RenderJobCreator, RenderResult
+from tests.harness.jobs import Farm, Member, agreed_server, connected
+from tests.harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -37,7 +39,7 @@ CLI_TIMEOUT = 120.0  #: seconds one ``rendernode`` command may take (``submit --
 
 
 class RenderFarm(Farm):
-    """A ``jobs_harness.Farm`` whose nodes share their cores."""
+    """A ``tests.harness.jobs.Farm`` whose nodes share their cores."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,7 +59,7 @@ async def settled(members: list[Member]) -> Member:
         await connected(members)
         server = await agreed_server(members)
         want = {m.uuid for m in members if m.node.prefs.share}
-        await wait_until(lambda: set(server.node.scheduler.workers()) == want,
+        await wait_until(lambda: set(server.node.scheduler.workers()) == want, SETTLE,
                          "the server counts every node as a worker",
                          lambda: server.node.scheduler.workers())
     return server
@@ -165,9 +167,10 @@ async def submit(member: Member, scene: Path | str = "", **args: Any) -> str:
     return str(result["uuid"])
 
 
-async def wait_state(member: Member, uuid: str, *wanted: str) -> str:
-    """Wait until the job's state on ``member`` is one of ``wanted``; bound it at the call site."""
-    await wait_until(lambda: state(member, uuid) in wanted, f"job {uuid} {' or '.join(wanted)}",
+async def wait_state(member: Member, uuid: str, *wanted: str, within: float = math.inf) -> str:
+    """Wait until the job's state on ``member`` is one of ``wanted`` (by default
+    as long as the caller's ``trio.fail_after`` lets it)."""
+    await wait_until(lambda: state(member, uuid) in wanted, within, f"job {uuid} {' or '.join(wanted)}",
                      lambda: (state(member, uuid), _brief_tasks(member, uuid)))
     return state(member, uuid)
 
