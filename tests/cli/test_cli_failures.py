@@ -198,3 +198,21 @@ async def test_require_replicas_as_a_preference_refuses_a_submit_too_few_peers_t
     assert ok.code == 0 and "warning" not in ok.err, ok
     with trio.fail_after(10):
         await wait_state(b, ok.out.strip(), "created")
+
+
+async def test_no_daemon_on_the_socket_exits_4_saying_how_to_start_one(short_dir: Path) -> None:
+    """Nothing listens (no file, or a socket file no daemon serves): every command
+    exits 4 with one line on stderr naming the socket, and no traceback."""
+    import socket as socketlib
+
+    missing = str(short_dir / "none.sock")
+    dead = str(short_dir / "dead.sock")
+    s = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    s.bind(dead)
+    s.close()  # the file stays, nothing accepts
+    for sock in (missing, dead):
+        for args in (("status",), ("jobs",), ("submit", str(small_scene(short_dir / "shot.json")))):
+            run = await rn(sock, *args)
+            assert run.code == 4, (sock, args, run)
+            assert sock in run.err and "rendernode daemon" in run.err, run
+            assert "Traceback" not in run.err
