@@ -25,6 +25,7 @@ from node.membership.peerstate import (
     REFUSED_LOG_EVERY,
     RELAY_ONLY,
     SESSION_WAIT,
+    DialOutcome,
     PeersState,
     Target,
     log,
@@ -98,7 +99,7 @@ class Dialing(PeersState):
         self._nursery.start_soon(self._dial_member, uuid, addresses)
 
     async def _dial_member(self, uuid: str, addresses: list[tuple[str, int]]) -> None:
-        outcome = "unreachable"
+        outcome = DialOutcome.UNREACHABLE
         try:
             target = Target(key=uuid, addresses=addresses, via="overlay", uuid=uuid)
             outcome = await self._dial_once(target)  # returns once the session (if any) ended
@@ -107,9 +108,9 @@ class Dialing(PeersState):
             if done is not None:
                 done.set()
             callbacks = self._on_dial_failure.pop(uuid, [])
-        if outcome not in ("ok", "duplicate", "self"):
+        if outcome not in (DialOutcome.OK, DialOutcome.DUPLICATE, DialOutcome.SELF):
             for callback in callbacks:
-                callback(uuid, outcome == "nobody")
+                callback(uuid, outcome is DialOutcome.NOBODY)
 
     async def session(self, uuid: str, hold: str = "") -> Session:
         """The session to ``uuid``, dialed if need be (``SessionLost`` if it cannot
@@ -190,22 +191,20 @@ class Dialing(PeersState):
             outcome = await self._dial_once(target)
             if target.removed:
                 return
-            if outcome == "self":
+            if outcome is DialOutcome.SELF:
                 self.targets.pop(target.key, None)
                 return
-            if outcome == "ok":
+            if outcome is DialOutcome.OK:
                 backoff = 0.05
                 continue
-            cap = FAILED_VERIFY_BACKOFF if outcome == "refused" else self.prefs.reconnect_max
+            cap = FAILED_VERIFY_BACKOFF if outcome is DialOutcome.REFUSED else self.prefs.reconnect_max
             with trio.move_on_after(backoff):
                 await target.wake.wait()
             target.wake = trio.Event()
             backoff = min(backoff * 2, cap)
 
-    async def _dial_once(self, target: Target) -> str:
-        """Dial ``target`` and serve the session until it ends: "ok", "duplicate",
-        "self", "refused" (its handshake or verification failed), "unreachable", or
-        "nobody" (every address refused the connection: no process listens)."""
+    async def _dial_once(self, target: Target) -> DialOutcome:
+        """Dial ``target`` and serve the session until it ends; how it ended."""
         refusals = 0
         for host, port in list(target.addresses):
             try:
@@ -218,7 +217,7 @@ class Dialing(PeersState):
             return await self._serve_stream(stream, initiator=True, target=target)
         self._record_failure(target.row_id, HandshakeOutcome.UNREACHABLE,
                              "cannot connect to " + ", ".join(f"{h}:{p}" for h, p in target.addresses))
-        return "nobody" if refusals == len(target.addresses) else "unreachable"
+        return DialOutcome.NOBODY if refusals == len(target.addresses) else DialOutcome.UNREACHABLE
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from node.membership.peerstate import (
+    DialOutcome,
     PeersState,
     Target,
     log,
@@ -42,7 +43,8 @@ class Handshakes(PeersState):
     """Handshake, verification and machine bits (a part of ``Peers``)."""
 
     async def _serve_stream(self, stream: trio.SocketStream, *, initiator: bool,
-                            target: Target | None, handshake_over: Callable[[], None] | None = None) -> str:
+                            target: Target | None,
+                            handshake_over: Callable[[], None] | None = None) -> DialOutcome:
         """Handshake, then run the session until it ends; ``handshake_over`` is
         called once the handshake has ended either way (the accept side's
         per-address count covers handshakes, not sessions)."""
@@ -50,7 +52,7 @@ class Handshakes(PeersState):
             remote_ip = str(stream.socket.getpeername()[0])
         except OSError:
             await stream.aclose()
-            return "unreachable"
+            return DialOutcome.UNREACHABLE
         conn = PeerConnection(
             initiator=initiator, static_key=self.ident.key, psk=self.psk, farm_id=self.prefs.farm,
             hint={"uuid": self.ident.uuid, "name": self.prefs.name}, cipher=self._cipher,
@@ -63,15 +65,15 @@ class Handshakes(PeersState):
             finally:
                 if handshake_over is not None:
                     handshake_over()
-            if outcome != "ok":
+            if outcome is not DialOutcome.OK:
                 return outcome
             await self._run_session(session)
-            return "ok"
+            return DialOutcome.OK
         finally:
             with trio.CancelScope(shield=True):
                 await session.aclose()
 
-    async def _establish(self, s: Session, target: Target | None) -> str:
+    async def _establish(self, s: Session, target: Target | None) -> DialOutcome:
         conn = s.conn
         row_hint = target.row_id if target else ""
         try:
@@ -93,7 +95,7 @@ class Handshakes(PeersState):
                     raise HandshakeFailed("peer sent no Hello")
                 hello = event.message
                 if hello.uuid == self.ident.uuid:
-                    return "self"
+                    return DialOutcome.SELF
                 facts, ours = self._verify_hello(hello, event_static=conn.remote_static or b"")
                 await s.send(Verdict(ours.verified, int(ours.bits), ours.reason))
                 event = await s.next_event()
@@ -107,20 +109,20 @@ class Handshakes(PeersState):
                 self._record_failure(row, HandshakeOutcome.FAILED, exc.reason)
             else:
                 self._record_failure(row, HandshakeOutcome.WRONG_TOKEN, exc.reason)
-            return "refused"
+            return DialOutcome.REFUSED
         except (ProtocolError, trio.TooSlowError) as exc:
             reason = getattr(exc, "reason", "handshake timed out")
             if not s.initiator and conn.remote_static is None and not conn.remote_hint:
                 log.debug("connection from %s ended before a handshake: %s", s.remote_ip, reason)
-                return "refused"
+                return DialOutcome.REFUSED
             log.info("handshake with %s failed: %s", s.remote_ip, reason)
             if row_hint or conn.remote_hint.get("uuid"):
                 row = self._row_for_key((conn.remote_static or b"").hex(), conn.remote_hint, row_hint)
                 self._record_failure(row, HandshakeOutcome.FAILED, str(reason))
-            return "refused"
+            return DialOutcome.REFUSED
         except SessionLost as exc:
             log.debug("connection with %s lost during handshake: %s", s.remote_ip, exc.reason)
-            return "unreachable"
+            return DialOutcome.UNREACHABLE
         s.hello, s.uuid = hello, hello.uuid
         self._adopt(hello, s, target)
         facts = dataclasses.replace(facts, peer_verified_us=theirs.ok)
@@ -131,9 +133,9 @@ class Handshakes(PeersState):
             self._set_bits(hello.uuid, reason=reason)
             self.table.log(hello.uuid, f"verification failed: {reason}")
             await self._goodbye(s, "verification failed")
-            return "refused"
+            return DialOutcome.REFUSED
         s.begin()  # sends are queued from here on: the services may send before run() starts
-        return "ok" if self._register(s, facts) else "duplicate"
+        return DialOutcome.OK if self._register(s, facts) else DialOutcome.DUPLICATE
 
     def _row_for_key(self, key_hex: str, hint: dict[str, Any], fallback: str) -> str:
         row = self.table.by_key(key_hex) if key_hex else None

@@ -9,6 +9,7 @@ each part can be read (and type-checked) on its own.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,18 @@ Handler = Callable[[Session, Message, int], Awaitable[None]]
 InlineHandler = Callable[[Session, Message, int], None]
 DeliveryHandler = Callable[[str, Message], None]
 
+
+
+
+class DialOutcome(enum.Enum):
+    """How a dial (or an accepted connection) ended."""
+
+    OK = "ok"  #: a session was made, served, and has ended
+    DUPLICATE = "duplicate"  #: handshaken, but a session to that peer already ran
+    SELF = "self"  #: the address is this node's own
+    REFUSED = "refused"  #: the handshake or the verification failed
+    UNREACHABLE = "unreachable"  #: no address answered in time, or the stream broke
+    NOBODY = "nobody"  #: every address refused the connection: no process listens
 
 
 class PeersState:
@@ -111,7 +124,8 @@ class PeersState:
         raise NotImplementedError
 
     async def _serve_stream(self, stream: trio.SocketStream, *, initiator: bool,
-                            target: Target | None, handshake_over: Callable[[], None] | None = None) -> str:
+                            target: Target | None,
+                            handshake_over: Callable[[], None] | None = None) -> DialOutcome:
         """Handshake on ``stream`` and serve the session (Handshakes)."""
         raise NotImplementedError
 

@@ -21,6 +21,7 @@ from node.db import Database
 from node.membership.identity import load_or_create
 from node.membership.machines import MachineTable
 from node.membership.peers import Peers
+from node.membership.peerstate import DialOutcome
 from node.membership.session import Session
 from protocol import ConnectionClosed, HandshakeComplete, derive_psk
 from protocol.messages import DialBack, DialBackResult, Goodbye, Heartbeat, Hello, Verdict
@@ -69,7 +70,7 @@ class FreezableStream(trio.abc.Stream):
 class Side:
     peers: Peers
     db: Database
-    outcome: str = ""
+    outcome: DialOutcome | None = None
 
     @property
     def uuid(self) -> str:
@@ -238,7 +239,7 @@ async def test_a_peer_failing_verification_gets_only_hello_verdict_and_goodbye(
 
     async with trio.open_nursery() as nursery:
         join(nursery, a, b)
-    assert a.outcome == b.outcome == "refused"
+    assert a.outcome is b.outcome is DialOutcome.REFUSED
     await trio.sleep(10)  # nothing is left running that could still send
     assert set(sent) <= {Hello, Verdict, Goodbye}, sent
     assert sent.count(Hello) == 2 and sent.count(Verdict) == 2
