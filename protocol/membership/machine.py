@@ -266,6 +266,7 @@ class Membership:
 
     def _neighbor_up(self, uuid: str, now: float) -> None:
         alone = not (self.tree.eager or self.tree.lazy)
+        self.table.isolated = False
         self.tree.neighbor_up(uuid, now)
         self.sync.begin(uuid)
         if alone:  # first link (a join, or back from isolation): announce ourselves
@@ -281,6 +282,7 @@ class Membership:
 
     def _neighbor_down(self, uuid: str, now: float) -> None:
         self.tree.neighbor_down(uuid)
+        self.table.isolated = not (self.tree.eager or self.tree.lazy)
 
     def _delivered(self, msg: m.Gossip, sender: str, now: float) -> None:
         self.router.learn(msg.origin, sender, now)

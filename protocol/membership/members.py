@@ -86,6 +86,7 @@ class MemberTable:
         self.suspicions: dict[str, Suspicion] = {}
         self.pending: list[Update] = []  #: to broadcast; drained by the machine
         self.leaving = False
+        self.isolated = False  #: linked before, and no neighbour now (the machine sets it)
         self.deaths: deque[float] = deque(maxlen=16)  #: when members died, latest last
         self._bucket_of: dict[str, int] = {}
         self._bucket_hash = [0] * config.sync_buckets
@@ -216,7 +217,11 @@ class MemberTable:
 
     def tick(self, now: float) -> None:
         """Declare DEAD every suspect whose timer ran out (one with a session up to
-        us gets the news in a Ping and another ``suspicion_min`` instead)."""
+        us gets the news in a Ping and another ``suspicion_min`` instead).  A node
+        cut off from every neighbour (``isolated``) declares nobody: its suspicions
+        say nothing about the members, and are forgiven when a link comes back."""
+        if self.isolated:
+            return
         for uuid, s in list(self.suspicions.items()):
             if s.deadline > now:
                 continue
@@ -233,8 +238,8 @@ class MemberTable:
                 self.pending.append(Update(dead, dedup=True))
 
     def next_deadline(self) -> float | None:
-        """When the next suspicion runs out."""
-        if not self.suspicions:
+        """When the next suspicion runs out (None while isolated)."""
+        if self.isolated or not self.suspicions:
             return None
         return min((s.deadline for s in self.suspicions.values()), default=None)
 

@@ -378,8 +378,9 @@ async def test_the_farm_is_computed_only_while_a_stream_watches(farm: Farm) -> N
     broker = dash.broker
     browser = await _signed_in(a)
     stream = await trio.to_thread.run_sync(EventReader, browser)
-    try:  # the first event carries an id to resume from
-        await trio.to_thread.run_sync(lambda: stream.until(lambda evs: bool(evs), 5))
+    try:  # an event (a new job) gives the stream an id to resume from
+        _job(a, me())
+        await trio.to_thread.run_sync(lambda: stream.until(lambda evs: any(n == "job" for n, _ in evs), 5))
     finally:
         await trio.to_thread.run_sync(stream.close)
     last = stream.last_id

@@ -27,12 +27,14 @@ pytestmark = pytest.mark.system
 HOSTS = 6
 MINUTES = 2.0
 SETTLE_S = 150.0  #: the farm settles in seconds when nothing is wrong; this is for a loaded machine
+SAMPLE_S = 5.0  #: RSS and fds every 5 s: a minute's second half needs 2 x soak.WINDOW samples even when one is late
 RSS_GROWTH_MB = 20.0  #: over the second half of a short soak (the 10-minute bench aims at 5 MB)
 
 
 def test_chaos_soak_loses_nothing(module_bed_factory: Any) -> None:
     bed = module_bed_factory(HOSTS)
-    soak = Soak(bed, Settings(hosts=HOSTS, minutes=MINUTES, seed=int(time.time()), settle_timeout=SETTLE_S),
+    soak = Soak(bed, Settings(hosts=HOSTS, minutes=MINUTES, seed=int(time.time()), settle_timeout=SETTLE_S,
+                                sample_every=SAMPLE_S),
                 say=report)
     outcome = soak.run()
     assert outcome.lost == 0, "acknowledged jobs lost:\n" + "\n".join(outcome.lines)
