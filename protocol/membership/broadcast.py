@@ -89,6 +89,17 @@ class Plumtree:
             if self._flush_at is None:
                 self._flush_at = now + self.config.lazy_interval
 
+    def drop_own(self, kind: str) -> int:
+        """Forget the bodies of this node's own ``kind`` messages (they are no longer
+        announced to new neighbours); how many.  Back from isolation, the member
+        updates it made while cut off are stale news (suspicions of members it simply
+        could not reach) and must not spread when its first link comes up."""
+        stale = [i for i, (msg, _) in self.cache.items() if msg.origin == self.me and msg.kind == kind]
+        for msg_id in stale:
+            msg, _ = self.cache.pop(msg_id)
+            self.cache_bytes -= _size(msg)
+        return len(stale)
+
     def neighbor_down(self, uuid: str) -> None:
         """An active neighbour is gone.  If its link was a tree link, one lazy link
         becomes a tree link at once (both ends, by an empty Graft): the tree may

@@ -99,6 +99,14 @@ class Detector:
         self._sweeping: set[str] = set()  #: members dialed by the partition sweep
         self._next_sweep = 0.0
 
+    def forget_checks(self) -> None:
+        """Back from isolation: the checks, probes and timeouts begun while cut off
+        would only suspect members it could not reach from there."""
+        self.checks.clear()
+        self.probes.clear()
+        self._timeouts.clear()
+        self._sweeping.clear()
+
     # -- node layer inputs -----------------------------------------------------------
 
     def lost(self, uuid: str, now: float, reason: str) -> None:

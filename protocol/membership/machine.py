@@ -266,17 +266,23 @@ class Membership:
 
     def _neighbor_up(self, uuid: str, now: float) -> None:
         alone = not (self.tree.eager or self.tree.lazy)
+        if alone:  # first link (a join, or back from isolation)
+            # what a node cut off said and began meanwhile is stale news: its suspicions
+            # of members it simply could not reach are dropped before the first sync or
+            # catch-up carries them out, and so are its own member broadcasts and checks
+            self.table.forgive()
+            if self._linked_before:
+                self.tree.drop_own(m.KIND_MEMBERS)
+                self.detector.forget_checks()
         self.table.isolated = False
         self.tree.neighbor_up(uuid, now)
         self.sync.begin(uuid)
-        if alone:  # first link (a join, or back from isolation): announce ourselves
-            # under a new incarnation: while we were cut off the farm may have held us
-            # SUSPECT or DEAD at our current one, which the same incarnation cannot
-            # beat; waiting to hear of it (anti-entropy) before refuting cost seconds
-            self.table.forgive()
+        if alone:  # announce ourselves: back from isolation under a new incarnation (the
+            # farm may hold us SUSPECT or DEAD at our current one, which the same
+            # incarnation cannot beat); at a start our incarnation is new already
             if self._linked_before:
                 self.table.bump()
-            else:  # a start: our incarnation is new already
+            else:
                 self.table.pending.append(Update(self.table.me))
         self._linked_before = True
 
