@@ -13,6 +13,7 @@ import trio
 
 from node.membership import peers as peers_module
 from protocol.membership.effects import Config
+from tests.harness.cli import rn
 from tests.harness.jobs import agreed_server
 from tests.harness.render import (
     SLOW,
@@ -88,6 +89,14 @@ async def test_a_worker_that_dies_mid_frame_loses_only_that_attempt(
     assert all(r["state"] == "done" for r in rows)
     assert attempts(server, uuid)[lost_task] >= 1, "the lost task was not re-queued as a new attempt"
     assert victim.uuid in rows[lost_task]["machines"] and rows[lost_task]["machines"][-1] != victim.uuid
+    # the frame kept is the survivor's: ``rendered_by`` names it, here and in ``rendernode tasks``
+    kept_by = rows[lost_task]["rendered_by"]
+    assert kept_by == rows[lost_task]["machines"][-1] and kept_by != victim.uuid
+    listed = (await rn(server.sock, "tasks", uuid, "--json")).json()
+    assert next(r for r in listed if r["task"] == lost_task)["rendered_by"] == kept_by
+    table = (await rn(server.sock, "tasks", uuid)).out
+    kept_name = next(m.node.prefs.name for m in members if m.uuid == kept_by)
+    assert kept_name in table
     assert any(f"task {lost_task} on {victim.uuid}" in line and "re-queued" in line
                for line in log_lines(server, uuid)), log_lines(server, uuid)
     survivors = [m for m in members if m is not victim]

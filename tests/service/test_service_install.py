@@ -158,3 +158,19 @@ def test_a_real_run_with_a_venv_installs_the_package_into_the_prefix(tmp_path: P
     assert done.stdout.strip() == str(prefix / "share/rendernode/systemd"), done.stderr
     unit = (root / "etc/systemd/system/rendernode.service").read_text()
     assert "ExecStart=/opt/rn/bin/rendernode daemon" in unit
+
+
+def test_readme_and_the_install_guide_give_the_same_order() -> None:
+    """install-service, then init, then enable --now: in README and docs/install.md
+    alike (they once disagreed)."""
+    root = Path(__file__).resolve().parents[2]
+    steps = ("rendernode install-service", "rendernode init", "systemctl enable --now rendernode")
+
+    def order(path: Path) -> list[str]:
+        """The steps in the order the commands to type (``sudo ...`` lines) first run them."""
+        typed = [line for line in path.read_text().splitlines() if line.startswith("sudo ")]
+        found = {step: next((i for i, line in enumerate(typed) if step in line), -1) for step in steps}
+        assert all(at >= 0 for at in found.values()), (path, found)
+        return sorted(steps, key=found.__getitem__)
+
+    assert order(root / "README.md") == order(root / "docs" / "install.md") == list(steps)
