@@ -144,3 +144,20 @@ async def test_an_output_folder_swapped_for_a_symlink_after_submit_gets_no_frame
     await trio.sleep(3)  # a delivery attempt or two (RETRY is 2 s)
     assert list(protected.iterdir()) == [], "the frame went where alice cannot write"
     assert await wait_state(node, uuid, "rendering", "queued") in ("rendering", "queued")
+
+
+async def test_a_watch_folders_jobs_belong_to_its_owner_and_write_with_their_rights(
+        farm: RenderFarm, root: Path, accounts: Accounts) -> None:
+    """A scene dropped in alice's watch folder becomes alice's job: the book names
+    her, and its frames are hers on disk (the daemon is root here)."""
+    folder = home_of(root, accounts, accounts.alice)
+    owned_by(small_scene(folder / "dropped.json", frames="1"), accounts, accounts.alice)
+    node = await one_node(farm, watch=[str(folder)])
+    await wait_until(lambda: bool(node.node.book.live()), 30, "a job for the dropped scene")
+    (doc,) = node.node.book.live()
+    assert doc.value("user") == accounts.alice
+    with trio.fail_after(60):
+        assert await wait_state(node, doc.uuid, "done", "failed") == "done"
+    frames = [p for p in (folder / "output").rglob("*") if p.is_file()]
+    assert frames, "no frame was written"
+    assert {p.stat().st_uid for p in frames} == {accounts.uid(accounts.alice)}
