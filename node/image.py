@@ -132,7 +132,9 @@ def read_image(path: str) -> Pixels:
         raise ImageError(f"{path}: {exc}") from None
 
 
-def _read_exr(path: str) -> Pixels:
+def _open_exr(path: str) -> Any:
+    """An OpenImageIO input of the OpenEXR file at ``path`` (the caller closes it);
+    FileNotFoundError, or ImageError if it cannot be opened."""
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     if not has_exr():
@@ -142,6 +144,11 @@ def _read_exr(path: str) -> Pixels:
     source = oiio.ImageInput.open(path)
     if source is None:
         raise ImageError(f"{path}: {oiio.geterror()}")
+    return source
+
+
+def _read_exr(path: str) -> Pixels:
+    source = _open_exr(path)
     try:
         data = source.read_image("float")
     finally:
@@ -187,15 +194,7 @@ def read_exact(path: str) -> Exact:
                 return Exact(_pixels(image))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
             raise ImageError(f"{path}: not an image this can read: {exc}") from None
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    if not has_exr():
-        raise ImageError(f"{path}: reading OpenEXR needs OpenImageIO (pip install OpenImageIO)")
-    import OpenImageIO as oiio
-
-    source = oiio.ImageInput.open(path)
-    if source is None:
-        raise ImageError(f"{path}: {oiio.geterror()}")
+    source = _open_exr(path)
     try:
         spec = source.spec()
         if spec.width * spec.height > MAX_PIXELS:
