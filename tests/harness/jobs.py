@@ -23,6 +23,7 @@ from node.daemon import Node
 from node.db import Database
 from node.jobs.book import JobBook
 from node.jobs.operations import Jobs, JobSpec
+from tests.harness.nodes import run_built
 from tests.harness.waiting import wait_until
 
 GRACE = 0.5
@@ -196,18 +197,7 @@ class Farm:
         node = daemon.build(prefs, self.token, {})
         if built is not None:
             built(node)
-        stopped = trio.Event()
-
-        async def run(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-            try:
-                with trio.CancelScope() as scope:
-                    async with trio.open_nursery() as inner:
-                        await inner.start(daemon.run_node, node)
-                        task_status.started(scope)
-            finally:
-                stopped.set()
-
-        scope = await self.nursery.start(run)
+        scope, stopped = await run_built(self.nursery, node)
         member = Member(node, scope, stopped, self.scene)
         self.members.append(member)
         return member

@@ -79,6 +79,13 @@ async def start_node(nursery: trio.Nursery, prefs: config.Preferences, token: by
                      env: dict[str, str] | None = None) -> Running:
     """Build and start a node; returns once every service is ready."""
     node = daemon.build(prefs, token, env or {})
+    scope, stopped = await run_built(nursery, node)
+    return Running(node, scope, stopped)
+
+
+async def run_built(nursery: trio.Nursery, node: Node) -> tuple[trio.CancelScope, trio.Event]:
+    """Run a built node in ``nursery`` until its scope is cancelled; returns once
+    every service is ready: (the scope that stops it, set once it has stopped)."""
     stopped = trio.Event()
 
     async def run(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
@@ -91,7 +98,7 @@ async def start_node(nursery: trio.Nursery, prefs: config.Preferences, token: by
             stopped.set()
 
     scope = await nursery.start(run)
-    return Running(node, scope, stopped)
+    return scope, stopped
 
 
 async def start_nodes(nursery: trio.Nursery, prefs: list[config.Preferences],
