@@ -151,12 +151,18 @@ class Farm:
 
         return poll_until(check, timeout, what, since=since)
 
-    def online_missing(self, hosts: Sequence[Host]) -> dict[str, list[str]]:
-        """For each host, the others of ``hosts`` it does not list ONLINE."""
-        missing: dict[str, list[str]] = {}
+    def online_missing(self, hosts: Sequence[Host]) -> dict[str, dict[str, str]]:
+        """For each host, the others of ``hosts`` it does not list ONLINE, with
+        how it lists them (bits and reason, or "not listed")."""
+        missing: dict[str, dict[str, str]] = {}
         for h in hosts:
             rows = self.rows(h)
-            lacks = [o.name for o in hosts if o is not h and not online(rows.get(self.uuid[o.name]))]
+            lacks = {}
+            for o in hosts:
+                row = rows.get(self.uuid[o.name])
+                if o is not h and not online(row):
+                    lacks[o.name] = ("not listed" if row is None else
+                                     f"{'|'.join(sorted(row['bits'])) or 'no bits'}: {row.get('reason', '')}")
             if lacks:
                 missing[h.name] = lacks
         return missing

@@ -9,11 +9,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 
+from node import daemon
+from node.membership import peers as peers_module
 from node.membership.session import Session, SessionLost
 from protocol.codec import Message
 from protocol.enums import MachineList
+from protocol.membership.effects import Config
 from protocol.messages import Chat
 from tests.harness.nodes import (
     UP,
@@ -22,6 +26,7 @@ from tests.harness.nodes import (
     client_do,
     new_token,
     node_prefs,
+    run_built,
     start_node,
     start_nodes,
     unique,
@@ -139,6 +144,38 @@ async def test_the_per_address_cap_counts_handshakes_not_sessions(tmp_path: Path
         await wait_until(lambda: all(hub.sees_up(s) for s in spokes), FIND, "the hub holds every spoke ONLINE",
                          lambda: [hub.node.table.get(s.uuid) for s in spokes])
         assert len(hub.node.peers.sessions) >= len(spokes)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_dial_of_a_member_the_farm_holds_alive_leaves_it_online(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dial that fails says only that this node cannot reach the member now: the
+    row shows REMOTENOTREACHABLE and stays ONLINE while the overlay holds the member
+    ALIVE.  (A dial failing just after a cut host came back once left it OFFLINE on
+    that node for good: its checks found it alive, so nothing changed again.)"""
+    monkeypatch.setattr(peers_module, "IDLE_CLOSE", 0.5)  # sessions outside the active view close soon
+    token = new_token()
+    async with trio.open_nursery() as nursery:
+        nodes: list[Running] = []
+        for i in range(3):
+            peers = [f"127.0.0.1:{nodes[0].port}"] if nodes else []
+            node = daemon.build(node_prefs(tmp_path, unique(f"view{i}"), mdns=False, peers=peers), token, {})
+            node.overlay.config = Config(active_max=1)  # three nodes, so one pair has no session
+            nodes.append(Running(node, *await run_built(nursery, node)))
+
+        def unlinked() -> list[tuple[Running, Running]]:
+            return [(x, y) for x in nodes for y in nodes if x is not y and y.uuid not in x.node.peers.sessions
+                    and x.node.overlay.is_online(y.uuid) and x.bits(y.uuid) & V.VERIFICATIONBIT_ONLINE]
+
+        await wait_until(lambda: bool(unlinked()), FIND, "a node that holds another ONLINE with no session to it",
+                         lambda: {n.node.prefs.name: sorted(n.node.peers.sessions) for n in nodes})
+        x, y = unlinked()[0]
+        x.node.peers.connect(y.uuid, [("127.0.0.1", 1)])  # nothing listens on port 1
+        await wait_until(lambda: y.uuid not in x.node.peers._dialing, 10, "the dial over")
+        row = x.node.table.get(y.uuid)
+        assert row is not None and x.bits(y.uuid) & V.VERIFICATIONBIT_REMOTENOTREACHABLE, row
+        assert row.online and x.bits(y.uuid) & V.VERIFICATIONBIT_ONLINE, row
+        assert y.uuid in x.node.peers.online_uuids()
         nursery.cancel_scope.cancel()
 
 
