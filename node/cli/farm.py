@@ -34,6 +34,9 @@ def daemon(ctx: click.Context, config_path: str | None, state_dir: str | None, l
     from node import config as config_mod
     from node.daemon import serve
     from node.service import logs
+    from node.service.memory import tune_malloc
+
+    tune_malloc()  # first, before the heap holds much
 
     prefs = config_mod.load(config_path, overrides={
         "state_dir": state_dir, "listen": listen, "mdns_interfaces": list(mdns_interface),

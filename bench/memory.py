@@ -1,0 +1,203 @@
+"""Memory per job: how a daemon's RSS grows with the jobs its book holds.
+
+Starts a farm of ``--nodes`` daemons on loopback (static peers, no mDNS, as
+``rendernode demo``), submits ``--jobs`` small jobs one after another from
+every node in turn (each job waited for before the next), and samples every
+daemon's RSS and open fds after every ``--every`` jobs.  Prints, per workload,
+the RSS at the start and end of the second half and the growth per job per
+node over it, side by side in one run:
+
+    builtin       1-3 frames of examples/spheres.json at 64x36
+    command       1-4 frames of a command renderer writing a line
+    command+asset the same with a 20-400 KiB asset
+    ... --delete  each job deleted once done (what the book holding it costs)
+
+A workload whose growth stops when its jobs are deleted costs memory for
+the jobs kept, not a leak.  ``--env NAME=VALUE`` (repeatable) runs every
+daemon with more environment (e.g. MALLOC_ARENA_MAX=2).
+
+    python bench/memory.py [--nodes 3] [--jobs 200] [--every 20]
+                           [--workloads builtin,command,command+asset]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from node.cli.demo import _free_ports  # noqa: E402
+from node.client import Client  # noqa: E402
+from node.errors import DaemonNotRunning, NodeError  # noqa: E402
+
+SCENE = ROOT / "examples" / "spheres.json"
+RDATA = {"width": 64, "height": 36, "samples": 1}
+ECHO = f"{sys.executable} -c \"import sys; open(sys.argv[1], 'w').write('frame ' + sys.argv[2])\" {{output}} {{frame}}"
+READY = 60.0
+
+
+@dataclass
+class Farm:
+    """Daemons on loopback, one state dir each under ``root``."""
+
+    root: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
+
+    def start(self, n: int, env: dict[str, str]) -> None:
+        ports = _free_ports(n)
+        full = {**os.environ, "RENDERNODE_TOKEN": secrets.token_urlsafe(32), "RENDERNODE_ELECTION_GRACE": "0.5",
+                "RENDERNODE_FARM": f"mem-{secrets.token_hex(4)}", **env}
+        full.pop("RENDERNODE_SOCKET", None)
+        for i in range(n):
+            state = self.root / f"node{i + 1}"
+            sock = str(state / "control.sock")
+            peers = [a for j, p in enumerate(ports) if j != i for a in ("--peer", f"127.0.0.1:{p}")]
+            argv = [sys.executable, "-m", "node", "--socket", sock, "daemon", "--state-dir", str(state),
+                    "--listen", f"127.0.0.1:{ports[i]}", "--no-mdns", "--name", f"mem-{i + 1}",
+                    "--log-level", "warning", *peers]
+            with open(self.root / f"node{i + 1}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(argv, env=full, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+            self.sockets.append(sock)
+        deadline = time.monotonic() + READY
+        while time.monotonic() < deadline:
+            try:
+                if all(self._ready(s, n) for s in self.sockets):
+                    return
+            except (DaemonNotRunning, NodeError, OSError):
+                pass
+            for i, p in enumerate(self.procs):
+                if p.poll() is not None:
+                    raise SystemExit(f"node {i + 1} exited: {(self.root / f'node{i + 1}.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise SystemExit(f"the farm did not form within {READY:.0f} s (logs in {self.root})")
+
+    @staticmethod
+    def _ready(sock: str, n: int) -> bool:
+        with Client(sock, timeout=5) as c:
+            rows = c.get_machines_list(bits=0)
+            up = sum(1 for r in rows if "VERIFIED" in r["bits"] and "ONLINE" in r["bits"])
+            return up == n and bool(c.status().get("server"))
+
+    def sample(self) -> list[tuple[int, int]]:
+        """(RSS bytes, open fds) of each daemon."""
+        out = []
+        for p in self.procs:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+            rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024  # type: ignore[union-attr]
+            out.append((rss, len(os.listdir(f"/proc/{p.pid}/fd"))))
+        return out
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            stat = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in stat[11:15]) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def job_args(kind: str, n: int, inputs: Path, rng: random.Random) -> dict:
+    """The submit arguments of job ``n`` of ``kind``."""
+    out = inputs / f"job{n:05d}"
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "builtin":
+        count = rng.randint(1, 3)
+        return {"scene": str(SCENE), "frames": f"1-{count}", "renderer": "builtin", "rdata": dict(RDATA),
+                "output": str(out / "f_####.png"), "name": f"mem-{n}"}
+    scene = out / "scene.txt"
+    scene.write_text(f"scene {n}\n")
+    rdata: dict = {"command": ECHO}
+    if kind == "command+asset":
+        blob = out / "blob.bin"
+        blob.write_bytes(rng.randbytes(rng.randint(20_000, 400_000)))
+        rdata["assets"] = [str(blob)]
+    return {"scene": str(scene), "frames": f"1-{rng.randint(1, 4)}", "renderer": "command", "rdata": rdata,
+            "output": str(out / "f_####.dat"), "name": f"mem-{n}"}
+
+
+def run(kind: str, args: argparse.Namespace, env: dict[str, str], delete: bool) -> str:
+    root = Path(tempfile.mkdtemp(prefix="rendernode-mem-"))
+    farm = Farm(root)
+    rng = random.Random(args.seed)
+    samples: list[tuple[int, list[tuple[int, int]]]] = []
+    t0 = time.monotonic()
+    try:
+        farm.start(args.nodes, env)
+        cpu0 = farm.cpu()
+        samples.append((0, farm.sample()))
+        for n in range(1, args.jobs + 1):
+            sock = farm.sockets[n % len(farm.sockets)]
+            with Client(sock, timeout=60) as c:
+                uuid = c.create_render_job(**job_args(kind, n, root / "inputs", rng))["uuid"]
+                deadline = time.monotonic() + 120
+                while c.get_job(uuid)["state"] not in ("done", "failed", "stopped"):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"{kind}: job {n} not done within 120 s (logs in {root})")
+                    time.sleep(0.05)
+                if delete:
+                    c.delete_render_job(uuid)
+            shutil.rmtree(root / "inputs" / f"job{n:05d}", ignore_errors=True)
+            if n % args.every == 0:
+                samples.append((n, farm.sample()))
+        cpu = farm.cpu() - cpu0
+    finally:
+        farm.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    half = [s for s in samples if s[0] >= args.jobs // 2]
+    (j0, first), (j1, last) = half[0], half[-1]
+    growth = [(b[0] - a[0]) for a, b in zip(first, last, strict=True)]
+    per_job = sum(growth) / len(growth) / max(1, j1 - j0)
+    fds = max(b[1] - a[1] for a, b in zip(first, last, strict=True))
+    label = f"{kind}{' --delete' if delete else ''}"
+    start = sum(r for r, _ in samples[0][1]) / len(samples[0][1]) / 2**20
+    return (f"{label:<24} RSS {start:6.1f} MB at the start, {sum(r for r, _ in first) / len(first) / 2**20:6.1f} "
+            f"-> {sum(r for r, _ in last) / len(last) / 2**20:6.1f} MB over jobs {j0}-{j1} (mean of "
+            f"{len(first)} daemons): {per_job / 1024:6.1f} KB per job per node, max growth "
+            f"{max(growth) / 2**20:+.1f} MB, fds {fds:+d}; {time.monotonic() - t0:.0f} s, daemons' CPU {cpu:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workloads", default="builtin,command,command+asset")
+    ap.add_argument("--delete", action="store_true", help="also run each workload deleting its jobs when done")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--keep", action="store_true", help="keep the state dirs and logs")
+    args = ap.parse_args()
+    env = dict(e.split("=", 1) for e in args.env)
+    print(f"memory per job: {args.nodes} daemons on loopback, {args.jobs} jobs per workload, one at a time"
+          + (f", env {env}" if env else ""), flush=True)
+    for kind in args.workloads.split(","):
+        for delete in ((False, True) if args.delete else (False,)):
+            print(run(kind, args, env, delete), flush=True)
+
+
+if __name__ == "__main__":
+    main()
