@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from sys import intern
 from typing import Any
 
 import msgpack
@@ -71,7 +72,7 @@ class Phase(IntEnum):
     SUCCEEDED = 5  #: with done=1: every frame of the task is delivered
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskState:
     """One task's replicated state; ``key`` orders states."""
 
@@ -131,7 +132,7 @@ def merge_task(a: TaskState | None, b: TaskState | None) -> TaskState | None:
                    failures=max(win.failures, lose.failures), previews=max(win.previews, lose.previews))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Register:
     """A last-writer-wins value."""
 
@@ -285,7 +286,7 @@ def _stamp(v: Any) -> Stamp:
     if (not isinstance(v, (list, tuple)) or len(v) != 3 or not isinstance(v[0], int)
             or not isinstance(v[1], int) or not isinstance(v[2], str)):
         raise RemoteProtocolError(f"bad stamp {shown(v)}")
-    return (v[0], v[1], v[2])
+    return (v[0], v[1], intern(v[2]))  # one string per node, not one per stamp held
 
 
 def _int(v: Any) -> int:
@@ -332,7 +333,7 @@ def task_from_wire(v: Any) -> TaskState:
         if len(v) >= 14:  # states stored before seen and runs leave them empty
             if not isinstance(v[12], (list, tuple)) or not isinstance(v[13], (list, tuple)):
                 raise ValueError("seen and runs must be lists")
-            seen = tuple(sorted({str(m) for m in v[12]}))
+            seen = tuple(sorted({intern(str(m)) for m in v[12]}))
             runs = tuple(sorted({(_int(r[0]), _int(r[1])) for r in v[13]}))
         if len(v) == 15:  # states stored before previews leave them empty
             if not isinstance(v[14], (list, tuple)) or not all(_is_hash(h) for h in v[14]):
@@ -344,7 +345,7 @@ def task_from_wire(v: Any) -> TaskState:
             raise ValueError(f"done must be 0 or 1, not {shown(done)}")
         # a phase outside the enum would outrank every real state of its attempt
         state = TaskState(_int(gen), _int(done), _int(attempt), int(Phase(_int(phase))), _stamp(stamp),
-                          str(worker), tuple(str(m) for m in machines), _number(rt), str(err), _number(lease),
+                          intern(str(worker)), tuple(intern(str(m)) for m in machines), _number(rt), str(err), _number(lease),
                           _int(term), failures, seen, runs, previews)
     except (TypeError, ValueError, LookupError, OverflowError) as exc:
         raise RemoteProtocolError(f"bad task state: {exc}") from None
@@ -373,8 +374,14 @@ def job_from_wire(v: Any) -> JobDoc:
     """Inverse of ``job_to_wire``; RemoteProtocolError if malformed."""
     if not isinstance(v, dict) or not isinstance(v.get("uuid"), str):
         raise RemoteProtocolError("job document without a uuid")
+    stamps: dict[Stamp, Stamp] = {}  # the fields a change wrote share its stamp: one tuple each, not one a field
+
+    def stamp(raw: Any) -> Stamp:
+        s = _stamp(raw)
+        return stamps.setdefault(s, s)
+
     try:
-        fields = {str(k): Register(_stamp(r[0]), r[1]) for k, r in v.get("f", {}).items()}
+        fields = {intern(str(k)): Register(stamp(r[0]), r[1]) for k, r in v.get("f", {}).items()}
         tasks = {_int(tid): task_from_wire(t) for tid, t in v.get("t", [])}
         log = {_stamp(s): str(line) for s, line in v.get("l", [])}
         gen = _int(v.get("g", 0))
