@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import importlib.util
 import os
 import signal
@@ -88,6 +87,8 @@ class BuiltinRenderer:
 
     def detect(self) -> str | None:
         """``numpy-<version>`` if numpy is installed (without importing it)."""
+        import importlib.metadata  # here: a renderer process never needs it
+
         try:
             return f"numpy-{importlib.metadata.version('numpy')}"
         except importlib.metadata.PackageNotFoundError:

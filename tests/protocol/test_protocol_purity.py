@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,22 @@ def test_the_package_has_its_modules() -> None:
 def test_module_imports_no_io_module(path: Path) -> None:
     imported = imported_modules(path.read_text())
     assert not imported & (FORBIDDEN | {"<dynamic>"}), f"{path.name} imports {imported & FORBIDDEN}"
+
+
+def test_every_name_the_package_exports_resolves() -> None:
+    for name in protocol.__all__:
+        assert getattr(protocol, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        protocol.Nothing  # noqa: B018
+
+
+def test_a_renderer_process_loads_neither_the_handshake_nor_cryptography() -> None:
+    """A renderer runs once a task (once a tile of a still): its start-up is paid
+    per tile, so importing it must not load the Noise handshake and cryptography
+    that ``protocol``'s package names come from."""
+    probe = ("import sys, node.renderers.builtin, node.renderers.command; "
+             "print(sorted(m for m in sys.modules if m.startswith(('cryptography', 'protocol.connection', "
+             "'protocol.noise', 'importlib.metadata'))))")
+    done = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
