@@ -46,6 +46,7 @@ WAKE_EVERY = 300.0  #: seconds between magic packets to one machine
 SETTLE = 3.0  #: seconds the scheduler gets to place tasks before sleepers are woken
 LINGER = 10.0  #: seconds the inhibitor outlives the last task
 STOP_WAIT = 2.0  #: seconds the inhibitor gets to exit after SIGTERM
+INHIBIT_RETRY = 300.0  #: after an inhibitor failed, busy spells within this long run without one
 INHIBIT_COMMAND = ("systemd-inhibit", "--what=sleep", "--who=rendernode",
                    "--why=rendering a frame for the render farm", "--mode=block", "sleep", "infinity")
 SYS_NET = Path("/sys/class/net")
@@ -229,9 +230,13 @@ class Waker:
 class SleepInhibitor:
     """Holds a logind sleep inhibitor (a subprocess) while the worker is busy."""
 
-    def __init__(self, command: Sequence[str] | None = None, linger: float | None = None) -> None:
+    def __init__(self, command: Sequence[str] | None = None, linger: float | None = None,
+                 retry: float = INHIBIT_RETRY) -> None:
         self.command = list(command or INHIBIT_COMMAND)
         self.linger = LINGER if linger is None else linger
+        self.retry = retry
+        self.attempts = 0  #: inhibitor processes started
+        self._retry_at = float("-inf")  #: no new inhibitor before this (trio clock), after a failure
         self.busy = False
         self.holding: trio.Process | None = None  #: the inhibitor process while it runs
         self.failure = ""  #: why the last inhibitor ended early, if it did
@@ -255,10 +260,15 @@ class SleepInhibitor:
             if not self.busy:
                 await self._next_change()
                 continue
+            if trio.current_time() < self._retry_at:
+                # it failed a while ago (no logind, say): a process a task would fail the same
+                # way, so the next try is a busy spell after ``retry`` s
+                with trio.move_on_at(self._retry_at):
+                    await self._next_change()
+                continue
             if await self._hold():
                 continue  # let go after the linger (busy again by now, perhaps)
-            while self.busy:  # it ended early: retry at the next task, not in a loop
-                await self._next_change()
+            self._retry_at = trio.current_time() + self.retry
 
     async def _hold(self) -> bool:
         """Hold an inhibitor until idle for ``linger``: True; False if it could not be held."""
@@ -270,6 +280,7 @@ class SleepInhibitor:
             self._fail(f"cannot run {self.command[0]}: {exc.strerror or exc}")
             return False
         self.holding = proc
+        self.attempts += 1
         released = False
         try:
             async with trio.open_nursery() as nursery:

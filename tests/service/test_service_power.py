@@ -297,6 +297,29 @@ async def test_without_logind_systemd_inhibit_fails_and_rendering_goes_on(
     assert len(warnings) == 1 and "may suspend mid-frame" in warnings[0].getMessage()
 
 
+async def test_after_a_failed_inhibitor_tasks_run_without_one_until_the_retry_time(tmp_path: Path) -> None:
+    """No logind (a container, the test bed): systemd-inhibit fails every time, so it
+    is not run again for every task, only for a busy spell ``retry`` s later."""
+    fails = [sys.executable, "-c", "import sys; sys.exit('Failed to connect to bus')"]
+    inhibitor = power.SleepInhibitor(fails, linger=0.05, retry=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(inhibitor.run)
+        inhibitor.set_busy(True)
+        await wait_until(lambda: bool(inhibitor.failure) and inhibitor.holding is None, 10, "the first failure")
+        failed_at = trio.current_time()
+        assert inhibitor.attempts == 1 and "Failed to connect to bus" in inhibitor.failure
+        for _ in range(5):  # more tasks, back to back
+            inhibitor.set_busy(False)
+            await trio.sleep(0.02)
+            inhibitor.set_busy(True)
+            await trio.sleep(0.02)
+        assert trio.current_time() - failed_at < 1.0
+        assert inhibitor.attempts == 1
+        await wait_until(lambda: inhibitor.attempts == 2, 10, "a new try once the retry time passed")
+        assert trio.current_time() - failed_at >= 1.0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_missing_inhibitor_program_is_reported_once() -> None:
     inhibitor = power.SleepInhibitor(["/nonexistent/systemd-inhibit"], linger=0.1)
     async with trio.open_nursery() as nursery:
