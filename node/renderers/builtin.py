@@ -270,7 +270,7 @@ def _render(args: argparse.Namespace) -> None:
             except ValueError as exc:
                 raise _Failure(RenderResult.RENDERRESULT_ERRORLOADINGPROJECT, str(exc)) from None
             path = args.tile_pattern.format(frame=number, tile=index)
-            _write(path, encode(pixels, ext))
+            _write(path, encode(pixels, ext, fast=True))  # passed on to be assembled, then dropped
             print(f"TILE {number} {index} {path}", flush=True)
 
 

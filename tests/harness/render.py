@@ -228,6 +228,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def png_level(data: bytes | str | Path) -> int:
+    """The compression class of a PNG's zlib stream (FLEVEL of the first IDAT):
+    0 fastest (zlib levels 0-1), 1 fast, 2 default (6), 3 slowest.  ``data``:
+    the file's bytes, or its path."""
+    if not isinstance(data, bytes):
+        data = Path(data).read_bytes()
+    return data[data.index(b"IDAT") + 5] >> 6
+
+
 def render_pids(text: str) -> list[int]:
     """Live processes on this machine whose command line contains ``text``."""
     pids = []

@@ -30,6 +30,7 @@ from tests.harness.render import (
     frame_files,
     log_lines,
     mid_frame,
+    png_level,
     reference_render,
     render_pids,
     same_pixels,
@@ -174,6 +175,7 @@ async def test_a_tiled_job_stopped_midway_resumes_and_one_deleted_leaves_no_tile
         await wait_until(lambda: partial_path(str(out / "still.png")) in map(str, out.iterdir()),
                          30, "the partial image of the still")
     partial = read_image(partial_path(str(out / "still.png")))
+    assert png_level(partial_path(str(out / "still.png"))) == 0  # a preview: fast
     assert partial.shape == (90, 160, 4) and 0 < int((partial[:, :, 3] == 255).sum()) < 90 * 160
     assert int((partial[:, :, 3] == 0).sum()) > 0, "the partial image has no transparent part"
     assert not (out / "still.png").exists()
@@ -182,6 +184,7 @@ async def test_a_tiled_job_stopped_midway_resumes_and_one_deleted_leaves_no_tile
         assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
     reference = await trio.to_thread.run_sync(reference_render, farm.scene, "1", short_dir / "ref", SLOW)
     assert same_pixels(out / "still.png", reference[1])
+    assert png_level(out / "still.png") == 2  # the frame a user keeps: as ever
     assert not [p for p in out.iterdir() if p.name.endswith(".partial.png")]
 
     gone_out = short_dir / "gone"

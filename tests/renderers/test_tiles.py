@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.image import Exact, encode_exact, read_exact, read_image, write_exact, write_image
+from node.image import (
+    Exact,
+    decode,
+    encode,
+    encode_exact,
+    read_exact,
+    read_image,
+    write_exact,
+    write_image,
+)
 from node.jobs.tiling import Tiling
 from node.render.tiles import TileError, assemble, fit_tile
 from node.renderers.base import TaskSpec, Tile
@@ -22,6 +31,7 @@ from node.renderers.blender import BlenderRenderer, border_fraction
 from node.renderers.builtin import BuiltinRenderer
 from node.renderers.command import CommandRenderer, expand, runs
 from node.renderers.povray import PovrayRenderer, block_region, region_args
+from tests.harness.render import png_level
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKE_CUBE = ROOT / "examples" / "blender" / "make_cube.py"
@@ -150,6 +160,16 @@ def test_the_command_template_gets_the_tile_and_the_region_it_draws(tmp_path: Pa
 # -- each renderer's tiles against its whole frame ----------------------------------------------
 
 
+def test_tiles_and_partial_images_are_compressed_fast_and_frames_as_ever() -> None:
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (36, 64, 4), dtype=np.uint8)
+    kept, fast = encode(pixels, "png"), encode(pixels, "png", fast=True)
+    assert (png_level(kept), png_level(fast)) == (2, 0)
+    assert (decode(fast) == pixels).all() and (decode(kept) == pixels).all()
+    image = Exact(pixels)
+    assert encode_exact(image, "png", fast=True) == fast and encode_exact(image, "png") == kept
+
+
 def test_builtin_tiles_are_the_whole_frames_pixels_exactly(tmp_path: Path) -> None:
     rdata = {"width": 97, "height": 55, "samples": 4}
     whole = TaskSpec(job="j", task=0, frames=[3], scene=str(ROOT / "examples" / "spheres.json"),
@@ -160,6 +180,8 @@ def test_builtin_tiles_are_the_whole_frames_pixels_exactly(tmp_path: Path) -> No
         Path(task.workdir).mkdir()
         run(BuiltinRenderer(), task)
     assert worst(tiled, 3, read_image(whole.frame_path(3))) == 0
+    tile_file = next(Path(tiled.workdir).glob("*_tile_*.png"))
+    assert png_level(tile_file.read_bytes()) == 0 and png_level(Path(whole.frame_path(3)).read_bytes()) == 2
 
 
 @pytest.mark.skipif(BLENDER is None, reason="blender is not installed (Debian: apt-get install blender)")
