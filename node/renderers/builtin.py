@@ -157,6 +157,19 @@ class _Failure(Exception):
         self.result = result
 
 
+#: what numpy's BLAS reads at import: one render is one core's work (the worker runs one
+#: render at a time; a machine's other cores run other workers' or nothing), and a BLAS
+#: that starts a thread per core at import costs every task (every tile) 0.15 s of CPU
+ONE_CORE = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_core() -> None:
+    """Keep numpy's BLAS to this thread, unless the render's environment says otherwise
+    (``render_env``); call before numpy is imported."""
+    for name in ONE_CORE:
+        os.environ.setdefault(name, "1")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -239,6 +252,7 @@ def _render(args: argparse.Namespace) -> None:
                        f"the built-in renderer cannot write .{ext} files ({args.out_pattern}); "
                        f"it writes {', '.join(writable_formats())}")
 
+    one_core()
     from node.image import encode  # numpy and Pillow from here on
 
     from .raytrace import load_textures, render

@@ -332,3 +332,15 @@ def test_the_daemon_can_import_the_backend_without_numpy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_a_builtin_render_keeps_numpy_to_one_thread_unless_its_environment_says_otherwise() -> None:
+    probe = ("import os, node.renderers.builtin as b; b.one_core(); import numpy; "
+             "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**env, "OPENBLAS_NUM_THREADS": "2"})
+    assert done.stdout.split()[1] == "2"
