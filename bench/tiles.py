@@ -7,7 +7,8 @@ does) and submits to the first of them:
 
 1. the builtin still (spheres.json, ``--width`` x ``--height``, ``--samples``;
    about 20 s on one core) limited to one machine, then the same still as
-   ``--tiles`` tiles on every machine;
+   ``--tiles`` tiles on every machine, one tile a task, then ``--builtin-
+   chunk`` tiles a task (one renderer process starts for several tiles);
 2. a Blender Cycles still (make_cube.py at ``--blender-size``, ``--blender-
    samples``, denoising off as always, dither off: its noise depends on the
    image buffer) the same two ways, Cycles limited to one thread a render
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--blender-size", default="640x360")
     parser.add_argument("--blender-samples", type=int, default=48)
     parser.add_argument("--blender-chunk", type=int, default=4, help="tiles a Blender process renders")
+    parser.add_argument("--builtin-chunk", type=int, default=4,
+                        help="tiles a builtin renderer process renders, in the second tiled run")
     parser.add_argument("--no-blender", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the state dirs, logs and images")
     args = parser.parse_args()
@@ -129,15 +132,18 @@ def main() -> None:
         single, single_cpu, _ = run_job(sockets[0], procs, scene, tmp / "builtin" / "single.png",
                                         renderer="builtin", rdata=rdata, machines=["bench-1"])
         say(f"single (1 worker): {single:.2f} s, cpu {single_cpu:.1f} s")
-        tiled, tiled_cpu, job = run_job(sockets[0], procs, scene, tmp / "builtin" / "tiles.png",
-                                        renderer="builtin", rdata=rdata, tiles=args.tiles)
-        workers = len({t["machines"][-1] for t in job["tasks"]})
-        say(f"tiles {args.tiles} ({workers} workers): {tiled:.2f} s, cpu {tiled_cpu:.1f} s")
         ideal = single / ideal_div
         say(f"ideal: {ideal:.2f} s (single / min({args.nodes} workers, {cores} cores))")
-        say(f"tiles/ideal: {tiled / ideal:.3f}")
-        say(f"largest pixel difference: {difference(tmp / 'builtin' / 'single.png', tmp / 'builtin' / 'tiles.png')}")
-        say(f"per-tile overhead: {(tiled_cpu - single_cpu) / count:.3f} s cpu")
+        for chunk in (1, args.builtin_chunk):
+            name = f"tiles_{chunk}.png"
+            tiled, tiled_cpu, job = run_job(sockets[0], procs, scene, tmp / "builtin" / name,
+                                            renderer="builtin", rdata=rdata, tiles=args.tiles, chunk=chunk)
+            workers = len({t["machines"][-1] for t in job["tasks"]})
+            how = f"{workers} workers" + ("" if chunk == 1 else f", {chunk} tiles per renderer process")
+            say(f"tiles {args.tiles} ({how}): {tiled:.2f} s, cpu {tiled_cpu:.1f} s")
+            say(f"tiles/ideal: {tiled / ideal:.3f}")
+            say(f"largest pixel difference: {difference(tmp / 'builtin' / 'single.png', tmp / 'builtin' / name)}")
+            say(f"per-tile overhead: {(tiled_cpu - single_cpu) / count:.3f} s cpu")
 
         if not args.no_blender and shutil.which("blender"):
             bscene = blender_scene(tmp, args.blender_size, args.blender_samples)
