@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS tiles (
 );
 """
 PARTIAL = ".partial"  #: inserted before the extension of a frame still missing tiles
+PARTIAL_EVERY = 1.0  #: seconds between two writes of one frame's partial image
 
 
 class SavingFailed(NodeError):
@@ -97,6 +98,9 @@ class Assembly:
         self.writer = writer
         self._locks: dict[tuple[str, int], trio.Lock] = {}
         self._gone: set[str] = set()  #: deleted jobs whose tiles are still here
+        self.partial_every = PARTIAL_EVERY
+        self._partial_at: dict[tuple[str, int], float] = {}  #: (job, frame) -> last partial image (trio clock)
+        self._partial_due: dict[tuple[str, int], float] = {}  #: partial images left for later -> when
         jobs.book.listeners.append(self._on_change)
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
@@ -174,6 +178,19 @@ class Assembly:
         ext = output_ext(doc)
         final = frame_file(output_pattern(str(doc.value("output") or ""), str(doc.value("scene")), ext),
                            offer.frame)
+        key = (doc.uuid, offer.frame)
+        if not complete:
+            last = self._partial_at.get(key)
+            if last is not None and trio.current_time() - last < self.partial_every:
+                # at most one a second: the image waits for the next tile or ``flush``
+                self._partial_due.setdefault(key, last + self.partial_every)
+                self.writer.wake()
+                return partial_path(final)
+            self._partial_at[key] = trio.current_time()
+            self._partial_due.pop(key, None)
+        else:
+            self._partial_at.pop(key, None)
+            self._partial_due.pop(key, None)
         tiles = [(t, tiling.region(t), p) for t, p in sorted(present.items())]
         try:
             data = await trio.to_thread.run_sync(_encode, tiling, tiles, complete, ext)
@@ -200,6 +217,38 @@ class Assembly:
         except (OSError, NodeError) as exc:
             log.info("cannot remove the partial image of frame %d of %s: %s", offer.frame, doc.uuid, exc)
         return final
+
+    def next_due(self) -> float | None:
+        """When ``flush`` has a partial image to write (trio clock), if it has one."""
+        return min(self._partial_due.values(), default=None)
+
+    async def flush(self) -> None:
+        """Write the partial images left for later whose time has come (the results
+        service calls this at ``next_due``)."""
+        now = trio.current_time()
+        for key, when in list(self._partial_due.items()):
+            if when > now or self._partial_due.get(key) != when:
+                continue
+            del self._partial_due[key]
+            job, frame = key
+            async with self._lock(job, frame):
+                doc = self.jobs.book.get(job)
+                tiling = tiling_of(doc) if doc is not None else None
+                if doc is None or tiling is None or doc.deleted is not None:
+                    continue
+                present = self._present(doc, frame)
+                if not present or len(present) == tiling.count:
+                    continue  # nothing yet, or the frame itself is written
+                ext = output_ext(doc)
+                final = frame_file(output_pattern(str(doc.value("output") or ""), str(doc.value("scene")), ext),
+                                   frame)
+                tiles = [(t, tiling.region(t), p) for t, p in sorted(present.items())]
+                self._partial_at[key] = trio.current_time()
+                try:
+                    data = await trio.to_thread.run_sync(_encode, tiling, tiles, False, ext)
+                    await self.writer.write_as_owner(job, partial_path(final), data)
+                except (OSError, ImageError, TileError, NodeError) as exc:  # only a preview
+                    log.info("cannot write the partial image of frame %d of %s: %s", frame, job, exc)
 
     def partial_png(self, doc: JobDoc, frame: int) -> bytes | None:
         """The frame as far as its tiles here go, as a PNG (OpenEXR tiles tone mapped
@@ -256,6 +305,10 @@ class Assembly:
         await self.db.run(lambda c: c.execute("DELETE FROM tiles WHERE job=?", (job,)))
         for key in [k for k in self._locks if k[0] == job]:
             del self._locks[key]
+        for key in [k for k in self._partial_at if k[0] == job]:
+            del self._partial_at[key]
+        for key in [k for k in self._partial_due if k[0] == job]:
+            del self._partial_due[key]
         return int(count)
 
     async def sweep(self) -> None:

@@ -261,12 +261,15 @@ class Results:
             while True:
                 self._wake = trio.Event()
                 await self.assembly.sweep()
+                await self.assembly.flush()
                 items = await trio.to_thread.run_sync(self.pending)
                 waiting = False
                 for item in items:
                     if not await self._deliver(item):
                         waiting = True
-                with trio.move_on_after(RETRY if waiting else 3600):
+                deadline = trio.current_time() + (RETRY if waiting else 3600)
+                due = self.assembly.next_due()
+                with trio.move_on_at(deadline if due is None else min(deadline, due)):
                     await self._wake.wait()
 
     # -- receiving side ------------------------------------------------------------
