@@ -1,7 +1,7 @@
 """Memory per job: how a daemon's RSS grows with the jobs its book holds.
 
-Starts a farm of ``--nodes`` daemons on loopback (static peers, no mDNS, as
-``rendernode demo``), submits ``--jobs`` small jobs one after another from
+Starts a farm of ``--nodes`` daemons on loopback (static peers, no mDNS, with
+bench/overhead.py's helpers), submits ``--jobs`` small jobs one after another from
 every node in turn (each job waited for before the next), and samples every
 daemon's RSS and open fds after every ``--every`` jobs.  Prints, per workload,
 the RSS at the start and end of the second half and the growth per job per
@@ -26,100 +26,35 @@ import argparse
 import os
 import random
 import re
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from overhead import cpu, start_farm, stop_farm, wait_mesh
+
+from node.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from node.cli.demo import _free_ports  # noqa: E402
-from node.client import Client  # noqa: E402
-from node.errors import DaemonNotRunning, NodeError  # noqa: E402
-
 SCENE = ROOT / "examples" / "spheres.json"
 RDATA = {"width": 64, "height": 36, "samples": 1}
 ECHO = f"{sys.executable} -c \"import sys; open(sys.argv[1], 'w').write('frame ' + sys.argv[2])\" {{output}} {{frame}}"
-READY = 60.0
 
 
-@dataclass
-class Farm:
-    """Daemons on loopback, one state dir each under ``root``."""
-
-    root: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    sockets: list[str] = field(default_factory=list)
-
-    def start(self, n: int, env: dict[str, str]) -> None:
-        ports = _free_ports(n)
-        full = {**os.environ, "RENDERNODE_TOKEN": secrets.token_urlsafe(32), "RENDERNODE_ELECTION_GRACE": "0.5",
-                "RENDERNODE_FARM": f"mem-{secrets.token_hex(4)}", **env}
-        full.pop("RENDERNODE_SOCKET", None)
-        for i in range(n):
-            state = self.root / f"node{i + 1}"
-            sock = str(state / "control.sock")
-            peers = [a for j, p in enumerate(ports) if j != i for a in ("--peer", f"127.0.0.1:{p}")]
-            argv = [sys.executable, "-m", "node", "--socket", sock, "daemon", "--state-dir", str(state),
-                    "--listen", f"127.0.0.1:{ports[i]}", "--no-mdns", "--name", f"mem-{i + 1}",
-                    "--log-level", "warning", *peers]
-            with open(self.root / f"node{i + 1}.log", "wb") as log:
-                self.procs.append(subprocess.Popen(argv, env=full, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-            self.sockets.append(sock)
-        deadline = time.monotonic() + READY
-        while time.monotonic() < deadline:
-            try:
-                if all(self._ready(s, n) for s in self.sockets):
-                    return
-            except (DaemonNotRunning, NodeError, OSError):
-                pass
-            for i, p in enumerate(self.procs):
-                if p.poll() is not None:
-                    raise SystemExit(f"node {i + 1} exited: {(self.root / f'node{i + 1}.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        raise SystemExit(f"the farm did not form within {READY:.0f} s (logs in {self.root})")
-
-    @staticmethod
-    def _ready(sock: str, n: int) -> bool:
-        with Client(sock, timeout=5) as c:
-            rows = c.get_machines_list(bits=0)
-            up = sum(1 for r in rows if "VERIFIED" in r["bits"] and "ONLINE" in r["bits"])
-            return up == n and bool(c.status().get("server"))
-
-    def sample(self) -> list[tuple[int, int]]:
-        """(RSS bytes, open fds) of each daemon."""
-        out = []
-        for p in self.procs:
-            status = Path(f"/proc/{p.pid}/status").read_text()
-            rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024  # type: ignore[union-attr]
-            out.append((rss, len(os.listdir(f"/proc/{p.pid}/fd"))))
-        return out
-
-    def cpu(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            stat = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(v) for v in stat[11:15]) / os.sysconf("SC_CLK_TCK")
-        return total
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+def sample(procs: list[subprocess.Popen[bytes]]) -> list[tuple[int, int]]:
+    """(RSS bytes, open fds) of each daemon."""
+    out = []
+    for p in procs:
+        status = Path(f"/proc/{p.pid}/status").read_text()
+        rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024  # type: ignore[union-attr]
+        out.append((rss, len(os.listdir(f"/proc/{p.pid}/fd"))))
+    return out
 
 
-def job_args(kind: str, n: int, inputs: Path, rng: random.Random) -> dict:
+def job_args(kind: str, n: int, inputs: Path, rng: random.Random) -> dict[str, Any]:
     """The submit arguments of job ``n`` of ``kind``."""
     out = inputs / f"job{n:05d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +64,7 @@ def job_args(kind: str, n: int, inputs: Path, rng: random.Random) -> dict:
                 "output": str(out / "f_####.png"), "name": f"mem-{n}"}
     scene = out / "scene.txt"
     scene.write_text(f"scene {n}\n")
-    rdata: dict = {"command": ECHO}
+    rdata: dict[str, Any] = {"command": ECHO}
     if kind == "command+asset":
         blob = out / "blob.bin"
         blob.write_bytes(rng.randbytes(rng.randint(20_000, 400_000)))
@@ -140,17 +75,16 @@ def job_args(kind: str, n: int, inputs: Path, rng: random.Random) -> dict:
 
 def run(kind: str, args: argparse.Namespace, env: dict[str, str], delete: bool) -> str:
     root = Path(tempfile.mkdtemp(prefix="rendernode-mem-"))
-    farm = Farm(root)
     rng = random.Random(args.seed)
     samples: list[tuple[int, list[tuple[int, int]]]] = []
     t0 = time.monotonic()
+    procs, sockets = start_farm(root, args.nodes, "", env)
     try:
-        farm.start(args.nodes, env)
-        cpu0 = farm.cpu()
-        samples.append((0, farm.sample()))
+        wait_mesh(root, procs, sockets)
+        cpu0 = cpu(procs)
+        samples.append((0, sample(procs)))
         for n in range(1, args.jobs + 1):
-            sock = farm.sockets[n % len(farm.sockets)]
-            with Client(sock, timeout=60) as c:
+            with Client(sockets[n % len(sockets)], timeout=60) as c:
                 uuid = c.create_render_job(**job_args(kind, n, root / "inputs", rng))["uuid"]
                 deadline = time.monotonic() + 120
                 while c.get_job(uuid)["state"] not in ("done", "failed", "stopped"):
@@ -161,10 +95,10 @@ def run(kind: str, args: argparse.Namespace, env: dict[str, str], delete: bool) 
                     c.delete_render_job(uuid)
             shutil.rmtree(root / "inputs" / f"job{n:05d}", ignore_errors=True)
             if n % args.every == 0:
-                samples.append((n, farm.sample()))
-        cpu = farm.cpu() - cpu0
+                samples.append((n, sample(procs)))
+        used = cpu(procs) - cpu0
     finally:
-        farm.stop()
+        stop_farm(procs)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     half = [s for s in samples if s[0] >= args.jobs // 2]
@@ -177,7 +111,7 @@ def run(kind: str, args: argparse.Namespace, env: dict[str, str], delete: bool) 
     return (f"{label:<24} RSS {start:6.1f} MB at the start, {sum(r for r, _ in first) / len(first) / 2**20:6.1f} "
             f"-> {sum(r for r, _ in last) / len(last) / 2**20:6.1f} MB over jobs {j0}-{j1} (mean of "
             f"{len(first)} daemons): {per_job / 1024:6.1f} KB per job per node, max growth "
-            f"{max(growth) / 2**20:+.1f} MB, fds {fds:+d}; {time.monotonic() - t0:.0f} s, daemons' CPU {cpu:.0f} s")
+            f"{max(growth) / 2**20:+.1f} MB, fds {fds:+d}; {time.monotonic() - t0:.0f} s, daemons' CPU {used:.0f} s")
 
 
 def main() -> None:

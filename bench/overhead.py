@@ -64,13 +64,16 @@ def call(path: str, method: str, **args: Any) -> Any:
         return c.call(method, **args)
 
 
-def start_farm(tmp: Path, nodes: int, profile: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+def start_farm(tmp: Path, nodes: int, profile: str,
+               extra_env: dict[str, str] | None = None) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     """Start the daemons (under cProfile, stats to ``profile/nodeN.prof``, if
-    ``profile`` names a folder); returns them and their control sockets."""
+    ``profile`` names a folder; with ``extra_env`` in their environment);
+    returns them and their control sockets."""
     ports = free_ports(nodes)
     sockets = [str(tmp / f"node{i + 1}" / "control.sock") for i in range(nodes)]
     env = {**os.environ, "RENDERNODE_TOKEN": secrets.token_urlsafe(32),
-           "RENDERNODE_ELECTION_GRACE": "0.5", "RENDERNODE_FARM": f"bench-{secrets.token_hex(4)}"}
+           "RENDERNODE_ELECTION_GRACE": "0.5", "RENDERNODE_FARM": f"bench-{secrets.token_hex(4)}",
+           **(extra_env or {})}
     env.pop("RENDERNODE_SOCKET", None)
     procs = []
     for i in range(nodes):
