@@ -148,6 +148,12 @@ def frame_file(pattern: str, frame: int) -> str:
     return pattern[: match.start()] + f"{frame:0{len(match.group())}d}" + pattern[match.end():]
 
 
+def output_path(doc: JobDoc, frame: int, ext: str) -> str:
+    """Where the submitting node writes ``frame`` of ``doc`` (a tiled frame's partial
+    image beside it)."""
+    return frame_file(output_pattern(str(doc.value("output") or ""), str(doc.value("scene")), ext), frame)
+
+
 def task_frames(doc: JobDoc) -> list[list[int]]:
     """The frames of each task, by task id (a tiled job's task: its one frame)."""
     tiling = Tiling.from_field(doc.value("tiling"))

@@ -37,7 +37,7 @@ from node.assets.transfer import write_atomic
 from node.db import Database
 from node.errors import BadRequest, NodeError
 from node.image import ImageError, encode, encode_exact, read_exact
-from node.jobs.operations import Jobs, frame_file, output_pattern, task_shape, tiling_of
+from node.jobs.operations import Jobs, output_path, task_shape, tiling_of
 from node.jobs.tiling import Tiling
 from node.render.tiles import TileError, assemble
 from protocol.crdt import JobDoc, Phase, TaskState, task_current
@@ -176,8 +176,7 @@ class Assembly:
         present = self._present(doc, offer.frame)
         complete = len(present) == tiling.count
         ext = output_ext(doc)
-        final = frame_file(output_pattern(str(doc.value("output") or ""), str(doc.value("scene")), ext),
-                           offer.frame)
+        final = output_path(doc, offer.frame, ext)
         key = (doc.uuid, offer.frame)
         if not complete:
             last = self._partial_at.get(key)
@@ -191,16 +190,12 @@ class Assembly:
         else:
             self._partial_at.pop(key, None)
             self._partial_due.pop(key, None)
-        tiles = [(t, tiling.region(t), p) for t, p in sorted(present.items())]
         try:
-            data = await trio.to_thread.run_sync(_encode, tiling, tiles, complete, ext)
+            data = await trio.to_thread.run_sync(_encode, tiling, _placed(tiling, present), complete, ext)
         except (OSError, ImageError, TileError) as exc:
             raise SavingFailed(f"cannot assemble frame {offer.frame}: {exc}") from None
         if not complete:
-            try:
-                await self.writer.write_as_owner(doc.uuid, partial_path(final), data)
-            except (OSError, NodeError) as exc:  # only a preview: the tiles are kept
-                log.info("cannot write the partial image of frame %d of %s: %s", offer.frame, doc.uuid, exc)
+            await self._write_partial(doc.uuid, offer.frame, partial_path(final), data)
             return partial_path(final)
         try:
             await self.writer.write_as_owner(doc.uuid, final, data)
@@ -240,15 +235,20 @@ class Assembly:
                 if not present or len(present) == tiling.count:
                     continue  # nothing yet, or the frame itself is written
                 ext = output_ext(doc)
-                final = frame_file(output_pattern(str(doc.value("output") or ""), str(doc.value("scene")), ext),
-                                   frame)
-                tiles = [(t, tiling.region(t), p) for t, p in sorted(present.items())]
                 self._partial_at[key] = trio.current_time()
                 try:
-                    data = await trio.to_thread.run_sync(_encode, tiling, tiles, False, ext)
-                    await self.writer.write_as_owner(job, partial_path(final), data)
-                except (OSError, ImageError, TileError, NodeError) as exc:  # only a preview
-                    log.info("cannot write the partial image of frame %d of %s: %s", frame, job, exc)
+                    data = await trio.to_thread.run_sync(_encode, tiling, _placed(tiling, present), False, ext)
+                except (OSError, ImageError, TileError) as exc:  # only a preview: the tiles are kept
+                    log.info("cannot assemble the partial image of frame %d of %s: %s", frame, job, exc)
+                    continue
+                await self._write_partial(job, frame, partial_path(output_path(doc, frame, ext)), data)
+
+    async def _write_partial(self, job: str, frame: int, path: str, data: bytes) -> None:
+        """Write a partial image; a failure is logged (only a preview: the tiles are kept)."""
+        try:
+            await self.writer.write_as_owner(job, path, data)
+        except (OSError, NodeError) as exc:
+            log.info("cannot write the partial image of frame %d of %s: %s", frame, job, exc)
 
     def partial_png(self, doc: JobDoc, frame: int) -> bytes | None:
         """The frame as far as its tiles here go, as a PNG (OpenEXR tiles tone mapped
@@ -257,8 +257,7 @@ class Assembly:
         present = self._present(doc, frame) if tiling is not None else {}
         if tiling is None or not present:
             return None
-        image = assemble(tiling.width, tiling.height,
-                         [(t, tiling.region(t), p) for t, p in sorted(present.items())], complete=False)
+        image = assemble(tiling.width, tiling.height, _placed(tiling, present), complete=False)
         pixels = image.pixels
         if pixels.dtype != np.uint8:
             from node.render.preview import srgb
@@ -303,12 +302,9 @@ class Assembly:
             "SELECT path FROM tiles WHERE job=? AND kind='repository'", (job,))]
         await trio.to_thread.run_sync(_remove, os.path.join(self.folder, job), repository)
         await self.db.run(lambda c: c.execute("DELETE FROM tiles WHERE job=?", (job,)))
-        for key in [k for k in self._locks if k[0] == job]:
-            del self._locks[key]
-        for key in [k for k in self._partial_at if k[0] == job]:
-            del self._partial_at[key]
-        for key in [k for k in self._partial_due if k[0] == job]:
-            del self._partial_due[key]
+        for by_frame in (self._locks, self._partial_at, self._partial_due):
+            for key in [k for k in by_frame if k[0] == job]:
+                del by_frame[key]
         return int(count)
 
     async def sweep(self) -> None:
@@ -326,6 +322,11 @@ def _keep(path: str, data: bytes, tiling: Tiling, tile: int) -> None:
         os.unlink(path)
         raise TileError(f"it is {image.width}x{image.height} pixels; its region {[x0, y0, x1, y1]} "
                         f"is {x1 - x0}x{y1 - y0}")
+
+
+def _placed(tiling: Tiling, present: dict[int, str]) -> list[tuple[int, tuple[int, int, int, int], str]]:
+    """The tiles of ``present`` (tile -> file) with their regions, in tile order."""
+    return [(t, tiling.region(t), p) for t, p in sorted(present.items())]
 
 
 def _encode(tiling: Tiling, tiles: list[tuple[int, tuple[int, int, int, int], str]], complete: bool,

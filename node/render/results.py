@@ -31,7 +31,7 @@ from node.assets.transfer import write_atomic
 from node.db import Database
 from node.errors import BadRequest, NotFound
 from node.jobs.election import Election
-from node.jobs.operations import Jobs, frame_file, output_pattern, task_frames
+from node.jobs.operations import Jobs, output_path, task_frames
 from node.jobs.owners import Owners
 from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
@@ -57,16 +57,6 @@ CREATE TABLE IF NOT EXISTS results (
 RETRY = 2.0
 DELIVERY_TRIES = 5  #: a frame its target refuses (cannot write it) this many times fails its task
 FETCH_TIMEOUT = 600.0  #: seconds a target may take to fetch one frame
-
-
-def output_path(doc: JobDoc, frame: int, ext: str) -> str:
-    """Where the submitting node writes ``frame`` of ``doc``."""
-    return output_path_of(str(doc.value("output") or ""), str(doc.value("scene")), frame, ext)
-
-
-def output_path_of(pattern: str, scene: str, frame: int, ext: str) -> str:
-    """Where ``frame`` of a job with output ``pattern`` and ``scene`` is written."""
-    return frame_file(output_pattern(pattern, scene, ext), frame)
 
 
 
