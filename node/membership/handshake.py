@@ -201,12 +201,11 @@ class Handshakes(PeersState):
             # dialed or heard of exist already)
             log.debug("handshake with unlisted %s failed: %s", row_id, reason)
             return
-        # ONLINE stays the overlay's word: a dial of ours that failed says only that this
-        # node cannot reach it now, not that the farm lost it (its checks decide that,
-        # and a member they find alive would otherwise stay OFFLINE here, as nothing
-        # about it changes again)
-        online = self.overlay is not None and self.overlay.is_online(row_id)
-        facts = PeerFacts(outcome=outcome, online=online, was_verified=bool(row and row.was_verified))
+        # a dial of ours that failed says only that this node cannot reach it now, not
+        # that the farm lost it (its checks decide that, and a member they find alive
+        # would otherwise stay OFFLINE here, as nothing about it changes again)
+        facts = PeerFacts(outcome=outcome, online=self._counts_online(row_id),
+                          was_verified=bool(row and row.was_verified))
         previous = self.facts.get(row_id)
         self.facts[row_id] = facts
         self._set_bits(row_id, reason=reason)

@@ -59,8 +59,7 @@ class Links(PeersState):
                 overlay = self.overlay
                 facts = self.facts.get(s.uuid)
                 if facts is not None:
-                    online = overlay is not None and overlay.is_online(s.uuid)
-                    self.facts[s.uuid] = dataclasses.replace(facts, online=online)
+                    self.facts[s.uuid] = dataclasses.replace(facts, online=self._counts_online(s.uuid))
                     self._set_bits(s.uuid)
                 if overlay is None:
                     self.table.log(s.uuid, f"offline: {s.lost_reason or 'closed'}")

@@ -297,7 +297,7 @@ class Peers(Dialing, Handshakes, Links):
         was_online = bool(row and row.online)
         self.table.update(uuid, **changes)
         facts = self.facts.get(uuid)
-        online = uuid in self.sessions or (self.overlay is not None and self.overlay.is_online(uuid))
+        online = self._counts_online(uuid)
         if facts is not None:
             self.facts[uuid] = dataclasses.replace(facts, online=online)
             self._set_bits(uuid)

@@ -107,6 +107,12 @@ class PeersState:
 
     # -- called across the parts -------------------------------------------------------
 
+    def _counts_online(self, uuid: str) -> bool:
+        """ONLINE in this node's table: a session to it is up, or the farm's membership
+        holds it online (``Overlay.is_online``).  A dial of ours failing, or a session
+        ending, changes the row's other bits, not this."""
+        return uuid in self.sessions or (self.overlay is not None and self.overlay.is_online(uuid))
+
     def hello(self) -> Hello:
         """This node's Hello (Peers)."""
         raise NotImplementedError
