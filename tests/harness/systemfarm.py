@@ -131,51 +131,41 @@ class Farm:
 
     # -- conditions -------------------------------------------------------------------
 
-    def mesh_missing(self, hosts: Sequence[Host]) -> dict[str, list[str]]:
-        """For each host, the others of ``hosts`` it does not list ONLINE+VERIFIED."""
-        missing: dict[str, list[str]] = {}
-        for h in hosts:
-            rows = self.rows(h)
-            lacks = [o.name for o in hosts if o is not h and not good(rows.get(self.uuid[o.name]))]
-            if lacks:
-                missing[h.name] = lacks
-        return missing
-
-    def wait_mesh(self, hosts: Sequence[Host], timeout: float, what: str = "full mesh",
-                  since: float | None = None) -> float:
-        """Until every host lists every other ONLINE+VERIFIED, all in one round."""
-
-        def check() -> tuple[bool, str]:
-            missing = self.mesh_missing(hosts)
-            return not missing, f"missing (observer: peers) {missing}"
-
-        return poll_until(check, timeout, what, since=since)
-
-    def online_missing(self, hosts: Sequence[Host]) -> dict[str, dict[str, str]]:
-        """For each host, the others of ``hosts`` it does not list ONLINE, with
-        how it lists them (bits and reason, or "not listed")."""
+    def missing(self, hosts: Sequence[Host], want: Callable[[Any], bool] = good) -> dict[str, dict[str, str]]:
+        """For each host, the others of ``hosts`` whose row fails ``want`` (default:
+        ONLINE+VERIFIED), with how it lists them (bits and reason, or "not listed")."""
         missing: dict[str, dict[str, str]] = {}
         for h in hosts:
             rows = self.rows(h)
             lacks = {}
             for o in hosts:
                 row = rows.get(self.uuid[o.name])
-                if o is not h and not online(row):
+                if o is not h and not want(row):
                     lacks[o.name] = ("not listed" if row is None else
                                      f"{'|'.join(sorted(row['bits'])) or 'no bits'}: {row.get('reason', '')}")
             if lacks:
                 missing[h.name] = lacks
         return missing
 
-    def wait_online(self, hosts: Sequence[Host], timeout: float, what: str = "all ONLINE",
-                    since: float | None = None) -> float:
-        """Until every host lists every other ONLINE, all in one round."""
+    def wait_all(self, hosts: Sequence[Host], want: Callable[[Any], bool], timeout: float, what: str,
+                 since: float | None = None) -> float:
+        """Until every host's row of every other satisfies ``want``, all in one round."""
 
         def check() -> tuple[bool, str]:
-            missing = self.online_missing(hosts)
+            missing = self.missing(hosts, want)
             return not missing, f"missing (observer: peers) {missing}"
 
         return poll_until(check, timeout, what, since=since)
+
+    def wait_mesh(self, hosts: Sequence[Host], timeout: float, what: str = "full mesh",
+                  since: float | None = None) -> float:
+        """Until every host lists every other ONLINE+VERIFIED, all in one round."""
+        return self.wait_all(hosts, good, timeout, what, since)
+
+    def wait_online(self, hosts: Sequence[Host], timeout: float, what: str = "all ONLINE",
+                    since: float | None = None) -> float:
+        """Until every host lists every other ONLINE, all in one round."""
+        return self.wait_all(hosts, online, timeout, what, since)
 
     def watch_peer(self, observers: Sequence[Host], target: Host, want: Callable[[Any], bool],
                    timeout: float, what: str, since: float) -> tuple[float, dict[str, float]]:
