@@ -204,7 +204,7 @@ class Client:
     # -- jobs ------------------------------------------------------------------
 
     def create_render_job(self, scene: str, *, frames: str | None = None, renderer: str | None = None,
-                          output: str = "", chunk: int = 1, priority: int = 50,
+                          output: str = "", chunk: int | None = None, priority: int = 50,
                           flags: int | list[str] = 0, name: str | None = None,
                           job_uuid: str | None = None, creator: int = 3, start: bool = True,
                           machines: list[str] | None = None,
@@ -235,7 +235,9 @@ class Client:
         ``tiles`` ("4x4", (4, 4) or "auto": about two tiles per machine that can
         render it) cuts every frame into tiles rendered as tasks of their own and
         assembled on this machine; ``overscan`` grows the region each tile's
-        renderer draws by that many pixels (cut off again)."""
+        renderer draws by that many pixels (cut off again).  ``chunk``: frames a
+        task (1 if None); with tiles, tiles a task (if None, a frame's tiles split
+        evenly over the machines that can render it, a renderer process each)."""
         scene = os.path.abspath(scene)
         output = os.path.abspath(output) if output else ""
         if rdata and isinstance(rdata.get("assets"), list):

@@ -41,7 +41,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str
               default="auto", show_default=True)
 @click.option("--output", default="", help="output pattern, e.g. renders/shot_####.exr ({frame:04d} works "
               "too; the extension picks the file type); default renders/<scene>_####.png beside the scene")
-@click.option("--chunk", type=int, default=1, show_default=True, help="frames per task")
+@click.option("--chunk", type=int, default=None,
+              help="frames per task (default 1); with --tiles, tiles per task (default: a frame's tiles "
+              "split evenly over the machines that can render it)")
 @click.option("--priority", type=int, default=50, show_default=True)
 @click.option("--flag", "flags", multiple=True, help="NETRENDERFLAGS name (repeatable)")
 @click.option("--name", help="job name (default: the scene's file name)")
@@ -66,7 +68,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str], whole: Collection[str
 @click.option("--wait", is_flag=True, help="show progress until the job ends; non-zero exit if it fails")
 @json_option
 @click.pass_context
-def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int,
+def submit(ctx: click.Context, scene: str, frames: str | None, renderer: str, output: str, chunk: int | None,
            priority: int, flags: tuple[str, ...], name: str | None, paused: bool, template: str | None,
            asset_paths: tuple[str, ...], settings: tuple[str, ...], resolution: str | None,
            percentage: int | None, tiles: str | None, overscan: int | None, require_replicas: int | None,

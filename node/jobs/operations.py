@@ -77,7 +77,9 @@ class JobSpec:
         for key, default, lo, hi in (("chunk", 1, 1, 10_000), ("priority", 50, 0, 100),
                                      ("flags", 0, 0, 0xFFFF),
                                      ("creator", int(RenderJobCreator.RENDERJOBCREATOR_USER), 1, 6)):
-            value = args.get(key, default)
+            value = args.get(key)
+            if value is None:  # not given
+                value = default
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise BadRequest(f"{key} must be a whole number from {lo} to {hi}, not {value!r}")
             ints[key] = value

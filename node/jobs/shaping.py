@@ -4,7 +4,9 @@
 (``resolution`` "WxH", ``percentage``, ``tiles`` "COLSxROWS" or "auto",
 ``overscan``) and returns the job as it will render: rdata in each
 setting's type, the size keys set, and, for a tiled job, its ``Tiling``
-with the frame size pinned in rdata so every worker renders the same frame.
+with the frame size pinned in rdata so every worker renders the same frame,
+and, unless the submit gave ``chunk``, its tiles a task: a frame's tiles
+split evenly over the machines that can render it (``tiles_per_task``).
 What the renderer cannot take raises ``Refused``, whose message names what
 it does take.  ``Shaped.warnings`` says what the job log should carry:
 what needs neighbouring pixels in a tiled render, and what was done about it.
@@ -23,12 +25,18 @@ from typing import Any
 from node.errors import BadRequest
 from node.image import writable as assemblable
 from node.jobs.operations import JobSpec
-from node.jobs.tiling import Tiling, auto_grid, parse_grid, problem
+from node.jobs.tiling import Tiling, auto_grid, parse_grid, problem, tiles_per_task
 from node.renderers import frame_size
 from node.renderers.settings import SIZE_KEYS, keys_text, normalize
 
 MAX_OVERSCAN = 4096  #: pixels
 MAX_PERCENTAGE = 32767  #: Blender's own limit
+#: overscan (pixels) a tile renders with under Cycles' adaptive sampling.  A pixel goes on
+#: sampling while a neighbour has not converged, and that neighbour's samples depend on its
+#: own neighbours, so a tile drawn alone differs at its edges.  Measured (Blender 3.4, 4x4 and
+#: 3x2 tiles of make_cube.py at 61x37/256, 200x120/1024 and 640x360/192 samples): 1 px is
+#: not always enough, 2 px was exact in all of them (tests/renderers/test_tiles.py)
+ADAPTIVE_REACH = 2
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX*]\s*(\d+)\s*$")
 _RADIOSITY = re.compile(r"\bradiosity\b")
 
@@ -94,7 +102,12 @@ def shape(spec: JobSpec, args: dict[str, Any], machines: int) -> Shaped:
         if overscan:
             raise BadRequest("overscan is for tiles: give tiles too")
         return Shaped(dataclasses.replace(spec, rdata=rdata))
-    return _tiled(dataclasses.replace(spec, rdata=rdata), tiles, overscan or 0, machines)
+    shaped = _tiled(dataclasses.replace(spec, rdata=rdata), tiles, overscan or 0, machines)
+    if args.get("chunk") is None and shaped.spec.tiling is not None:  # not given: split over the machines
+        able = min(machines, len(spec.machines)) if spec.machines else machines
+        chunk = tiles_per_task(shaped.spec.tiling.count, able)
+        shaped = dataclasses.replace(shaped, spec=dataclasses.replace(shaped.spec, chunk=chunk))
+    return shaped
 
 
 def _size(scene: str, renderer: str, rdata: dict[str, Any]) -> tuple[int, int] | None:
@@ -139,7 +152,8 @@ def _tiled(spec: JobSpec, tiles: Any, overscan: int, machines: int) -> Shaped:
         raise Refused(wrong)
     warnings: list[str] = []
     if renderer == "blender":
-        warnings += _blender_warnings(spec.scene, overscan)
+        more, overscan = _blender_warnings(spec.scene, overscan)
+        warnings += more
     elif renderer == "povray":
         warnings += _povray_warnings(spec.scene, rdata)
     if renderer == "blender":  # the scene's own values pinned: every tile is of the same frame
@@ -154,25 +168,34 @@ def _tiled(spec: JobSpec, tiles: Any, overscan: int, machines: int) -> Shaped:
     return Shaped(dataclasses.replace(spec, rdata=rdata, tiling=tiling), warnings)
 
 
-def _blender_warnings(scene: str, overscan: int) -> list[str]:
+def _blender_warnings(scene: str, overscan: int) -> tuple[list[str], int]:
+    """What the job log says of a tiled Blender scene, and the overscan its tiles
+    render with: at least ``ADAPTIVE_REACH`` under Cycles' adaptive sampling."""
     from node.renderers.blender_deps import blend_neighbours
 
     try:
-        denoise, nodes = blend_neighbours(scene)
+        found = blend_neighbours(scene)
     except (OSError, ValueError, RuntimeError) as exc:
-        return [f"cannot tell whether the scene needs neighbouring pixels: {exc}"]
+        return [f"cannot tell whether the scene needs neighbouring pixels: {exc}"], overscan
     out = ["tiles render with dither off (its noise depends on the image it is added to): "
            "the tiles' pixels are the frame's exactly"]
-    if denoise:
-        out.append(f"denoising is on ({', '.join(denoise)}); the farm renders with denoising off, "
+    if found.denoise:
+        out.append(f"denoising is on ({', '.join(found.denoise)}); the farm renders with denoising off, "
                    "so the tiles assemble to the frame exactly")
+    if found.adaptive:
+        overscan = max(overscan, ADAPTIVE_REACH)
+        out.append(f"Cycles' adaptive sampling stops a pixel when it and its neighbours have converged: "
+                   f"each tile is rendered with {overscan} px more on each side, which is cut off (exact in "
+                   "every scene measured; turn adaptive sampling off in the scene for a frame that is "
+                   "exact whatever it holds)")
+    nodes = found.nodes
     if nodes:
         reach = (f"each tile is rendered with {overscan} px more on each side, which is cut off: "
                  "exact where no effect reaches further") if overscan else (
             "each tile is composited alone, so their effect stops at the tile edges; "
             "--overscan PX (at least the effect's reach) renders each tile with a margin that is cut off")
         out.append(f"the compositor uses nodes that read neighbouring pixels ({', '.join(nodes)}): {reach}")
-    return out
+    return out, overscan
 
 
 def _povray_warnings(scene: str, rdata: dict[str, Any]) -> list[str]:

@@ -10,9 +10,9 @@ excluded.  ``overscan`` grows the region a renderer draws by that many
 pixels on each side (clamped to the frame); the tile is cut out of it.
 
 A tiled job's tasks are its frames times its tile groups: a task holds one
-frame and ``chunk`` consecutive tiles of it (one, unless the job asks for
-more, which lets one renderer process draw several tiles of a frame with the
-scene loaded once).  Task ``t`` of a job with ``g`` groups per frame renders
+frame and ``chunk`` consecutive tiles of it, which one renderer process
+draws with the scene loaded once (by default a frame's tiles split evenly
+over the machines that can render it: ``tiles_per_task``).  Task ``t`` of a job with ``g`` groups per frame renders
 frame number ``t // g`` of the job's frames.
 """
 
@@ -118,6 +118,15 @@ def auto_grid(width: int, height: int, machines: int, min_tile: int = MIN_TILE) 
     if cols * rows < want:
         cols = min(most_cols, max(cols, math.ceil(want / rows)))
     return cols, rows
+
+
+def tiles_per_task(count: int, machines: int) -> int:
+    """A tiled job's tiles a task when the submit names none: a frame's ``count``
+    tiles split evenly over the ``machines`` that can render it, one task each
+    (a task per tile with no machine able now).  A renderer process starts once
+    per task, and its start (loading the scene, Blender's BVH) is most of what a
+    tile costs beyond its pixels; a lost task re-renders one machine's share."""
+    return max(1, -(-count // machines)) if machines > 0 else 1
 
 
 @dataclass(frozen=True)

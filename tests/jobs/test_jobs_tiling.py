@@ -5,13 +5,24 @@ listed, and the render settings a submit is checked against."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from node.jobs.operations import Jobs, task_frames, task_shape, task_shapes, tiling_of
-from node.jobs.tiling import Tiling, auto_grid, parse_grid, problem
+from node.jobs.operations import Jobs, JobSpec, task_frames, task_shape, task_shapes, tiling_of
+from node.jobs.shaping import shape
+from node.jobs.tiling import (
+    TaskShape,
+    Tiling,
+    auto_grid,
+    layout,
+    parse_grid,
+    problem,
+    tiles_per_task,
+)
 from node.renderers.settings import describe, normalize
 from protocol.crdt import Phase, TaskState
+from protocol.frames import parse_frames
 from tests.harness.jobs import FakeWall, open_book, spec
 
 
@@ -78,6 +89,29 @@ def test_a_tiled_job_has_a_task_per_frame_and_tile_group(tmp_path: object) -> No
     summary = jobs.summary(book.get(job.uuid))  # type: ignore[arg-type]
     assert (summary["frames_done"], summary["frames_total"]) == (1, 2)  # frame 4 lacks its last tile
     assert (summary["tiles_done"], summary["tiles_total"], summary["tiles"]) == (5, 6, "3x1")
+
+
+def test_a_frames_tiles_split_evenly_over_the_able_machines_unless_the_submit_says() -> None:
+    assert [tiles_per_task(16, m) for m in (1, 2, 3, 4, 5, 16, 40)] == [16, 8, 6, 4, 4, 1, 1]
+    assert tiles_per_task(16, 0) == 1  # no machine able now: a task per tile
+    scene = str(Path(__file__).resolve().parents[2] / "examples" / "spheres.json")
+    size = {"rdata": {"width": 64, "height": 36}}
+
+    def chunk(able: int, **args: object) -> tuple[int, int]:
+        shaped = shape(spec(scene=scene, renderer="builtin", frames="1-2", **size, **args),
+                       {"tiles": "4x4", **args}, able)
+        return shaped.spec.chunk, len(task_shapes_of(shaped.spec))
+
+    assert chunk(4) == (4, 8)  # two frames, four tasks each
+    assert chunk(3) == (6, 6)
+    assert chunk(4, chunk=1) == (1, 32)  # the submit's own chunk is kept
+    assert chunk(4, machines=["m1", "m2"]) == (8, 4)  # a job limited to two machines: two tasks a frame
+    untiled = shape(spec(scene=scene, renderer="builtin", frames="1-8", **size), {}, 4).spec
+    assert untiled.chunk == 1 and untiled.tiling is None
+
+
+def task_shapes_of(job: JobSpec) -> list[TaskShape]:
+    return layout(parse_frames(job.frames), job.chunk, job.tiling)
 
 
 def test_settings_arrive_as_text_and_leave_in_their_type() -> None:

@@ -167,7 +167,8 @@ async def test_a_tiled_job_stopped_midway_resumes_and_one_deleted_leaves_no_tile
         farm: RenderFarm, short_dir: Path) -> None:
     (a, b), _ = await farm.ready("a", "b")
     out = short_dir / "out"
-    uuid = await submit(a, farm.scene, frames="1", rdata=SLOW, tiles="4x2", output=str(out / "still.png"))
+    # a task per tile (not the default, a task per machine), so there is a midway to stop at
+    uuid = await submit(a, farm.scene, frames="1", rdata=SLOW, tiles="4x2", chunk=1, output=str(out / "still.png"))
     await wait_until(lambda: summary(a, uuid)["tiles_done"] >= 2, 60, "two tiles done")
     await a.call(lambda c: c.stop_rendering(uuid))
     with trio.fail_after(30):
@@ -188,7 +189,8 @@ async def test_a_tiled_job_stopped_midway_resumes_and_one_deleted_leaves_no_tile
     assert not [p for p in out.iterdir() if p.name.endswith(".partial.png")]
 
     gone_out = short_dir / "gone"
-    doomed = await submit(a, farm.scene, frames="1", rdata=SLOW, tiles="4x2", output=str(gone_out / "still.png"))
+    doomed = await submit(a, farm.scene, frames="1", rdata=SLOW, tiles="4x2", chunk=1,
+                          output=str(gone_out / "still.png"))
     kept = Path(a.node.prefs.state_dir) / "tiles" / doomed
     await wait_until(lambda: summary(a, doomed)["tiles_done"] >= 1 and kept.is_dir(), 60, "a tile kept")
     await a.call(lambda c: c.delete_render_job(doomed))
