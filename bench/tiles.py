@@ -7,14 +7,15 @@ does) and submits to the first of them:
 
 1. the builtin still (spheres.json, ``--width`` x ``--height``, ``--samples``;
    about 20 s on one core) limited to one machine, then the same still as
-   ``--tiles`` tiles on every machine, one tile a task, then ``--builtin-
-   chunk`` tiles a task (one renderer process starts for several tiles);
+   ``--tiles`` tiles on every machine: first as the farm cuts it by default
+   (a frame's tiles split evenly over the machines, one renderer process
+   each), then one tile a task (a renderer process per tile);
 2. a Blender Cycles still (make_cube.py at ``--blender-size``, ``--blender-
-   samples``, denoising off as always, dither off: its noise depends on the
-   image buffer) the same two ways, Cycles limited to one thread a render
-   so that one render is one core's work, as the builtin's is; and the tiles
-   again with ``--blender-chunk`` tiles a task: one Blender process renders
-   them with the scene loaded and its BVH built once (``use_persistent_data``).
+   samples``, about 20 s too; denoising off as always, dither off: its noise
+   depends on the image buffer) the same ways, Cycles limited to one thread
+   a render so that one render is one core's work, as the builtin's is.  A
+   Blender process that renders several tiles loads the scene and builds its
+   BVH once (``use_persistent_data``).
 
 Each job is timed from the submit call until the daemon reports it done (the
 tiles' frame assembled and written).  The ideal is single / min(workers,
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,15 @@ def run_job(sock: str, procs: list[subprocess.Popen[bytes]], scene: Path, out: P
     return wall, cpu(procs) - cpu_before, row
 
 
+def per_task(job: dict[str, Any], process: str) -> str:
+    """How many tiles each task (one renderer process) of ``job`` drew."""
+    tiles = Counter(row["task"] for row in job["tasks"])  # a row per tile
+    sizes = sorted(set(tiles.values()))
+    if sizes == [1]:
+        return f"a {process} per tile"
+    return f"{'-'.join(str(n) for n in sizes)} tiles per {process}"
+
+
 def difference(a: Path, b: Path) -> int:
     """The largest channel difference between two images, in 8-bit levels."""
     pa, pb = read_image(str(a)).astype(int), read_image(str(b)).astype(int)
@@ -99,12 +110,9 @@ def main() -> None:
     parser.add_argument("--tiles", default="4x4")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--samples", type=int, default=9)
-    parser.add_argument("--blender-size", default="640x360")
-    parser.add_argument("--blender-samples", type=int, default=48)
-    parser.add_argument("--blender-chunk", type=int, default=4, help="tiles a Blender process renders")
-    parser.add_argument("--builtin-chunk", type=int, default=4,
-                        help="tiles a builtin renderer process renders, in the second tiled run")
+    parser.add_argument("--samples", type=int, default=14)
+    parser.add_argument("--blender-size", default="960x540")
+    parser.add_argument("--blender-samples", type=int, default=192)
     parser.add_argument("--no-blender", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the state dirs, logs and images")
     args = parser.parse_args()
@@ -134,12 +142,12 @@ def main() -> None:
         say(f"single (1 worker): {single:.2f} s, cpu {single_cpu:.1f} s")
         ideal = single / ideal_div
         say(f"ideal: {ideal:.2f} s (single / min({args.nodes} workers, {cores} cores))")
-        for chunk in (1, args.builtin_chunk):
+        for chunk in (None, 1):
             name = f"tiles_{chunk}.png"
             tiled, tiled_cpu, job = run_job(sockets[0], procs, scene, tmp / "builtin" / name,
                                             renderer="builtin", rdata=rdata, tiles=args.tiles, chunk=chunk)
             workers = len({t["machines"][-1] for t in job["tasks"]})
-            how = f"{workers} workers" + ("" if chunk == 1 else f", {chunk} tiles per renderer process")
+            how = f"{workers} workers, " + per_task(job, "renderer process")
             say(f"tiles {args.tiles} ({how}): {tiled:.2f} s, cpu {tiled_cpu:.1f} s")
             say(f"tiles/ideal: {tiled / ideal:.3f}")
             say(f"largest pixel difference: {difference(tmp / 'builtin' / 'single.png', tmp / 'builtin' / name)}")
@@ -155,11 +163,12 @@ def main() -> None:
             say(f"single (1 worker): {single:.2f} s, cpu {single_cpu:.1f} s")
             ideal = single / ideal_div
             say(f"ideal: {ideal:.2f} s (single / min({args.nodes} workers, {cores} cores))")
-            for chunk in (1, args.blender_chunk):
+            for chunk in (None, 1):
                 name = f"tiles_{chunk}.png"
                 tiled, tiled_cpu, job = run_job(sockets[0], procs, bscene, tmp / "blender" / name,
                                                 renderer="blender", rdata=brdata, tiles=args.tiles, chunk=chunk)
-                how = "a Blender per tile" if chunk == 1 else f"{chunk} tiles per Blender, persistent data"
+                workers = len({t["machines"][-1] for t in job["tasks"]})
+                how = f"{workers} workers, " + per_task(job, "Blender") + ("" if chunk == 1 else ", persistent data")
                 say(f"tiles {args.tiles}, {how}: {tiled:.2f} s, cpu {tiled_cpu:.1f} s")
                 say(f"tiles/ideal: {tiled / ideal:.3f}")
                 say(f"largest pixel difference: {difference(tmp / 'blender' / 'single.png', tmp / 'blender' / name)}")

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 DEPS_TIMEOUT = 300.0  #: seconds Blender may take to load a scene and list its files
@@ -54,12 +55,14 @@ if hasattr(scene, "cycles"):
         denoise.append("render")
     denoise += ["view layer " + layer.name for layer in scene.view_layers
                 if hasattr(layer, "cycles") and layer.cycles.use_denoising and scene.cycles.use_denoising]
+adaptive = bool(hasattr(scene, "cycles") and render.engine == "CYCLES" and scene.cycles.use_adaptive_sampling)
 compositor = []
 if scene.use_nodes and scene.node_tree is not None and render.use_compositing:
     compositor = sorted({node.bl_idname for node in scene.node_tree.nodes if not node.mute})
 print("RENDERNODE-DEPS " + json.dumps({"paths": paths, "sequences": sequences, "tiled": tiled,
                                       "frames": frames, "resolution": resolution,
-                                      "denoise": denoise, "compositor": compositor}), flush=True)
+                                      "denoise": denoise, "adaptive": adaptive,
+                                      "compositor": compositor}), flush=True)
 '''
 
 
@@ -145,12 +148,20 @@ NEIGHBOUR_NODES = {
 }
 
 
-def blend_neighbours(path: str, executable: str = "blender") -> tuple[list[str], list[str]]:
-    """What in the scene reads neighbouring pixels: where denoising is on, and the
-    compositor nodes (by type) that do."""
+@dataclass(frozen=True)
+class Neighbours:
+    """What in a scene reads neighbouring pixels (``blend_neighbours``)."""
+
+    denoise: list[str]  #: where denoising is on
+    adaptive: bool  #: Cycles' adaptive sampling: a pixel stops sampling when it and its neighbours converged
+    nodes: list[str]  #: compositor nodes (by type, "CompositorNode" left off) that read neighbours
+
+
+def blend_neighbours(path: str, executable: str = "blender") -> Neighbours:
+    """What in the scene reads neighbouring pixels."""
     info = blend_info(path, executable)
     nodes = [n.removeprefix("CompositorNode") for n in info.get("compositor", []) if n in NEIGHBOUR_NODES]
-    return list(info.get("denoise", [])), nodes
+    return Neighbours(list(info.get("denoise", [])), bool(info.get("adaptive")), nodes)
 
 
 def _ask_blender(path: str, executable: str) -> dict[str, Any]:

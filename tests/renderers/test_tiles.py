@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,40 @@ def test_povray_tiles_with_antialiasing_method_1_are_the_whole_frames_pixels_exa
     alone = next(tmp_path.glob("alone*.png"))
     seams = np.abs(read_image(str(alone))[y0:y1, x0:x1].astype(int) - frame[y0:y1, x0:x1].astype(int)).max()
     assert seams > 0, "method 1 no longer depends on the render block: block alignment may go"
+
+
+@pytest.mark.skipif(BLENDER is None, reason="blender is not installed (Debian: apt-get install blender)")
+def test_blender_adaptive_sampling_tiles_are_exact_with_the_overscan_a_submit_gives_them(tmp_path: Path) -> None:
+    """Cycles' adaptive sampling stops a pixel once it and its neighbours have
+    converged, so a tile drawn alone differs at its edges; the submit finds it on
+    and gives the tiles ``ADAPTIVE_REACH`` pixels of overscan, which is exact."""
+    from node.jobs.operations import JobSpec
+    from node.jobs.shaping import ADAPTIVE_REACH, shape
+
+    assert BLENDER is not None
+    scene = tmp_path / "cube.blend"
+    subprocess.run([BLENDER, "-noaudio", "-b", "--factory-startup", "--python", str(MAKE_CUBE), "--",
+                    str(scene), "61", "37", "256"], check=True, capture_output=True, timeout=RUN_TIMEOUT)
+    subprocess.run([BLENDER, "-noaudio", "-b", str(scene), "--python-expr",
+                    "import bpy; s = bpy.context.scene; s.render.dither_intensity = 0; "
+                    "s.cycles.use_adaptive_sampling = True; bpy.ops.wm.save_mainfile()"],
+                   check=True, capture_output=True, timeout=RUN_TIMEOUT)
+    shaped = shape(JobSpec.from_args({"scene": str(scene), "renderer": "blender", "frames": "2",
+                                      "output": str(tmp_path / "f_####.png")}), {"tiles": "3x2"}, 2)
+    assert shaped.spec.tiling is not None and shaped.spec.tiling.overscan == ADAPTIVE_REACH
+    assert any("adaptive sampling" in w for w in shaped.warnings)
+    whole = TaskSpec(job="j", task=0, frames=[2], scene=str(scene), workdir=str(tmp_path / "whole"))
+    Path(whole.workdir).mkdir()
+    run(BlenderRenderer(), whole)
+    frame = read_image(whole.frame_path(2))
+    for tiling in (replace(shaped.spec.tiling, overscan=0), shaped.spec.tiling):
+        tiled = TaskSpec(job="j", task=0, frames=[2], scene=str(scene),
+                         workdir=str(tmp_path / f"tiles{tiling.overscan}"), tiles=tiles_of(tiling), size=(61, 37))
+        Path(tiled.workdir).mkdir()
+        run(BlenderRenderer(), tiled)
+        for output in tiled.outputs():
+            fit_tile(output[2], next(t for t in tiled.tiles if t.index == output[1]))
+        if tiling.overscan == 0:
+            assert worst(tiled, 2, frame) > 0, "adaptive sampling no longer reads neighbours: the overscan may go"
+        else:
+            assert worst(tiled, 2, frame) == 0
