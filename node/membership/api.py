@@ -10,6 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from node.config import Preferences
 from node.control.server import Caller, Method
 from node.errors import BadRequest, NotFound
@@ -71,6 +73,7 @@ class MembershipApi:
             "online_peers": len(self.peers.online_uuids()),
             "sessions": len(self.peers.sessions),
             "traffic": self.peers.traffic(),
+            "health": self.peers.health.status(trio.current_time()),
             "caller": caller.user,
             "renders_as": self.renders() if self.renders is not None else None,
             "dashboard": "off (dashboard = false)",

@@ -44,7 +44,7 @@ class Links(PeersState):
                     return self._inline(session, msg, req_id, nursery)
 
                 reason = await s.run(window=window, dispatch=self._dispatch, inline=inline,
-                                     bulk=self.bulk_handler,
+                                     bulk=self.bulk_handler, health=self.health,
                                      silent=f"missed {self.prefs.heartbeat_misses} heartbeats")
                 nursery.cancel_scope.cancel()
             if s.protocol_error:
@@ -111,9 +111,12 @@ class Links(PeersState):
                                        server=str(info.get("server", "")), busy=bool(info.get("busy", False))))
                 seq += 1
             if wall is None:
-                await trio.sleep(interval)
+                due = trio.current_time() + interval
             else:  # the next wall-clock multiple of the interval: a gap <= interval
-                await trio.sleep_until(((trio.current_time() + wall) // interval + 1) * interval - wall)
+                due = ((trio.current_time() + wall) // interval + 1) * interval - wall
+            await trio.sleep_until(due)
+            now = trio.current_time()
+            self.health.woke(now - due, now)
 
     async def _answer_dialback(self, s: Session, msg: DialBack, req_id: int) -> None:
         result = DialBackResult(reachable=False, reason="no address accepted a connection")

@@ -117,9 +117,14 @@ class Overlay:
         it last heard of the members it was not watching says nothing now, and
         finding each of them out by a dial and a suspicion takes seconds apiece.
         The entries stay ALIVE (no suspicion is gossiped), so the first session
-        back brings them ONLINE again."""
+        back brings them ONLINE again.
+
+        Both shortcuts are taken only while this node is healthy: a node starved
+        of CPU (``Health.degraded``) lost its sessions and heard suspicions
+        because it was slow itself, so it counts a member ONLINE until the farm
+        holds it DEAD."""
         sessions = self.peers.sessions
-        if entry.uuid in sessions:
+        if entry.uuid in sessions or self.peers.health.degraded(trio.current_time()):
             return entry.state in (State.ALIVE, State.SUSPECT)
         return entry.state == State.ALIVE and bool(sessions)
 
@@ -190,8 +195,10 @@ class Overlay:
         machine = self.machine
         if machine is None:
             return
+        now = trio.current_time()
+        machine.slowness = self.peers.health.factor(now)
         try:
-            feed(machine, trio.current_time())
+            feed(machine, now)
         except RemoteProtocolError:
             if strict:
                 raise

@@ -41,6 +41,7 @@ import trio
 from node.config import Preferences, parse_hostport
 from node.membership.dialing import Dialing, advertised_addresses
 from node.membership.handshake import Handshakes
+from node.membership.health import Health
 from node.membership.identity import Identity
 from node.membership.link import Links
 from node.membership.machines import MachineTable
@@ -104,6 +105,7 @@ class Peers(Dialing, Handshakes, Links):
         self.blocked: set[str] = set()  #: machines removed here: not members for this node
         self.sent_before = 0  #: records written on sessions that have ended (see ``traffic``)
         self.sessions_opened = 0
+        self.health = Health()  #: how late this node's loop runs (node/membership/health.py)
         self.received_before = 0  #: messages read on sessions that have ended
         self._attached = trio.Event()
         self._holds: dict[str, Counter[str]] = {}  #: uuid -> why its session is kept (counted)

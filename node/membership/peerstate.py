@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.config import Preferences
+from node.membership.health import Health
 from node.membership.identity import Identity
 from node.membership.machines import MachineTable
 from node.membership.session import Session
@@ -89,6 +90,7 @@ class PeersState:
     sent_before: int
     received_before: int
     sessions_opened: int
+    health: Health
     _handlers: dict[type[Message], Handler]
     _inline_handlers: dict[type[Message], InlineHandler]
     _deliveries: dict[type[Message], DeliveryHandler]

@@ -36,9 +36,11 @@ Who touches the stream:
   bulk in flight is bounded by the tasks sending it; a dispatcher may not send
   bulk data.
 
-- The liveness deadline, ``window`` seconds after the last record read, ends
-  the session when it passes, whatever the tasks are blocked on (a writer
-  stuck because the peer stopped reading included).  Ending the session wakes
+- The liveness deadline, ``window`` seconds after the last record read
+  (stretched while this node is starved of CPU: node/membership/health.py),
+  ends the session when it passes, whatever the tasks are blocked on (a
+  writer stuck because the peer stopped reading included).  A watchdog task
+  keeps it.  Ending the session wakes
   every caller waiting to queue, waiting for its bulk data to be written, or
   waiting for a reply, with ``SessionLost``.
 
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ from typing import Any
 import trio
 
 from node.errors import NodeError
+from node.membership.health import LATE, Health
 from protocol import NEED_DATA, PeerConnection, ProtocolError
 from protocol.codec import Message
 from protocol.connection import BulkReceived, ConnectionClosed, ConnEvent, MessageReceived
@@ -71,7 +75,6 @@ BULK_BATCH = 256 * 1024  #: bulk bytes encrypted and written at once
 SOFT_QUEUE = 1 << 20  #: control bytes waiting for the writer past which a caller's send waits
 HARD_QUEUE = 32 << 20  #: control bytes waiting past which the session ends (the peer is not reading)
 DISPATCH_QUEUE = 256  #: received messages waiting for their handlers
-LIVENESS_STEP = 0.05  #: the liveness deadline moves at most this often (it may end this much early)
 
 _DISPATCHERS: set[trio.lowlevel.Task] = set()  #: tasks whose sends never wait (see the docstring)
 
@@ -136,6 +139,7 @@ class Session:
         self._work = trio.Event()  #: set when something is queued for the writer
         self._room = trio.Event()  #: set (and replaced) when the control queue drops below SOFT_QUEUE
         self._live = False
+        self._heard = 0.0  #: trio time the reader last read a record
         self._scope: trio.CancelScope | None = None
         self.protocol_error = False  #: the session ended because the peer broke the protocol
         #: how it ended: "goodbye" (the peer said so), "closed" (the stream ended or broke),
@@ -360,14 +364,16 @@ class Session:
     # -- the live session ----------------------------------------------------------
 
     async def run(self, *, window: float, dispatch: Dispatch, inline: Inline,
-                  bulk: BulkSink | None = None, silent: str = "went silent") -> str:
+                  bulk: BulkSink | None = None, silent: str = "went silent",
+                  health: Health | None = None) -> str:
         """Serve the live session until it ends; returns why it ended.
 
         ``inline(session, message, req_id)`` is called by the reader first and
         returns True if it handled the message (it must not block); every other
         message is awaited by ``dispatch`` in arrival order; ``bulk`` takes bulk
-        records.  The session ends when the peer closes it, ``window`` seconds pass
-        with nothing read (the reason is then ``silent``), ``end`` is called, the
+        records.  The session ends when the peer closes it, ``window`` seconds
+        (times ``health``'s factor: node/membership/health.py) pass with nothing
+        read (the reason is then ``silent``), ``end`` is called, the
         stream breaks, or the peer breaks the protocol (``protocol_error`` is then
         set).  Only the caller's own cancellation is raised.
         """
@@ -380,8 +386,10 @@ class Session:
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._guarded, self._writer())
                 nursery.start_soon(self._guarded, self._dispatcher(receive, dispatch))
-                with trio.CancelScope(deadline=trio.current_time() + window) as liveness:
-                    await self._guarded(self._reader(send, inline, bulk, liveness, window))
+                with trio.CancelScope() as liveness:
+                    self._heard = trio.current_time()
+                    nursery.start_soon(self._watch, liveness, window, health)
+                    await self._guarded(self._reader(send, inline, bulk))
                 if liveness.cancelled_caught:
                     self.end(silent, "timeout")
                 nursery.cancel_scope.cancel()
@@ -399,15 +407,31 @@ class Session:
             self.protocol_error = True
             self.end(f"protocol error: {exc.reason}", "closed")
 
+    async def _watch(self, liveness: trio.CancelScope, window: float, health: Health | None) -> None:
+        """End the session (cancel ``liveness``) once ``window`` seconds, stretched by
+        this node's health factor, pass with nothing read.  Not on a wake that came
+        late (this node was starved: what the peer sent may wait unread, so the
+        peer gets another window from the wake, and the health score stretches
+        the windows after it)."""
+        grace = -math.inf
+        while True:
+            now = trio.current_time()
+            due = max(self._heard + window * (health.factor(now) if health is not None else 1.0), grace)
+            if now >= due:
+                liveness.cancel()
+                return
+            await trio.sleep_until(due)
+            if health is not None:
+                woke = trio.current_time()
+                health.woke(woke - due, woke)
+                if woke - due >= LATE:
+                    grace = woke + window
+
     async def _reader(self, dispatch: trio.MemorySendChannel[tuple[Message, int]], inline: Inline,
-                      bulk: BulkSink | None, liveness: trio.CancelScope, window: float) -> None:
-        pushed = trio.current_time()
+                      bulk: BulkSink | None) -> None:
         while True:
             event = await self.next_event()
-            now = trio.current_time()
-            if now - pushed >= LIVENESS_STEP:  # each move leaves an entry trio's run loop sweeps
-                liveness.deadline = now + window
-                pushed = now
+            self._heard = trio.current_time()
             if isinstance(event, ConnectionClosed):
                 self.end(event.reason, "goodbye" if event.clean else "closed")
                 return

@@ -98,6 +98,7 @@ class Detector:
         self._timeouts: dict[str, float] = {}  #: timed-out neighbours not yet acted on
         self._sweeping: set[str] = set()  #: members dialed by the partition sweep
         self._next_sweep = 0.0
+        self.slowness = 1.0  #: check timeouts are stretched this much (Membership.slowness)
 
     def forget_checks(self) -> None:
         """Back from isolation: the checks, probes and timeouts begun while cut off
@@ -160,7 +161,7 @@ class Detector:
         if msg.target in (self.me, sender):
             return
         nonce = self.rng.getrandbits(62)
-        p = Probe(sender, msg.target, msg.nonce, now + self.config.ping_timeout,
+        p = Probe(sender, msg.target, msg.nonce, now + self.config.ping_timeout * self.slowness,
                   suspect=msg.suspect)
         self.probes[nonce] = p
         if msg.target in self.outbox.sessions:
@@ -252,7 +253,7 @@ class Detector:
             self.table.suspect(uuid, now)
         helpers = [n for n in self.views.active if n != uuid]
         chosen = self.rng.sample(helpers, min(self.config.indirect_checks, len(helpers)))
-        check = Check(self.rng.getrandbits(62), now + self.config.indirect_timeout, set(chosen),
+        check = Check(self.rng.getrandbits(62), now + self.config.indirect_timeout * self.slowness, set(chosen),
                       suspected=suspect_first, redial_failed=not redial)
         self.checks[uuid] = check
         suspect = self.table.get(uuid) if suspect_first else None

@@ -83,6 +83,18 @@ class Membership:
             m.SyncEntries: self.sync.on_entries, m.Relay: self.router.on_relay,
         }
 
+    @property
+    def slowness(self) -> float:
+        """How much this node stretches the timeouts of its checks of a lost
+        neighbour (>= 1): the node layer's local health factor, as Lifeguard
+        stretches its probe timeouts (1 when healthy).  Suspicion timeouts are
+        Lifeguard's own (confirmations), not stretched."""
+        return self.detector.slowness
+
+    @slowness.setter
+    def slowness(self, factor: float) -> None:
+        self.detector.slowness = max(1.0, factor)
+
     # -- inputs ----------------------------------------------------------------------
 
     def start(self, now: float) -> None:

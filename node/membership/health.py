@@ -1,0 +1,83 @@
+"""This node's own health: how late its event loop runs (Lifeguard's local
+health multiplier, from the wake-ups the node makes anyway).
+
+A node starved of CPU (a machine whose cores renders and a hundred other
+processes share) wakes late: its keepalives leave late, what its peers sent
+waits unread in the socket, and by the time it runs, every liveness window
+has passed.  Acting on that would make the node suspect its healthy peers and,
+worse, take the server role for itself.  So every timer that knows when it
+should have woken (the sessions' keepalives and liveness watchdogs) reports
+how late it woke, and:
+
+- a stall (wakes ``LATE`` seconds or more behind; every timer of the node
+  reports the same stall, so those within ``LATE`` of each other count once)
+  raises the score by one, up to ``SCORE_MAX``; the score falls by one every
+  ``DECAY`` seconds without one.  A single freeze (a pause, a swap storm)
+  stretches the windows for a few seconds; a node starved again and again
+  (an overloaded machine) climbs to the full factor and stays there while
+  it lasts;
+- ``factor()`` (1 + score) stretches this node's liveness windows and the
+  timeouts of its checks of a lost neighbour, as Lifeguard stretches its
+  probe timeouts (suspicion timeouts stay Lifeguard's own: they shrink with
+  independent confirmations);
+- while the score is above 0 the node is ``degraded``: it does not act on a
+  suspicion alone (a suspected member stays ONLINE here until the farm holds
+  it DEAD), so an overloaded farm does not elect a new server every time one
+  of its nodes falls behind.
+
+A healthy node (no wake ``LATE`` behind) is unchanged in everything: factor
+1, suspicions acted on at once, the failover times of the system tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+LATE = 1.0  #: seconds behind that say this node's loop was starved (keepalives are 0.75 s apart)
+SCORE_MAX = 8  #: the factor is at most 1 + SCORE_MAX
+DECAY = 2.0  #: seconds without a late wake for the score to fall by one
+
+
+class Health:
+    """Lifeguard's local health score, fed with how late this node's timers woke."""
+
+    def __init__(self) -> None:
+        self.score = 0
+        self.stalls = 0  #: stalls counted, for ``rendernode status``
+        self.worst = 0.0  #: the latest wake seen behind, in seconds
+        self._falls_at = math.inf
+        self._stalled_at = -math.inf
+
+    def woke(self, late: float, now: float) -> None:
+        """A timer meant for ``now - late`` ran at ``now``."""
+        self._decay(now)
+        if late < LATE:
+            return
+        self.worst = max(self.worst, late)
+        if now - self._stalled_at < LATE:  # the same stall, reported by another timer
+            return
+        self._stalled_at = now
+        self.stalls += 1
+        self.score = min(SCORE_MAX, self.score + 1)
+        self._falls_at = now + DECAY
+
+    def factor(self, now: float) -> float:
+        """How much to stretch liveness windows and suspicion timeouts now (>= 1)."""
+        self._decay(now)
+        return 1.0 + self.score
+
+    def degraded(self, now: float) -> bool:
+        """True while a late wake is recent: this node's view of its peers is suspect."""
+        self._decay(now)
+        return self.score > 0
+
+    def status(self, now: float) -> dict[str, float | int]:
+        """For ``rendernode status``: the factor, the stalls so far and the worst."""
+        return {"factor": self.factor(now), "stalls": self.stalls, "worst_late": round(self.worst, 3)}
+
+    def _decay(self, now: float) -> None:
+        while self.score and now >= self._falls_at:
+            self.score -= 1
+            self._falls_at += DECAY
+        if not self.score:
+            self._falls_at = math.inf

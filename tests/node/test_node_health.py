@@ -1,0 +1,140 @@
+"""node/membership/health.py: how late this node's loop runs stretches its
+liveness windows, and a starved node does not act on a suspicion alone.  The
+sessions run over in-memory streams under trio's MockClock, and a starved loop
+is a ``MockClock.jump`` taken by a task that does not yield (every timer of the
+process then wakes late at once, as after a freeze or a starved CPU)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import trio
+import trio.testing
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from node.membership.health import DECAY, LATE, SCORE_MAX, Health
+from node.membership.overlay import Overlay
+from node.membership.session import Session
+from protocol import PeerConnection
+from protocol.codec import Message
+from protocol.connection import derive_psk
+from protocol.membership.entries import Member, Meta, State
+from protocol.messages import Heartbeat
+from tests.node.test_session import _handshake
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def test_each_stall_raises_the_score_by_one_and_it_falls_back_in_time() -> None:
+    health = Health()
+    health.woke(LATE * 0.9, 10.0)  # a little late: nothing
+    assert (health.factor(10.0), health.degraded(10.0), health.stalls) == (1.0, False, 0)
+    health.woke(LATE * 2.5, 11.0)  # a stall
+    health.woke(LATE * 2.4, 11.0 + LATE / 2)  # the same stall, another timer
+    assert (health.factor(11.5), health.degraded(11.5), health.stalls) == (2.0, True, 1)
+    health.woke(LATE, 12.0)  # starved again
+    assert health.factor(12.0) == 3.0
+    assert health.factor(12.0 + DECAY - 0.01) == 3.0
+    assert health.factor(12.0 + DECAY) == 2.0
+    assert health.factor(12.0 + 2 * DECAY) == 1.0 and not health.degraded(12.0 + 2 * DECAY)
+    for second in range(100, 120):  # an overloaded machine, a stall a second: capped
+        health.woke(LATE * 3, float(second))
+    assert health.factor(119.0) == 1.0 + SCORE_MAX
+    assert health.status(119.0) == {"factor": 1.0 + SCORE_MAX, "stalls": 22, "worst_late": LATE * 3}
+    assert health.factor(119.0 + SCORE_MAX * DECAY) == 1.0
+
+
+async def memory_pair() -> tuple[Session, Session]:
+    """Two sessions over an in-memory stream pair, handshake done."""
+    psk = derive_psk(secrets.token_bytes(32), "test")
+    left, right = trio.testing.memory_stream_pair()
+    a = Session(left, PeerConnection(initiator=True, static_key=X25519PrivateKey.generate(), psk=psk,
+                                     farm_id="test"), initiator=True, remote_ip="127.0.0.1")
+    b = Session(right, PeerConnection(initiator=False, static_key=X25519PrivateKey.generate(), psk=psk,
+                                      farm_id="test"), initiator=False, remote_ip="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_handshake, a, "A")
+        nursery.start_soon(_handshake, b, "B")
+    return a, b
+
+
+async def _ignore(session: Session, msg: Message, req_id: int) -> None:
+    return None
+
+
+def _no_inline(session: Session, msg: Message, req_id: int) -> bool:
+    return False
+
+
+async def test_a_silent_peer_ends_the_session_after_the_window_stretched_by_the_factor(
+        mock_clock: trio.testing.MockClock) -> None:
+    for stalls, ends_after in ((0, 1.0), (2, 3.0)):
+        a, b = await memory_pair()  # b never runs: it reads and sends nothing
+        health = Health()
+        for n in range(stalls):
+            health.woke(LATE, trio.current_time() + n * LATE)
+        await trio.sleep(stalls * LATE)
+        started = trio.current_time()
+        reason = await a.run(window=1.0, dispatch=_ignore, inline=_no_inline, silent="silent", health=health)
+        assert reason == "silent" and a.end_kind == "timeout"
+        assert trio.current_time() - started == pytest.approx(ends_after, abs=0.01)
+        await b.aclose()
+
+
+async def test_a_freeze_longer_than_the_window_keeps_a_session_to_a_live_peer_only_with_health(
+        mock_clock: trio.testing.MockClock) -> None:
+    """Both ends beat every 0.3 s in a 1 s window; then the process freezes for
+    2 s (every timer wakes 2 s late, in one batch).  A watchdog that woke late
+    knows the silence was its own: with ``Health`` the session lives on; a
+    session without it ends at once, before the reader has read a byte."""
+    outcomes: dict[str, str] = {}
+    for name, health in (("with health", Health()), ("without", None)):
+        a, b = await memory_pair()
+
+        async def beat(s: Session) -> None:
+            seq = 0
+            while True:
+                await s.send(Heartbeat(seq=seq))
+                seq += 1
+                await trio.sleep(0.3)
+
+        async def serve(s: Session, h: Health | None, key: str) -> None:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(beat, s)
+                outcomes[key] = await s.run(window=1.0, dispatch=_ignore, inline=_no_inline,
+                                                         silent="silent", health=h)
+                inner.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, a, health, f"{name} a")
+            nursery.start_soon(serve, b, Health(), f"{name} b")
+            await trio.sleep(1.05)
+            mock_clock.jump(2.0)  # frozen: no task runs while the clock moves (1.15 s past a's deadline)
+            await trio.sleep(3.0)
+            outcomes.setdefault(f"{name} a", "alive")
+            a.end("test over")
+            b.end("test over")
+    assert outcomes["with health a"] == "test over", outcomes
+    assert outcomes["without a"] == "silent", outcomes
+
+
+async def test_a_starved_node_counts_a_suspect_online_until_the_farm_holds_it_dead(tmp_path: Path) -> None:
+    health = Health()
+    peers = SimpleNamespace(ident=SimpleNamespace(uuid="me"), sessions={}, health=health)
+    overlay = Overlay(peers, str(tmp_path), meta=Meta)  # type: ignore[arg-type]
+    alive, suspect, dead = (Member(u, 1, s) for u, s in (("a", State.ALIVE), ("s", State.SUSPECT),
+                                                           ("d", State.DEAD)))
+    # healthy, no session at all (cut off): nobody counts; a suspect with no session does not either
+    assert [overlay._counts(e) for e in (alive, suspect, dead)] == [False, False, False]
+    peers.sessions["a"] = object()
+    assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, False, False]
+    health.woke(LATE, trio.current_time())  # starved: what it lost says more of it than of them
+    assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, True, False]
+    peers.sessions.clear()
+    assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, True, False]
