@@ -7,7 +7,7 @@ waits unread in the socket, and by the time it runs, every liveness window
 has passed.  Acting on that would make the node suspect its healthy peers and,
 worse, take the server role for itself.  So every timer that knows when it
 should have woken (the sessions' keepalives and liveness watchdogs) reports
-how late it woke, and:
+how late it woke (the scheduler's loop too), and:
 
 - a stall (wakes ``LATE`` seconds or more behind; every timer of the node
   reports the same stall, so those within ``LATE`` of each other count once)
@@ -35,7 +35,7 @@ import math
 
 LATE = 1.0  #: seconds behind that say this node's loop was starved (keepalives are 0.75 s apart)
 SCORE_MAX = 8  #: the factor is at most 1 + SCORE_MAX
-DECAY = 2.0  #: seconds without a late wake for the score to fall by one
+DECAY = 10.0  #: seconds without a stall for the score to fall by one
 
 
 class Health:

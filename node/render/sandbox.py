@@ -39,6 +39,10 @@ from node.service.runas import Refused, RunAs, base_env
 
 log = logging.getLogger("rendernode.sandbox")
 RENDER_UMASK = 0o077
+#: a render runs this much nicer than the daemon, so on a machine the render keeps busy the
+#: daemon's keepalives, transfers and dashboard stay on time (nice costs a render nothing
+#: when nothing else wants the CPU)
+RENDER_NICE = 10
 STATUS_PREFIX = "rendernode_"  #: files a backend leaves beside the frames for ``outcome``
 
 
@@ -133,6 +137,16 @@ class Sandbox:
             return {"umask": RENDER_UMASK}
         return {"user": place.account.uid, "group": place.account.gid,
                 "extra_groups": list(place.account.groups), "umask": RENDER_UMASK}
+
+    @staticmethod
+    def lower_priority(pid: int) -> None:
+        """Make the render started as ``pid`` (the leader of its own process group)
+        and the processes of its group ``RENDER_NICE`` nicer than the daemon."""
+        try:
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + RENDER_NICE)
+            os.setpriority(os.PRIO_PGRP, pid, nice)
+        except OSError as exc:  # gone already, or not ours to renice
+            log.debug("cannot lower the priority of render %d: %s", pid, exc)
 
     async def close(self, place: Place, names: list[str]) -> list[str]:
         """End the render user's other processes (dedicated account), copy ``names``

@@ -366,6 +366,7 @@ class Worker:
                 **self.sandbox.process_args(running.place))
         except OSError as exc:
             return Outcome(RenderResult.RENDERRESULT_PROJECTNOTFOUND, f"cannot start {argv[0]}: {exc}")
+        self.sandbox.lower_priority(proc.pid)
         try:
             assert proc.stdout is not None
             pending = b""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from node.render.sandbox import RENDER_NICE
 from tests.harness.jobs import Member
 from tests.harness.render import EXAMPLES, SLOW, RenderFarm, render_pids, small_scene, wait_state
 from tests.harness.security import (
@@ -103,28 +104,35 @@ async def test_the_attack_in_blenders_python_finds_nothing_either(
     assert_found_nothing(report, accounts.uid(accounts.render))
 
 
-async def watch_renders(uuid: str, seen: dict[int, tuple[int, bytes]], stop: trio.Event) -> None:
-    """Record the uid and environment of every render process of the job (as root, from outside)."""
+async def watch_renders(uuid: str, seen: dict[int, tuple[int, bytes, int]], stop: trio.Event) -> None:
+    """Record the uid, environment and niceness of every render process of the job
+    (as root, from outside): the first uid and environment seen, the highest niceness
+    (the worker lowers a render's priority just after it starts)."""
     while not stop.is_set():
         for pid in render_pids(uuid):
             found = _identity(pid)
             if found is not None:
-                seen.setdefault(pid, found)
+                first = seen.setdefault(pid, found)
+                seen[pid] = (first[0], first[1], max(first[2], found[2]))
         await trio.sleep(0.005)
 
 
-def _identity(pid: int) -> tuple[int, bytes] | None:
-    """(uid, environ) of a process, None if it is gone."""
+def _identity(pid: int) -> tuple[int, bytes, int] | None:
+    """(uid, environ, niceness) of a process, None if it is gone."""
     try:
         uid = os.stat(f"/proc/{pid}").st_uid
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return uid, f.read()
-    except OSError:
+            environ = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            nice = int(f.read().rsplit(b")", 1)[1].split()[16])
+        return uid, environ, nice
+    except (OSError, ValueError, IndexError):
         return None
 
 
-async def watched_job(node: Member, accounts: Accounts, scene: Path, **args: object) -> dict[int, tuple[int, bytes]]:
-    seen: dict[int, tuple[int, bytes]] = {}
+async def watched_job(node: Member, accounts: Accounts, scene: Path,
+                      **args: object) -> dict[int, tuple[int, bytes, int]]:
+    seen: dict[int, tuple[int, bytes, int]] = {}
     stop = trio.Event()
     result = await submit_as(accounts.alice, node.sock, str(scene), **args)
     assert result["result_name"] == "OK", result
@@ -137,10 +145,12 @@ async def watched_job(node: Member, accounts: Accounts, scene: Path, **args: obj
     return seen
 
 
-def assert_render_processes_clean(seen: dict[int, tuple[int, bytes]], render_uid: int, work_dir: str) -> None:
-    for pid, (uid, environ) in seen.items():
+def assert_render_processes_clean(seen: dict[int, tuple[int, bytes, int]], render_uid: int, work_dir: str) -> None:
+    daemon_nice = os.getpriority(os.PRIO_PROCESS, 0)  # the daemons run in this process
+    for pid, (uid, environ, nice) in seen.items():
         env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
         assert uid == render_uid, f"render process {pid} ran as uid {uid}"
+        assert nice == min(19, daemon_nice + RENDER_NICE), f"render process {pid} ran at nice {nice}"
         assert b"RENDERNODE_TOKEN" not in env, sorted(env)
         assert env[b"HOME"].decode().startswith(work_dir), env[b"HOME"]
         assert not set(env) - {b"PATH", b"LANG", b"LANGUAGE", b"TZ", b"HOME", b"TMPDIR", b"USER", b"LOGNAME",
