@@ -511,7 +511,7 @@ class Scheduler:
                 if self._active:
                     self.assign_all()
                     wait = self._check()
-                due = trio.current_time() + wait
+                due = trio.current_time() + max(0.0, wait)  # a deadline already past is no stall
                 with trio.move_on_at(due) as timer:
                     await self._wake.wait()
                 if timer.cancelled_caught:  # how late this loop woke tells the node's health

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from node.membership.health import LATE
 from node.nursery import service_nursery
 from protocol import ProtocolError, codec
 from protocol.codec import Message
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rendernode.overlay")
 INCARNATION_FILE = "incarnation"
 ACTIVE_MAX = 7  #: neighbours this node keeps sessions to: farms of 8 or fewer are a full mesh
+STALL_CATCHUP = 0.2  #: seconds a timer that woke a stall late lets the sessions read before it acts
 
 
 class Overlay:
@@ -332,10 +334,16 @@ class Overlay:
                 task_status.started()
                 while True:
                     deadline = self.machine.next_deadline()
+                    began = trio.current_time()
                     with trio.move_on_at(deadline if deadline is not None else float("inf")):
                         await self._wake.wait()
                     self._wake = trio.Event()
-                    if deadline is not None and trio.current_time() >= deadline:
+                    now = trio.current_time()
+                    if deadline is not None and now >= deadline:
+                        late = now - max(deadline, began)  # a deadline already past when we began is no stall
+                        self.peers.health.woke(late, now)
+                        if late >= LATE:  # stalled: read what waits (refutations, acks) first
+                            await trio.sleep(STALL_CATCHUP)
                         self._input(lambda m, now: m.tick(now))
         finally:
             self.leave()
