@@ -6,24 +6,20 @@ process then wakes late at once, as after a freeze or a starved CPU)."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import trio
 import trio.testing
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node.membership.health import DECAY, LATE, SCORE_MAX, Health
 from node.membership.overlay import Overlay
 from node.membership.session import Session
-from protocol import PeerConnection
 from protocol.codec import Message
-from protocol.connection import derive_psk
 from protocol.membership.entries import Member, Meta, State
 from protocol.messages import Heartbeat
-from tests.node.test_session import _handshake
+from tests.node.test_session import sessions_over
 
 
 @pytest.fixture
@@ -52,16 +48,7 @@ def test_each_stall_raises_the_score_by_one_and_it_falls_back_in_time() -> None:
 
 async def memory_pair() -> tuple[Session, Session]:
     """Two sessions over an in-memory stream pair, handshake done."""
-    psk = derive_psk(secrets.token_bytes(32), "test")
-    left, right = trio.testing.memory_stream_pair()
-    a = Session(left, PeerConnection(initiator=True, static_key=X25519PrivateKey.generate(), psk=psk,
-                                     farm_id="test"), initiator=True, remote_ip="127.0.0.1")
-    b = Session(right, PeerConnection(initiator=False, static_key=X25519PrivateKey.generate(), psk=psk,
-                                      farm_id="test"), initiator=False, remote_ip="127.0.0.1")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_handshake, a, "A")
-        nursery.start_soon(_handshake, b, "B")
-    return a, b
+    return await sessions_over(*trio.testing.memory_stream_pair())
 
 
 async def _ignore(session: Session, msg: Message, req_id: int) -> None:

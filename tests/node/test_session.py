@@ -53,7 +53,6 @@ async def _handshake(s: Session, uuid: str) -> None:
 
 async def session_pair() -> tuple[Session, Session]:
     """Two sessions over loopback TCP with small socket buffers, handshake done."""
-    psk = derive_psk(secrets.token_bytes(32), "test")
     listen_sock = trio.socket.socket()
     _small_buffers(listen_sock)
     await listen_sock.bind(("127.0.0.1", 0))
@@ -65,15 +64,22 @@ async def session_pair() -> tuple[Session, Session]:
     client = trio.SocketStream(client_sock)
     server = await listener.accept()
     await listener.aclose()
-    a = Session(client, PeerConnection(initiator=True, static_key=X25519PrivateKey.generate(), psk=psk,
-                                       farm_id="test"), initiator=True, remote_ip="127.0.0.1")
-    b = Session(server, PeerConnection(initiator=False, static_key=X25519PrivateKey.generate(), psk=psk,
-                                       farm_id="test"), initiator=False, remote_ip="127.0.0.1")
+    a, b = await sessions_over(client, server)
+    a.begin()
+    b.begin()
+    return a, b
+
+
+async def sessions_over(left: trio.abc.Stream, right: trio.abc.Stream) -> tuple[Session, Session]:
+    """Two sessions over the two ends of a stream (``left`` dials), handshake done."""
+    psk = derive_psk(secrets.token_bytes(32), "test")
+    a = Session(left, PeerConnection(initiator=True, static_key=X25519PrivateKey.generate(), psk=psk,
+                                     farm_id="test"), initiator=True, remote_ip="127.0.0.1")
+    b = Session(right, PeerConnection(initiator=False, static_key=X25519PrivateKey.generate(), psk=psk,
+                                      farm_id="test"), initiator=False, remote_ip="127.0.0.1")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_handshake, a, "A")
         nursery.start_soon(_handshake, b, "B")
-    a.begin()
-    b.begin()
     return a, b
 
 
