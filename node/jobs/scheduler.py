@@ -466,16 +466,13 @@ class Scheduler:
             online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
             for key in self.leases.off(online):
                 self._lapse(key, "worker went offline")
-        # a server that stalled (node/membership/health.py) has reports waiting unread:
-        # a lease lapses a lease time later for each point of its health score
-        slack = self.lease_time * (self.peers.health.factor(trio.current_time()) - 1.0)
-        for key, lease in self.leases.due(now, slack):
-            self._lapsed(key, lease, f"no progress report for {self.lease_time + slack:.0f} s")
+        for key, lease in self.leases.due(now):
+            self._lapsed(key, lease, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
         rest = self.policy.resting_until(now)
         deadline = self.leases.next_deadline()
         return min(3600.0, (now + 3600.0 if rest is None else rest) - now,
-                   deadline + slack - now if deadline is not None else 3600.0)
+                   deadline - now if deadline is not None else 3600.0)
 
     def _finish_jobs(self) -> None:
         for uuid in self.queue.finished():

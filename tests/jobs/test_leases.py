@@ -114,13 +114,3 @@ def test_leases_of_offline_workers_are_checked_one_at_a_time() -> None:
             leases.pop(("j", 2))  # ending the first ended another (its task was done)
     assert out == [("j", 0), ("j", 3)]
     assert list(leases) == [("j", 1)]
-
-
-def test_a_server_that_stalled_lapses_a_lease_only_past_the_slack_it_gives() -> None:
-    leases = Leases(LENGTH)
-    leases.grant(("j", 0), "w1", 1, 1, T0)
-    leases.grant(("j", 1), "w1", 1, 1, T0 + 2)
-    assert [k for k, _ in leases.due(T0 + LENGTH + 1, slack=LENGTH)] == []  # reports may wait unread
-    assert leases.next_deadline() == T0 + LENGTH  # still where it was: the caller adds the slack
-    assert [k for k, _ in leases.due(T0 + 2 * LENGTH + 1, slack=LENGTH)] == [("j", 0)]
-    assert [k for k, _ in leases.due(T0 + 2 * LENGTH + 3)] == [("j", 1)]

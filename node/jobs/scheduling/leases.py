@@ -136,18 +136,17 @@ class Leases(Mapping[Key, Lease]):
             if lease.worker not in online and self._by_task.get(key) is lease:
                 yield key
 
-    def due(self, now: float, slack: float = 0.0) -> Iterator[tuple[Key, Lease]]:
-        """Take out the leases whose deadline passed by ``now`` by ``slack`` seconds
-        or more, soonest first; each comes out when its turn comes (the caller may
-        lapse the ones before).  Entries of leases renewed since go back with their
-        new deadline; those of leases retired or replaced, and of finished ones,
-        are dropped."""
+    def due(self, now: float) -> Iterator[tuple[Key, Lease]]:
+        """Take out the leases whose deadline passed by ``now``, soonest first; each
+        comes out when its turn comes (the caller may lapse the ones before).
+        Entries of leases renewed since go back with their new deadline; those of
+        leases retired or replaced, and of finished ones, are dropped."""
         heap = self._deadlines
-        while heap and heap[0][0] + slack <= now:
+        while heap and heap[0][0] <= now:
             _, _, key, lease = heapq.heappop(heap)
             if self._by_task.get(key) is not lease or lease.finished:
                 continue  # renewed into a new lease, retired, or waiting on delivery only
-            if lease.deadline + slack > now:  # renewed by a progress report
+            if lease.deadline > now:  # renewed by a progress report
                 heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
                 continue
             yield key, self.pop(key)
