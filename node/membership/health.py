@@ -12,21 +12,24 @@ how late it woke (the scheduler's loop too), and:
 - a stall (wakes ``LATE`` seconds or more behind; every timer of the node
   reports the same stall, so those within ``LATE`` of each other count once)
   raises the score by one, up to ``SCORE_MAX``; the score falls by one every
-  ``DECAY`` seconds without one.  A single freeze (a pause, a swap storm)
-  stretches the windows for a few seconds; a node starved again and again
-  (an overloaded machine) climbs to the full factor and stays there while
-  it lasts;
-- ``factor()`` (1 + score) stretches this node's liveness windows and the
-  timeouts of its checks of a lost neighbour, as Lifeguard stretches its
+  ``DECAY`` seconds without one.  A single freeze (a pause, a SIGSTOP)
+  changes nothing after the wake that found it; a node starved again and
+  again (an overloaded machine) climbs to the full factor and stays there
+  while it lasts;
+- ``factor()`` (1 after one stall, one more for each stall after it)
+  stretches this node's liveness windows and the timeouts of its checks of
+  a lost neighbour, as Lifeguard stretches its
   probe timeouts (suspicion timeouts stay Lifeguard's own: they shrink with
   independent confirmations);
-- while the score is above 0 the node is ``degraded``: it does not act on a
+- while the score is 2 or more the node is ``degraded``: it does not act on a
   suspicion alone (a suspected member stays ONLINE here until the farm holds
   it DEAD), so an overloaded farm does not elect a new server every time one
   of its nodes falls behind.
 
-A healthy node (no wake ``LATE`` behind) is unchanged in everything: factor
-1, suspicions acted on at once, the failover times of the system tests.
+A healthy node, or one that stalled once, is unchanged in everything:
+factor 1, suspicions acted on at once, the failover times of the system
+tests (a host thawed from SIGSTOP sees a host cut the next second go
+OFFLINE as fast as the others do).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import math
 
 LATE = 1.0  #: seconds behind that say this node's loop was starved (keepalives are 0.75 s apart)
-SCORE_MAX = 8  #: the factor is at most 1 + SCORE_MAX
+SCORE_MAX = 9  #: the factor is at most SCORE_MAX
 DECAY = 10.0  #: seconds without a stall for the score to fall by one
 
 
@@ -62,14 +65,16 @@ class Health:
         self._falls_at = now + DECAY
 
     def factor(self, now: float) -> float:
-        """How much to stretch liveness windows and suspicion timeouts now (>= 1)."""
+        """How much to stretch liveness windows and check timeouts now (>= 1):
+        1 after a single stall, one more for each stall after it."""
         self._decay(now)
-        return 1.0 + self.score
+        return 1.0 + max(0, self.score - 1)
 
     def degraded(self, now: float) -> bool:
-        """True while a late wake is recent: this node's view of its peers is suspect."""
+        """True while this node stalls again and again (a score of 2 or more): its
+        view of its peers is suspect."""
         self._decay(now)
-        return self.score > 0
+        return self.score >= 2
 
     def status(self, now: float) -> dict[str, float | int]:
         """For ``rendernode status``: the factor, the stalls so far and the worst."""

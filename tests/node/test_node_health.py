@@ -27,22 +27,24 @@ def mock_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-def test_each_stall_raises_the_score_by_one_and_it_falls_back_in_time() -> None:
+def test_stalls_again_and_again_raise_the_factor_and_it_falls_back_in_time() -> None:
     health = Health()
     health.woke(LATE * 0.9, 10.0)  # a little late: nothing
     assert (health.factor(10.0), health.degraded(10.0), health.stalls) == (1.0, False, 0)
-    health.woke(LATE * 2.5, 11.0)  # a stall
+    health.woke(LATE * 2.5, 11.0)  # a stall: one alone changes nothing
     health.woke(LATE * 2.4, 11.0 + LATE / 2)  # the same stall, another timer
-    assert (health.factor(11.5), health.degraded(11.5), health.stalls) == (2.0, True, 1)
+    assert (health.factor(11.5), health.degraded(11.5), health.stalls) == (1.0, False, 1)
     health.woke(LATE, 12.0)  # starved again
-    assert health.factor(12.0) == 3.0
-    assert health.factor(12.0 + DECAY - 0.01) == 3.0
-    assert health.factor(12.0 + DECAY) == 2.0
-    assert health.factor(12.0 + 2 * DECAY) == 1.0 and not health.degraded(12.0 + 2 * DECAY)
+    assert (health.factor(12.0), health.degraded(12.0), health.stalls) == (2.0, True, 2)
+    health.woke(LATE, 13.0)
+    assert health.factor(13.0) == 3.0
+    assert health.factor(13.0 + DECAY - 0.01) == 3.0
+    assert health.factor(13.0 + DECAY) == 2.0
+    assert health.factor(13.0 + 2 * DECAY) == 1.0 and not health.degraded(13.0 + 2 * DECAY)
     for second in range(100, 120):  # an overloaded machine, a stall a second: capped
         health.woke(LATE * 3, float(second))
-    assert health.factor(119.0) == 1.0 + SCORE_MAX
-    assert health.status(119.0) == {"factor": 1.0 + SCORE_MAX, "stalls": 22, "worst_late": LATE * 3}
+    assert health.factor(119.0) == SCORE_MAX
+    assert health.status(119.0) == {"factor": SCORE_MAX, "stalls": 23, "worst_late": LATE * 3}
     assert health.factor(119.0 + SCORE_MAX * DECAY) == 1.0
 
 
@@ -61,7 +63,7 @@ def _no_inline(session: Session, msg: Message, req_id: int) -> bool:
 
 async def test_a_silent_peer_ends_the_session_after_the_window_stretched_by_the_factor(
         mock_clock: trio.testing.MockClock) -> None:
-    for stalls, ends_after in ((0, 1.0), (2, 3.0)):
+    for stalls, ends_after in ((0, 1.0), (1, 1.0), (3, 3.0)):
         a, b = await memory_pair()  # b never runs: it reads and sends nothing
         health = Health()
         for n in range(stalls):
@@ -121,7 +123,9 @@ async def test_a_starved_node_counts_a_suspect_online_until_the_farm_holds_it_de
     assert [overlay._counts(e) for e in (alive, suspect, dead)] == [False, False, False]
     peers.sessions["a"] = object()
     assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, False, False]
-    health.woke(LATE, trio.current_time())  # starved: what it lost says more of it than of them
+    health.woke(LATE, trio.current_time())  # one stall: nothing changes
+    assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, False, False]
+    health.woke(LATE, trio.current_time() + LATE)  # starved again: what it lost says more of it than of them
     assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, True, False]
     peers.sessions.clear()
     assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, True, False]
