@@ -508,11 +508,11 @@ class Scheduler:
                 if self._active:
                     self.assign_all()
                     wait = self._check()
-                due = trio.current_time() + max(0.0, wait)  # a deadline already past is no stall
-                with trio.move_on_at(due) as timer:
+                began = trio.current_time()
+                with trio.move_on_after(wait) as timer:
                     await self._wake.wait()
                 if timer.cancelled_caught:  # how late this loop woke tells the node's health
-                    self.peers.health.woke(trio.current_time() - due, trio.current_time())
+                    self.peers.health.woke_for(began + wait, began, trio.current_time())
                 self._wake = trio.Event()
 
     def status(self) -> dict[str, Any]:

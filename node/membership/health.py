@@ -51,6 +51,14 @@ class Health:
         self._falls_at = math.inf
         self._stalled_at = -math.inf
 
+    def woke_for(self, due: float, began: float, now: float) -> float:
+        """A timer that began waiting at ``began`` for ``due`` ran at ``now``: report
+        (``woke``) and return how late it ran.  A deadline already past when it
+        began is no stall: it is late only from when it began."""
+        late = now - max(due, began)
+        self.woke(late, now)
+        return late
+
     def woke(self, late: float, now: float) -> None:
         """A timer meant for ``now - late`` ran at ``now``."""
         self._decay(now)

@@ -110,13 +110,13 @@ class Links(PeersState):
                 await s.send(Heartbeat(seq=seq, term=int(info.get("term", 0)),
                                        server=str(info.get("server", "")), busy=bool(info.get("busy", False))))
                 seq += 1
+            began = trio.current_time()
             if wall is None:
-                due = trio.current_time() + interval
+                due = began + interval
             else:  # the next wall-clock multiple of the interval: a gap <= interval
-                due = ((trio.current_time() + wall) // interval + 1) * interval - wall
+                due = ((began + wall) // interval + 1) * interval - wall
             await trio.sleep_until(due)
-            now = trio.current_time()
-            self.health.woke(now - due, now)
+            self.health.woke_for(due, began, trio.current_time())
 
     async def _answer_dialback(self, s: Session, msg: DialBack, req_id: int) -> None:
         result = DialBackResult(reachable=False, reason="no address accepted a connection")

@@ -340,9 +340,8 @@ class Overlay:
                     self._wake = trio.Event()
                     now = trio.current_time()
                     if deadline is not None and now >= deadline:
-                        late = now - max(deadline, began)  # a deadline already past when we began is no stall
-                        self.peers.health.woke(late, now)
-                        if late >= LATE:  # stalled: read what waits (refutations, acks) first
+                        if self.peers.health.woke_for(deadline, began, now) >= LATE:
+                            # stalled: read what waits (refutations, acks) first
                             await trio.sleep(STALL_CATCHUP)
                         self._input(lambda m, now: m.tick(now))
         finally:

@@ -423,8 +423,7 @@ class Session:
             await trio.sleep_until(due)
             if health is not None:
                 woke = trio.current_time()
-                health.woke(woke - due, woke)
-                if woke - due >= LATE:
+                if health.woke_for(due, now, woke) >= LATE:
                     grace = woke + window
 
     async def _reader(self, dispatch: trio.MemorySendChannel[tuple[Message, int]], inline: Inline,

@@ -48,6 +48,14 @@ def test_stalls_again_and_again_raise_the_factor_and_it_falls_back_in_time() -> 
     assert health.factor(119.0 + SCORE_MAX * DECAY) == 1.0
 
 
+def test_a_timer_whose_deadline_had_passed_before_it_waited_is_late_only_from_then() -> None:
+    health = Health()
+    assert health.woke_for(due=5.0, began=20.0, now=20.1) == pytest.approx(0.1)  # no stall
+    assert health.stalls == 0
+    assert health.woke_for(due=21.0, began=20.0, now=23.0) == pytest.approx(2.0)
+    assert health.stalls == 1
+
+
 async def memory_pair() -> tuple[Session, Session]:
     """Two sessions over an in-memory stream pair, handshake done."""
     return await sessions_over(*trio.testing.memory_stream_pair())
