@@ -403,13 +403,53 @@ def digest(doc: JobDoc) -> bytes:
     return hashlib.sha256(msgpack.packb(canon, use_bin_type=True)).digest()[:16]
 
 
+PART_BUCKETS = 16  #: buckets of tasks (by task id) in ``part_digests``
+PART_BYTES = 8  #: bytes of each part's digest
+
+
+def parts(doc: JobDoc) -> list[JobDoc]:
+    """``doc`` cut into ``PART_BUCKETS + 2`` deltas: its head (fields, generation,
+    deletion, log base), its log, and its tasks by task id modulo ``PART_BUCKETS``."""
+    head = JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, log_base=doc.log_base)
+    buckets: list[dict[int, TaskState]] = [{} for _ in range(PART_BUCKETS)]
+    for tid, state in doc.tasks.items():
+        buckets[tid % PART_BUCKETS][tid] = state
+    return [head, JobDoc(doc.uuid, log=doc.log)] + [JobDoc(doc.uuid, tasks=b) for b in buckets]
+
+
+def part_digests(doc: JobDoc) -> bytes:
+    """The digests of ``parts(doc)``, ``PART_BYTES`` each, end to end: two
+    replicas whose whole digests differ compare these, and send each other
+    only the parts that differ (a busy job's tasks change a few at a time)."""
+    return b"".join(digest(part)[:PART_BYTES] for part in parts(doc))
+
+
+def differing_parts(doc: JobDoc, mine: bytes, theirs: bytes) -> JobDoc | None:
+    """The delta of ``doc`` (whose part digests are ``mine``) holding the parts
+    whose digests ``theirs`` does not match; None when all match.
+    RemoteProtocolError if ``theirs`` is not a list of part digests."""
+    if len(theirs) != len(mine):
+        raise RemoteProtocolError(f"part digests of {len(theirs)} bytes, not {len(mine)}")
+    differ = [i for i in range(len(mine) // PART_BYTES)
+              if mine[i * PART_BYTES:(i + 1) * PART_BYTES] != theirs[i * PART_BYTES:(i + 1) * PART_BYTES]]
+    if not differ:
+        return None
+    buckets = {i - 2 for i in differ if i >= 2}
+    tasks = {tid: state for tid, state in doc.tasks.items() if tid % PART_BUCKETS in buckets}
+    log = doc.log if 1 in differ else {}
+    if 0 in differ:
+        return JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, tasks, log, doc.log_base)
+    return JobDoc(doc.uuid, tasks=tasks, log=log)
+
+
 def with_task(doc: JobDoc, tid: int, state: TaskState) -> JobDoc:
     """A delta holding one task state of ``doc``'s job."""
     return JobDoc(doc.uuid, tasks={tid: state})
 
 
 __all__ = [
-    "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp", "TaskState", "digest", "hlc_observe",
+    "PART_BUCKETS", "PART_BYTES", "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp",
+    "TaskState", "differing_parts", "digest", "hlc_observe", "part_digests", "parts",
     "hlc_tick", "job_from_wire", "job_to_wire", "key_between", "merge_job", "merge_register",
     "merge_task", "replace", "task_current", "tombstone", "with_task",
 ]

@@ -149,6 +149,19 @@ class JobDigest(Message):
 
 @register
 @dataclass(frozen=True)
+class JobParts(Message):
+    """Anti-entropy of big jobs whose digests differ: the sender's part digests of
+    each (``protocol.crdt.part_digests``; empty: the sender lacks the job).  The
+    receiver sends the parts that differ, and with ``reply`` its own part
+    digests, so the sender sends its differing parts too."""
+
+    TYPE = "job_parts"
+    parts: dict[str, bytes]
+    reply: bool = False
+
+
+@register
+@dataclass(frozen=True)
 class Chat(Message):
     """A user's message to the farm (Message): to everyone, or private to ``to``."""
 

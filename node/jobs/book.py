@@ -28,6 +28,7 @@ from protocol.crdt import (
     hlc_tick,
     job_from_wire,
     job_to_wire,
+    part_digests,
     task_from_wire,
     task_to_wire,
 )
@@ -69,6 +70,7 @@ class JobBook:
         db.migrate(SCHEMA)
         self.docs: dict[str, JobDoc] = {}
         self._digests: dict[str, bytes] = {}  #: uuid -> digest, dropped when the job changes
+        self._part_digests: dict[str, bytes] = {}  #: uuid -> part digests, likewise
         self._clock: Stamp = ZERO
         self._load()
         self._dirty_jobs: set[str] = set()
@@ -138,6 +140,17 @@ class JobBook:
             out[uuid] = d
         return out
 
+    def part_digests(self, uuid: str) -> bytes | None:
+        """A job's part digests (``protocol.crdt.part_digests``), computed once per
+        change of it; None if this node lacks the job."""
+        doc = self.docs.get(uuid)
+        if doc is None:
+            return None
+        d = self._part_digests.get(uuid)
+        if d is None:
+            d = self._part_digests[uuid] = part_digests(doc)
+        return d
+
     # -- changes ----------------------------------------------------------------
 
     def apply(self, delta: JobDoc) -> bool:
@@ -147,6 +160,7 @@ class JobBook:
             return False
         self.docs[delta.uuid] = new
         self._digests.pop(delta.uuid, None)
+        self._part_digests.pop(delta.uuid, None)
         self._observe_doc(delta)
         if changes.head:
             self._dirty_jobs.add(delta.uuid)

@@ -6,9 +6,15 @@
   thousand tasks a second) each peer gets a few messages a second holding
   many changes instead of one message per change, while a change made after
   a quiet spell still leaves at once.
-- Anti-entropy: on every new session, and every ``ANTI_ENTROPY_INTERVAL``,
-  both sides send the digest of every job they hold; each then sends its document of every job whose digest differs or
-  that the other lacks.  Merging is a join, so both end equal.
+- Anti-entropy: with every new neighbour (the overlay's active view; every
+  session when there is no overlay), and every ``ANTI_ENTROPY_INTERVAL``,
+  both sides send the digest of every job they hold; each then sends its
+  document of every job whose digest differs or that the other lacks.  A big
+  job (over ``PARTS_FROM`` tasks) the other holds too is compared part by part
+  first (``JobParts``: its head, its log and 16 buckets of its tasks), and
+  each side sends the other only the parts that differ: while a job renders
+  every digest of it differs, and whole documents of hundreds of tasks went
+  back and forth.  Merging is a join, so both end equal.
 - ``replicate`` sends deltas as requests and counts the peers that answer once
   the deltas are on their disk (submit waits for ``replicas`` of them).
 
@@ -31,8 +37,8 @@ from node.membership.peers import Peers
 from node.membership.session import RequestFailed, Session, SessionLost
 from node.nursery import service_nursery
 from protocol import ProtocolError
-from protocol.crdt import JobDoc, absorb, job_from_wire, job_to_wire
-from protocol.messages import JobDelta, JobDigest, Reply
+from protocol.crdt import JobDoc, absorb, differing_parts, job_from_wire, job_to_wire
+from protocol.messages import JobDelta, JobDigest, JobParts, Reply
 
 log = logging.getLogger("rendernode.replication")
 TASKS_PER_PART = 2000
@@ -42,6 +48,7 @@ MAX_PENDING_JOBS = 10_000
 REPLICATE_TIMEOUT = 10.0
 PUSH_INTERVAL = 0.02  #: seconds between two pushes of local changes
 ANTI_ENTROPY_INTERVAL = 10.0  #: seconds between digest exchanges with every peer
+PARTS_FROM = 64  #: tasks above which a job that differs is compared part by part first
 
 
 def split(doc: JobDoc) -> list[JobDoc]:
@@ -90,7 +97,9 @@ class Replication:
         peers.register_handler(JobDelta, self._on_delta)
         peers.register_delivery(JobDelta, self._on_pushed)
         peers.register_handler(JobDigest, self._on_digest)
+        peers.register_handler(JobParts, self._on_parts)
         peers.on_session.append(self._on_session)
+        peers.on_neighbour.append(self._on_neighbour)
 
     def _on_change(self, delta: JobDoc, doc: JobDoc) -> None:
         if delta is self._incoming:
@@ -101,10 +110,18 @@ class Replication:
         self._wake.set()
 
     def _on_session(self, session: Session) -> None:
+        if self.peers.overlay is None:  # a full mesh: every session is a neighbour
+            self._on_neighbour(session)
+
+    def _on_neighbour(self, session: Session) -> None:
+        """A new neighbour: exchange digests now (it may have been cut off).  Not on
+        the sessions opened for work (assignments, fetches, deliveries): they
+        come and go all through a job, and each exchange of a busy job's digest
+        sent its whole document both ways."""
         if self._nursery is not None:
             self._nursery.start_soon(self._send_digest, session)
 
-    async def _send_digest(self, session: Session, digests: JobDigest | None = None) -> None:
+    async def _send_digest(self, session: Session, digests: JobDigest | JobParts | None = None) -> None:
         try:
             await session.send(digests if digests is not None else JobDigest(self.book.digests()))
         except (SessionLost, ProtocolError):
@@ -161,8 +178,37 @@ class Replication:
             self._held_by(job, session.uuid)
         ours = self.book.digests()
         differ = [u for u, d in ours.items() if msg.digests.get(u) != d]
-        if differ and self._nursery is not None:
-            self._nursery.start_soon(self._send_docs, session, differ)
+        # a big job the peer holds too: compare parts first (a busy job differs in a few)
+        big = {u: self.book.part_digests(u) or b"" for u in differ
+               if u in msg.digests and len(self.book.docs[u].tasks) > PARTS_FROM}
+        whole = [self.book.docs[u] for u in differ if u not in big]
+        if self._nursery is not None:
+            if whole:
+                self._nursery.start_soon(self._send_docs, session, whole)
+            if big:
+                self._nursery.start_soon(self._send_digest, session, JobParts(big, reply=True))
+
+    async def _on_parts(self, session: Session, msg: Any, req_id: int) -> None:
+        """A peer's part digests of jobs whose digests differ: send it the parts that
+        differ (the whole job if it lacks it) and, when asked, ours of them."""
+        assert isinstance(msg, JobParts)
+        deltas: list[JobDoc] = []
+        ours: dict[str, bytes] = {}
+        for uuid, theirs in msg.parts.items():
+            doc = self.book.docs.get(uuid)
+            mine = self.book.part_digests(uuid)
+            if doc is None or mine is None:
+                ours[uuid] = b""  # lacking it: the peer sends all of it
+                continue
+            ours[uuid] = mine
+            delta = doc if not theirs else differing_parts(doc, mine, theirs)
+            if delta is not None:
+                deltas.append(delta)
+        if self._nursery is not None:
+            if deltas:
+                self._nursery.start_soon(self._send_docs, session, deltas)
+            if msg.reply:
+                self._nursery.start_soon(self._send_digest, session, JobParts(ours))
 
     def _held_by(self, job: str, uuid: str) -> None:
         """``uuid`` holds ``job``: one more copy of an under-replicated job."""
@@ -174,15 +220,14 @@ class Replication:
         if len(holders) >= wanted:
             del self.short[job]
 
-    async def _send_docs(self, session: Session, uuids: list[str]) -> None:
-        """Send the peer the jobs its digest lacks or holds older; the last batch of
-        an under-replicated job is a request, answered once the peer has it on
-        disk, which counts the copy (its next digest may be many seconds away)."""
+    async def _send_docs(self, session: Session, docs: list[JobDoc]) -> None:
+        """Send the peer the jobs (or the parts of them) its digest lacks or holds
+        older; the last batch of an under-replicated job is a request, answered
+        once the peer has it on disk, which counts the copy (its next digest may
+        be many seconds away)."""
         try:
-            for uuid in uuids:
-                doc = self.book.docs.get(uuid)
-                if doc is None:
-                    continue
+            for doc in docs:
+                uuid = doc.uuid
                 wires = batches(split(doc))
                 for i, wire in enumerate(wires):
                     if uuid in self.short and i == len(wires) - 1:

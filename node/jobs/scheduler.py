@@ -14,6 +14,9 @@ sessions to the workers and hears their reports.
 
 Assignments are leases: a worker's progress reports renew them; a lease that
 lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
+leases run on the server's awake time (``_lease_clock``: the seconds its own
+loop stalled are left out, node/membership/health.py), so the reports that
+waited unread while a starved server did not run do not lapse them;
 after ``retries`` attempts that failed in the render the task fails.  An
 attempt lost with its worker (gone, silent, or giving the task up as it shuts
 down) is not the task's fault and does not count, up to ``LOST_LIMIT`` times
@@ -63,6 +66,7 @@ from node.jobs.operations import Jobs, job_state, tiling_of
 from node.jobs.scheduling.leases import ACTIVE, Key, Lease, Leases
 from node.jobs.scheduling.policy import Policy
 from node.jobs.scheduling.queue import QueueIndex
+from node.membership.health import LOST_MIN, STALL_CATCHUP
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
@@ -163,7 +167,7 @@ class Scheduler:
         key = (job, tid)
         if (state.phase in ACTIVE and state.worker and state.term < self.election.term
                 and key not in self.leases and job in self.queue):
-            self.leases.adopt(key, state, time.monotonic())
+            self.leases.adopt(key, state, self._lease_clock())
 
     def _tiles(self, doc: JobDoc, tid: int) -> dict[str, Any]:
         """The Assign fields of a tiled job's task: its tiles' regions, the frame size
@@ -193,7 +197,7 @@ class Scheduler:
 
     def _take_over(self) -> None:
         """Become the scheduler: rebuild queues and leases from the job book."""
-        now = time.monotonic()
+        now = self._lease_clock()
         self._reset()
         for doc in self.book.live():
             self.queue.index(doc)
@@ -307,7 +311,7 @@ class Scheduler:
                           lease_until=time.time() + self.lease_time, term=term, failures=cur.failures,
                           runs=tuple(sorted({*cur.runs, (term, cur.attempt)})))
         self.jobs.set_task(doc, tid, state)
-        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, time.monotonic(), prefetched=prefetch)
+        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, self._lease_clock(), prefetched=prefetch)
         self.assigned_count += 1
         msg = Assign(job=doc.uuid, task=tid, frames=self.queue.frames(doc)[tid], gen=doc.gen,
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
@@ -375,7 +379,7 @@ class Scheduler:
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
-        self.leases.renew(lease, time.monotonic())
+        self.leases.renew(lease, self._lease_clock())
         lease.progress = msg.progress
         if not msg.finished:
             return
@@ -466,13 +470,19 @@ class Scheduler:
             online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
             for key in self.leases.off(online):
                 self._lapse(key, "worker went offline")
-        for key, lease in self.leases.due(now):
+        awake = self._lease_clock()
+        for key, lease in self.leases.due(awake):
             self._lapsed(key, lease, f"no progress report for {self.lease_time:.0f} s")
         self._finish_jobs()
         rest = self.policy.resting_until(now)
         deadline = self.leases.next_deadline()
         return min(3600.0, (now + 3600.0 if rest is None else rest) - now,
-                   deadline - now if deadline is not None else 3600.0)
+                   deadline - awake if deadline is not None else 3600.0)
+
+    def _lease_clock(self) -> float:
+        """The clock leases run on: monotonic seconds less those this node's loop
+        spent stalled (a report sent meanwhile waited unread, and is read next)."""
+        return time.monotonic() - self.peers.health.lost
 
     def _finish_jobs(self) -> None:
         for uuid in self.queue.finished():
@@ -512,7 +522,9 @@ class Scheduler:
                 with trio.move_on_after(wait) as timer:
                     await self._wake.wait()
                 if timer.cancelled_caught:  # how late this loop woke tells the node's health
-                    self.peers.health.woke_for(began + wait, began, trio.current_time())
+                    if self.peers.health.woke_for(began + wait, began, trio.current_time()) >= LOST_MIN:
+                        # stalled: read the reports that wait before leases are checked
+                        await trio.sleep(STALL_CATCHUP)
                 self._wake = trio.Event()
 
     def status(self) -> dict[str, Any]:

@@ -24,7 +24,13 @@ how late it woke (the scheduler's loop too), and:
 - while the score is 2 or more the node is ``degraded``: it does not act on a
   suspicion alone (a suspected member stays ONLINE here until the farm holds
   it DEAD), so an overloaded farm does not elect a new server every time one
-  of its nodes falls behind.
+  of its nodes falls behind;
+- ``lost`` adds up the seconds the loop spent stalled (every late wake of
+  ``LOST_MIN`` or more, the overlapping reports of one stall counted once;
+  ``run`` wakes every ``TICK`` so that a stall is counted from its start): the
+  server measures its leases on a clock that leaves them out
+  (``node/jobs/scheduler.py``), so a progress report that waited unread in a
+  socket while the server did not run does not lapse its worker's lease.
 
 A healthy node, or one that stalled once, is unchanged in everything:
 factor 1, suspicions acted on at once, the failover times of the system
@@ -36,9 +42,14 @@ from __future__ import annotations
 
 import math
 
+import trio
+
 LATE = 1.0  #: seconds behind that say this node's loop was starved (keepalives are 0.75 s apart)
 SCORE_MAX = 9  #: the factor is at most SCORE_MAX
 DECAY = 10.0  #: seconds without a stall for the score to fall by one
+LOST_MIN = 0.05  #: seconds behind from which a wake counts in ``lost``
+STALL_CATCHUP = 0.2  #: seconds a timer that woke a stall late lets the sessions read before it acts
+TICK = 0.25  #: seconds between the wakes of ``run``: where a stall began, to within this
 
 
 class Health:
@@ -50,6 +61,8 @@ class Health:
         self.worst = 0.0  #: the latest wake seen behind, in seconds
         self._falls_at = math.inf
         self._stalled_at = -math.inf
+        self.lost = 0.0  #: seconds the loop spent stalled, all told
+        self._stall = (-math.inf, -math.inf)  #: the last stall counted in ``lost``: (from, until)
 
     def woke_for(self, due: float, began: float, now: float) -> float:
         """A timer that began waiting at ``began`` for ``due`` ran at ``now``: report
@@ -62,6 +75,8 @@ class Health:
     def woke(self, late: float, now: float) -> None:
         """A timer meant for ``now - late`` ran at ``now``."""
         self._decay(now)
+        if late >= LOST_MIN:
+            self._count_lost(now - late, now)
         if late < LATE:
             return
         self.worst = max(self.worst, late)
@@ -71,6 +86,18 @@ class Health:
         self.stalls += 1
         self.score = min(SCORE_MAX, self.score + 1)
         self._falls_at = now + DECAY
+
+    def _count_lost(self, start: float, end: float) -> None:
+        """Add the stall from ``start`` to ``end`` to ``lost``: the part that the last
+        one counted (the same stall, reported by another timer) does not cover."""
+        was_from, was_until = self._stall
+        if start > was_until:
+            self.lost += end - start
+            self._stall = (start, end)
+        else:
+            new = (min(start, was_from), max(end, was_until))
+            self.lost += (new[1] - new[0]) - (was_until - was_from)
+            self._stall = new
 
     def factor(self, now: float) -> float:
         """How much to stretch liveness windows and check timeouts now (>= 1):
@@ -84,9 +111,19 @@ class Health:
         self._decay(now)
         return self.score >= 2
 
+    async def run(self) -> None:
+        """Wake every ``TICK`` and report how late: with no other timer due (a busy
+        session sends no keepalives), ``lost`` would miss the start of a stall."""
+        while True:
+            began = trio.current_time()
+            await trio.sleep(TICK)
+            self.woke_for(began + TICK, began, trio.current_time())
+
     def status(self, now: float) -> dict[str, float | int]:
-        """For ``rendernode status``: the factor, the stalls so far and the worst."""
-        return {"factor": self.factor(now), "stalls": self.stalls, "worst_late": round(self.worst, 3)}
+        """For ``rendernode status``: the factor, the stalls so far, the worst, and
+        the seconds lost to stalls."""
+        return {"factor": self.factor(now), "stalls": self.stalls, "worst_late": round(self.worst, 3),
+                "lost": round(self.lost, 3)}
 
     def _decay(self, now: float) -> None:
         while self.score and now >= self._falls_at:

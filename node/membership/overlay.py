@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from node.membership.health import LATE
+from node.membership.health import LATE, STALL_CATCHUP
 from node.nursery import service_nursery
 from protocol import ProtocolError, codec
 from protocol.codec import Message
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("rendernode.overlay")
 INCARNATION_FILE = "incarnation"
 ACTIVE_MAX = 7  #: neighbours this node keeps sessions to: farms of 8 or fewer are a full mesh
-STALL_CATCHUP = 0.2  #: seconds a timer that woke a stall late lets the sessions read before it acts
 
 
 class Overlay:
@@ -231,6 +230,10 @@ class Overlay:
         for uuid in active - self._held:
             self._held.add(uuid)
             self.peers.hold(uuid, "overlay")
+            session = self.peers.sessions.get(uuid)
+            if session is not None:
+                for callback in self.peers.on_neighbour:
+                    callback(session)
         for uuid in self._held - active:
             self._held.discard(uuid)
             self.peers.release(uuid, "overlay")

@@ -100,6 +100,8 @@ class Peers(Dialing, Handshakes, Links):
         self.local_mac = ""  #: this machine's MAC, for Wake-on-LAN (node.power.local_mac)
         self.on_change: list[Callable[[], None]] = []
         self.on_session: list[Callable[[Session], None]] = []  #: a session was registered
+        #: a session became one of the overlay's neighbours (its active view)
+        self.on_neighbour: list[Callable[[Session], None]] = []
         self.bulk_handler: Callable[[Session, int, bytes], None] | None = None  #: called by the reader
         self.overlay: Overlay | None = None  #: the farm's membership, once attached
         self.blocked: set[str] = set()  #: machines removed here: not members for this node
@@ -335,6 +337,7 @@ class Peers(Dialing, Handshakes, Links):
         self.advertised = advertised_addresses(host, self.listen_port, self.prefs.mdns_interfaces)
         async with service_nursery(self) as nursery:
             await nursery.start(trio.serve_listeners, self._accept, listeners)
+            nursery.start_soon(self.health.run)
             for peer in self.prefs.peers:
                 self.add_static(peer)
             for row in self.table.all():

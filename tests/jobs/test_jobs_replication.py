@@ -15,8 +15,8 @@ import trio
 from node.daemon import Node
 from node.jobs.election import TERM_FILE
 from node.jobs.operations import job_state
-from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART
-from protocol.crdt import JobDoc
+from node.jobs.replication import LOG_PER_PART, TASKS_PER_PART, Replication
+from protocol.crdt import PART_BUCKETS, JobDoc, Phase, TaskState
 from tests.harness.jobs import Farm, Member, agreed_server, book_digests, connected, me
 from tests.harness.waiting import wait_until
 
@@ -69,6 +69,38 @@ async def test_a_node_that_was_down_gets_what_it_missed_on_reconnect(
     assert len(book.docs[made[2]].tasks) == 30
     assert len(book.docs[made[3]].tasks) == TASKS_PER_PART * 2 + 10
     assert len(book.docs[made[3]].visible_log()) == LOG_PER_PART + 21
+
+
+async def test_a_node_behind_on_a_few_tasks_of_a_big_job_gets_only_their_buckets(
+        short_dir: Path, token: bytes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anti-entropy of a big job both hold compares it part by part: the node that
+    missed two task changes gets the two buckets of tasks holding them, not the
+    job's 200 tasks (while a job renders, its whole document went back and
+    forth with every digest exchange)."""
+    farm = Farm(nursery, short_dir, token, defaults={"server_priority": 0})
+    a, b = await farm.mesh("a", "b")
+    uuid = (await a.submit(frames="1-200"))["uuid"]
+    await wait_until(lambda: _converged([a, b]), 5, "the job on both")
+    await b.stop()
+    doc = a.node.jobs.find(uuid)
+    a.node.jobs.set_task(doc, 3, TaskState(phase=Phase.RENDERING, stamp=a.node.book.stamp(), worker=a.uuid))
+    a.node.jobs.set_task(doc, 40, TaskState(phase=Phase.SUCCEEDED, done=1, stamp=a.node.book.stamp()))
+    sent: list[JobDoc] = []
+    real = Replication._send_docs
+
+    async def recording(self: Replication, session: Any, docs: list[JobDoc]) -> None:
+        if self is a.node.replication and session.uuid == b.uuid:
+            sent.extend(docs)
+        await real(self, session, docs)
+
+    monkeypatch.setattr(Replication, "_send_docs", recording)
+    b = await farm.restart(b)
+    with trio.fail_after(5):
+        await connected([a, b])
+        await wait_until(lambda: _converged([a, b]), 5, "b to catch up", lambda: _digest_detail([a, b]))
+    assert b.node.book.docs[uuid].tasks[40].phase == Phase.SUCCEEDED
+    assert sent and all(d.uuid == uuid and not d.fields and not d.log for d in sent), sent
+    assert {tid % PART_BUCKETS for d in sent for tid in d.tasks} == {3, 40 % PART_BUCKETS}
 
 
 @pytest.mark.parametrize("right_saw", [0, 5], ids=["same-term", "right-term-higher"])

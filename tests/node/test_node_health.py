@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.membership.health import DECAY, LATE, SCORE_MAX, Health
+from node.membership.health import DECAY, LATE, LOST_MIN, SCORE_MAX, Health
 from node.membership.overlay import Overlay
 from node.membership.session import Session
 from protocol.codec import Message
@@ -44,8 +44,23 @@ def test_stalls_again_and_again_raise_the_factor_and_it_falls_back_in_time() -> 
     for second in range(100, 120):  # an overloaded machine, a stall a second: capped
         health.woke(LATE * 3, float(second))
     assert health.factor(119.0) == SCORE_MAX
-    assert health.status(119.0) == {"factor": SCORE_MAX, "stalls": 23, "worst_late": LATE * 3}
+    # lost: the late wakes cover 8.5-13 and 97-119 (each second's stall overlaps the last)
+    assert health.status(119.0) == {"factor": SCORE_MAX, "stalls": 23, "worst_late": LATE * 3,
+                                    "lost": pytest.approx((13.0 - 8.5) + (119.0 - 97.0))}
     assert health.factor(119.0 + SCORE_MAX * DECAY) == 1.0
+
+
+def test_lost_adds_up_the_seconds_stalled_counting_each_stall_once() -> None:
+    health = Health()
+    health.woke(LOST_MIN / 2, 5.0)  # on time, near enough
+    assert health.lost == 0.0
+    health.woke(2.0, 10.0)  # a watchdog: stalled from 8 to 10
+    health.woke(3.0, 10.0)  # the ticker, due earlier: the stall began at 7
+    health.woke(0.5, 10.1)  # a keepalive due at 9.6: the same stall, running on to 10.1
+    assert health.lost == pytest.approx(3.1)
+    health.woke(1.0, 20.0)  # another stall
+    assert health.lost == pytest.approx(4.1)
+    assert health.stalls == 2
 
 
 def test_a_timer_whose_deadline_had_passed_before_it_waited_is_late_only_from_then() -> None:

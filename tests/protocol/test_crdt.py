@@ -20,6 +20,7 @@ from protocol.crdt import (
     Stamp,
     TaskState,
     absorb,
+    differing_parts,
     digest,
     hlc_observe,
     hlc_tick,
@@ -29,6 +30,8 @@ from protocol.crdt import (
     merge_job,
     merge_register,
     merge_task,
+    part_digests,
+    parts,
     replace,
     task_current,
     task_from_wire,
@@ -484,6 +487,39 @@ def test_digest_is_equal_exactly_when_documents_are_equal(data: st.DataObject) -
     b = data.draw(documents(universe))
     assert a is not None and b is not None
     assert (digest(a) == digest(b)) == (a == b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_two_replicas_that_send_each_other_their_differing_parts_end_equal(data: st.DataObject) -> None:
+    universe = data.draw(events())
+    a = data.draw(documents(universe))
+    b = data.draw(documents(universe))
+    assert a is not None and b is not None
+    whole = merge_all(parts(a))
+    assert whole is not None and digest(whole) == digest(a)  # the parts are the document
+    pa, pb = part_digests(a), part_digests(b)
+    to_b, to_a = differing_parts(a, pa, pb), differing_parts(b, pb, pa)
+    assert (to_b is None) == (to_a is None) == (pa == pb)
+    if to_b is not None and to_a is not None:
+        a2 = merge_job(copy_doc(a), job_from_wire(wire_round_trip(job_to_wire(to_a))))
+        b2 = merge_job(copy_doc(b), job_from_wire(wire_round_trip(job_to_wire(to_b))))
+        assert a2 == b2 == merge_job(copy_doc(a), b)
+
+
+def test_differing_parts_hold_only_the_task_buckets_that_differ() -> None:
+    tasks = {tid: TaskState(stamp=(100, 0, "n")) for tid in range(200)}
+    a = JobDoc(JOB, {"name": Register((100, 0, "n"), "job")}, tasks=tasks, log={(100, 1, "n"): "made"})
+    changed = {3: TaskState(phase=Phase.RENDERING, stamp=(101, 0, "n"), worker="w"),
+               40: TaskState(phase=Phase.SUCCEEDED, done=1, stamp=(102, 0, "n"))}
+    b = merge_job(copy_doc(a), JobDoc(JOB, tasks=changed))
+    delta = differing_parts(b, part_digests(b), part_digests(a))
+    assert delta is not None and not delta.fields and not delta.log
+    assert set(delta.tasks) == {t for t in range(200) if t % 16 in (3, 40 % 16)}  # two buckets of 16
+    assert merge_job(copy_doc(a), delta) == b
+    assert differing_parts(b, part_digests(b), part_digests(b)) is None
+    with pytest.raises(RemoteProtocolError, match="part digests of 5 bytes"):
+        differing_parts(b, part_digests(b), b"short")
 
 
 @settings(max_examples=100, deadline=None)
