@@ -29,7 +29,12 @@ own dial) is evidence too and starts a check (with no redial of our own);
 and while several members have died within ``SWEEP_WINDOW`` (what a
 partition looks like) every node dials a random ALIVE member it has no
 session to every ``SWEEP_INTERVAL``, which finds those members in seconds.
-A single crash starts no sweep.
+A single crash starts no sweep.  A sweep dial that connects is evidence
+against a partition: each one in a row doubles the wait before the next (up
+to ``SWEEP_GAP_MAX``), and one that fails brings it back to
+``SWEEP_INTERVAL``.  On a farm whose members die falsely again and again (an
+overloaded bed), the sweep otherwise dialled two members a second on every
+node, and the handshakes starved the farm further.
 
 Local health (Lifeguard's idea, simplified): several neighbours timing out
 within ``TIMEOUT_SETTLE`` of each other mean *this* node stalled (a freeze, a
@@ -55,6 +60,7 @@ TIMEOUT_SETTLE = 0.05
 SWEEP_DEATHS = 3  #: this many deaths within SWEEP_WINDOW look like a partition ...
 SWEEP_WINDOW = 10.0
 SWEEP_INTERVAL = 0.5  #: ... and make the node dial a random ALIVE member this often
+SWEEP_GAP_MAX = 16.0  #: the longest wait between sweep dials after dials that connected
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Detector:
         self._timeouts: dict[str, float] = {}  #: timed-out neighbours not yet acted on
         self._sweeping: set[str] = set()  #: members dialed by the partition sweep
         self._next_sweep = 0.0
+        self._sweep_gap = SWEEP_INTERVAL  #: the wait before the next sweep dial
         self.slowness = 1.0  #: check timeouts are stretched this much (Membership.slowness)
 
     def forget_checks(self) -> None:
@@ -124,6 +131,8 @@ class Detector:
         """A session to ``uuid`` is up; True if that ended our check of it (it lives)."""
         if uuid in self._sweeping:
             self._sweeping.discard(uuid)
+            self._sweep_gap = min(SWEEP_GAP_MAX, self._sweep_gap * 2)  # reachable: no partition here
+            self._next_sweep = max(self._next_sweep, now + self._sweep_gap)
             if uuid not in self.views.active and uuid not in self.views.attempts:
                 self.outbox.emit(Disconnect(uuid))
         for nonce, p in list(self.probes.items()):
@@ -139,7 +148,9 @@ class Detector:
         how a member with no neighbour on our side of a partition is found out.
         ``dial=False``: a session that was not an active link ended (no evidence)."""
         probed = False
-        self._sweeping.discard(uuid)
+        if uuid in self._sweeping:
+            self._sweeping.discard(uuid)
+            self._sweep_gap = SWEEP_INTERVAL  # unreachable: sweep on at full pace
         for nonce, p in list(self.probes.items()):
             if p.target == uuid and p.dialed:
                 probed = True
@@ -217,8 +228,10 @@ class Detector:
             if p.deadline <= now:
                 self._answer(nonce, alive=False)
         sweep = self._sweep_at()
-        if sweep is not None and now >= sweep:
-            self._next_sweep = now + SWEEP_INTERVAL
+        if sweep is None:
+            self._sweep_gap = SWEEP_INTERVAL
+        elif now >= sweep:
+            self._next_sweep = now + self._sweep_gap
             skip = self.outbox.sessions | set(self.checks) | self._sweeping
             member = self.table.choose(self.rng, (State.ALIVE,), skip)
             if member is not None and member.addresses:

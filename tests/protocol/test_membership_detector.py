@@ -143,3 +143,21 @@ def test_a_node_that_leaves_is_left_for_everyone_at_once_and_suspected_by_nobody
     assert took < 0.3 and State.SUSPECT not in states and State.DEAD not in states
     net.run_until(net.now + 8.0)
     assert held(net, "n11") == {State.LEFT} and not deaths.false
+
+
+def test_the_partition_sweep_slows_down_while_its_dials_connect() -> None:
+    """Three deaths in a few seconds look like a partition, so every node dials
+    random ALIVE members it has no session to; when those dials connect there is
+    no partition to find, and each one in a row doubles the wait before the
+    next.  (On an overloaded bed whose members died falsely again and again,
+    two sweep dials a second on every node starved the farm further.)"""
+    net = farm(30)
+    for victim in ("n03", "n07", "n11"):
+        net.kill(victim)
+    until(net, lambda: all(held(net, v) == {State.DEAD} for v in ("n03", "n07", "n11")), 5.0)
+    before = {u: net.nodes[u].dials for u in net.up()}
+    net.run_until(net.now + 8.0)  # within SWEEP_WINDOW of the deaths
+    dials = sorted(net.nodes[u].dials - before[u] for u in net.up())
+    # at SWEEP_INTERVAL's pace a node would dial 16 times in 8 s; 0.5, 1, 2, 4 s apart: 4 or 5
+    assert dials[len(dials) // 2] <= 5, dials
+    assert all(held(net, u) == {State.ALIVE} for u in net.up())
