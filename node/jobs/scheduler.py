@@ -78,6 +78,9 @@ from protocol.messages import Assign, Cancel, TaskUpdate
 log = logging.getLogger("rendernode.scheduler")
 F = NetRenderFlags
 UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not offered work
+#: workers the server dials at once to deliver their assignments: at a job's start on a
+#: farm of 100, all of them at once made every handshake slow, and many timed out half done
+DIALS_AT_ONCE = 8
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
 
@@ -116,6 +119,7 @@ class Scheduler:
         self._membership = True  #: sessions changed since leases were last checked for it
         #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
         self._outbox: dict[str, deque[Assign | Cancel]] = {}
+        self._dials = trio.CapacityLimiter(DIALS_AT_ONCE)  #: sends that wait on a dial to their worker
         self._active = False
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -311,7 +315,8 @@ class Scheduler:
                           lease_until=time.time() + self.lease_time, term=term, failures=cur.failures,
                           runs=tuple(sorted({*cur.runs, (term, cur.attempt)})))
         self.jobs.set_task(doc, tid, state)
-        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, self._lease_clock(), prefetched=prefetch)
+        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, self._lease_clock(), prefetched=prefetch,
+                          delivered=False)
         self.assigned_count += 1
         msg = Assign(job=doc.uuid, task=tid, frames=self.queue.frames(doc)[tid], gen=doc.gen,
                      attempt=cur.attempt, term=term, renderer=str(doc.value("renderer")),
@@ -344,6 +349,7 @@ class Scheduler:
         if worker == self.me:
             if isinstance(msg, Assign):
                 await self.local.assign(msg, self.me)
+                self.leases.delivered((msg.job, msg.task), worker, msg.gen, msg.attempt, self._lease_clock())
             else:
                 await self.local.cancel(msg)
             # this node's worker answers at once (a refusal re-enters the scheduler without
@@ -351,7 +357,13 @@ class Scheduler:
             await trio.lowlevel.checkpoint()
             return
         try:
-            await self.peers.deliver_to(worker, msg, hold="worker")
+            if worker in self.peers.sessions:
+                await self.peers.deliver_to(worker, msg, hold="worker")
+            else:  # a dial first: a few at a time (a job's start has the server dial every worker)
+                async with self._dials:
+                    await self.peers.deliver_to(worker, msg, hold="worker")
+            if isinstance(msg, Assign):  # its lease runs from its delivery, not its turn to dial
+                self.leases.delivered((msg.job, msg.task), worker, msg.gen, msg.attempt, self._lease_clock())
         except (SessionLost, ProtocolError) as exc:
             self._unreachable[worker] = time.monotonic()
             self._roster = None

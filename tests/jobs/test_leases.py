@@ -114,3 +114,17 @@ def test_leases_of_offline_workers_are_checked_one_at_a_time() -> None:
             leases.pop(("j", 2))  # ending the first ended another (its task was done)
     assert out == [("j", 0), ("j", 3)]
     assert list(leases) == [("j", 1)]
+
+
+def test_a_lease_whose_assign_waits_on_a_dial_does_not_lapse_until_a_lease_time_after_delivery() -> None:
+    leases = Leases(LENGTH)
+    waiting = leases.grant(("j", 0), "w1", 0, 0, now=T0, delivered=False)
+    leases.grant(("j", 1), "w2", 0, 0, now=T0)  # on a session already: delivered at once
+    assert due(leases, T0 + LENGTH) == [("j", 1)]
+    assert due(leases, T0 + 3 * LENGTH) == [] and ("j", 0) in leases  # the dial takes long
+    leases.delivered(("j", 0), "w1", gen=0, attempt=1, now=T0 + 3 * LENGTH)  # another attempt's: no
+    assert not waiting.delivered
+    leases.delivered(("j", 0), "w1", gen=0, attempt=0, now=T0 + 3 * LENGTH)
+    assert waiting.delivered and waiting.deadline == T0 + 4 * LENGTH
+    assert due(leases, T0 + 4 * LENGTH - 1) == []
+    assert due(leases, T0 + 4 * LENGTH) == [("j", 0)]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from node.jobs import scheduler as scheduler_module
 from node.membership import peers as peers_module
 from protocol.membership.effects import Config
 from tests.harness.cli import rn
@@ -201,3 +202,57 @@ async def test_a_server_stalled_longer_than_a_lease_lapses_no_lease(farm: Render
     lines = log_lines(a, uuid)
     assert not [ln for ln in lines if "re-queued" in ln], lines
     assert attempts(a, uuid) == {0: 0, 1: 0}
+
+
+async def test_the_server_dials_its_workers_a_few_at_a_time_and_their_leases_wait_for_delivery(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's start has the server dial every worker it has no session with; it
+    dials ``DIALS_AT_ONCE`` at a time (on the 100-host bed, all at once made every
+    handshake slow and many timed out half done), and a lease whose Assign
+    waits for its dial does not lapse: its lease time runs from the delivery."""
+    monkeypatch.setattr(peers_module, "IDLE_CLOSE", 0.5)
+    monkeypatch.setattr(scheduler_module, "DIALS_AT_ONCE", 1)
+    small_views = Config(active_max=2)
+
+    def built(node: Any) -> None:
+        node.overlay.config = small_views
+
+    first = await farm.start("a", built=built)
+    members = [first] + [await farm.start(f"w{i}", peers=[first], built=built) for i in range(5)]
+    with trio.fail_after(30):
+        await wait_until(lambda: all(len(m.node.peers.online_uuids()) == 5 for m in members),
+                         30, "every node counts the five others ONLINE",
+                         lambda: {m.name: len(m.node.peers.online_uuids()) for m in members})
+        server = await agreed_server(members)
+        undialed = lambda: [m for m in members if m is not server  # noqa: E731
+                            and m.uuid not in server.node.peers.sessions]
+        await wait_until(lambda: len(undialed()) >= 2, 30, "the server has no session with two workers",
+                         lambda: sorted(server.node.peers.sessions))
+    peers = server.node.peers
+    real_dial, real_deliver = peers._dial_member, peers.deliver_to
+    in_flight: set[str] = set()
+    most = 0
+
+    async def slow_dial(uuid: str, addresses: list[tuple[str, int]]) -> None:
+        await trio.sleep(server.node.scheduler.lease_time / 2)  # two in a row outlast a lease
+        await real_dial(uuid, addresses)
+
+    async def counting(uuid: str, message: Any, hold: str = "") -> str:
+        nonlocal most
+        dialing = uuid not in peers.sessions
+        if dialing:
+            in_flight.add(uuid)
+            most = max(most, len(in_flight))
+        try:
+            return await real_deliver(uuid, message, hold)
+        finally:
+            in_flight.discard(uuid)
+
+    monkeypatch.setattr(peers, "_dial_member", slow_dial)
+    monkeypatch.setattr(peers, "deliver_to", counting)
+    uuid = await submit(first, farm.scene, frames="1-12", renderer="command", rdata={"command": "sleep 1"})
+    with trio.fail_after(90):
+        assert await wait_state(first, uuid, "done", "failed") == "done", "\n".join(log_lines(first, uuid))
+    assert most == 1
+    lines = log_lines(first, uuid)
+    assert not [ln for ln in lines if "re-queued" in ln], lines

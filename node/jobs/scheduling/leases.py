@@ -11,7 +11,9 @@ lease is retired as soon as its task is done.
 A worker holds the leased tasks it has not finished rendering (``busy``,
 oldest first): the one it renders and, with prefetch, one waiting behind it.
 A finished lease (the worker delivers the frames) holds no slot and does not
-lapse: it waits for the task to be done.
+lapse: it waits for the task to be done.  Nor does a lease whose Assign has
+not reached its worker yet (the server dials a few workers at a time): its
+lease time runs from the delivery.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Lease:
     progress: float = 0.0
     finished: bool = False  #: rendered; the worker is delivering the frames
     prefetched: bool = False  #: sent while the worker was rendering another task
+    delivered: bool = True  #: its Assign reached the worker (a lease waiting on a dial does not lapse)
 
 
 class Leases(Mapping[Key, Lease]):
@@ -72,10 +75,12 @@ class Leases(Mapping[Key, Lease]):
         return self._by_task.items()
 
     def grant(self, key: Key, worker: str, gen: int, attempt: int, now: float, *,
-              finished: bool = False, prefetched: bool = False) -> Lease:
+              finished: bool = False, prefetched: bool = False, delivered: bool = True) -> Lease:
         """Lease ``key`` to ``worker`` until ``now`` + the lease time; an unfinished
-        lease holds a slot of the worker's."""
-        lease = Lease(worker, gen, attempt, now + self.length, finished=finished, prefetched=prefetched)
+        lease holds a slot of the worker's.  A lease not yet ``delivered`` does not
+        lapse until ``delivered`` says so (its lease time runs from then)."""
+        lease = Lease(worker, gen, attempt, now + self.length, finished=finished, prefetched=prefetched,
+                      delivered=delivered)
         self._by_task[key] = lease
         heapq.heappush(self._deadlines, (lease.deadline, next(self._seq), key, lease))
         if not finished:
@@ -91,6 +96,14 @@ class Leases(Mapping[Key, Lease]):
     def renew(self, lease: Lease, now: float) -> None:
         """A progress report: the lease runs a lease time from ``now``."""
         lease.deadline = now + self.length
+
+    def delivered(self, key: Key, worker: str, gen: int, attempt: int, now: float) -> None:
+        """The Assign of ``key`` reached ``worker``: its lease (if it is still that
+        assignment's) runs a lease time from ``now``."""
+        lease = self._by_task.get(key)
+        if lease is not None and lease.worker == worker and (lease.gen, lease.attempt) == (gen, attempt):
+            lease.delivered = True
+            self.renew(lease, now)
 
     def release(self, worker: str, key: Key) -> None:
         """``worker`` no longer holds ``key`` (it ended rendering it)."""
@@ -146,6 +159,8 @@ class Leases(Mapping[Key, Lease]):
             _, _, key, lease = heapq.heappop(heap)
             if self._by_task.get(key) is not lease or lease.finished:
                 continue  # renewed into a new lease, retired, or waiting on delivery only
+            if not lease.delivered:  # its Assign waits on a dial: look again a lease time on
+                lease.deadline = max(lease.deadline, now + self.length)
             if lease.deadline > now:  # renewed by a progress report
                 heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
                 continue
