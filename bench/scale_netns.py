@@ -165,11 +165,16 @@ def wait_one_farm(daemons: Sequence[Daemon], deadline: float, poll: float) -> fl
         time.sleep(poll)
 
 
-def sample(d: Daemon) -> tuple[Sample, dict[str, Any]]:
-    try:
-        status = d.call("status")
-    except NodeError as exc:
-        raise BenchError(f"{d.name} does not answer: {exc}") from exc
+def sample(d: Daemon, attempts: int = 3) -> tuple[Sample, dict[str, Any]]:
+    """The daemon's counters; a daemon starved of CPU may miss a status call's 5 s,
+    so it is asked ``attempts`` times (each on a new connection) before the bench gives up."""
+    for attempt in range(attempts):
+        try:
+            status = d.call("status")
+            break
+        except NodeError as exc:
+            if attempt == attempts - 1:
+                raise BenchError(f"{d.name} does not answer: {exc}") from exc
     traffic = status["traffic"]
     cpu = discovery.cpu_seconds(d.proc.pid)
     if cpu is None:
