@@ -38,8 +38,11 @@ node, and the handshakes starved the farm further.
 
 Local health (Lifeguard's idea, simplified): several neighbours timing out
 within ``TIMEOUT_SETTLE`` of each other mean *this* node stalled (a freeze, a
-starved CPU), so those are all checked before any is suspected.  Timeouts are
-therefore acted on ``TIMEOUT_SETTLE`` after they are reported.
+starved CPU), so those are all checked before any is suspected; so is every
+timeout while the node layer says this node is starved (``slowness`` above 1:
+it stalled again and again), as a Lifeguard node with a high health score
+trusts its own probes less.  Timeouts are therefore acted on
+``TIMEOUT_SETTLE`` after they are reported.
 
 The helper side: PingReq -> Ping the target (dialing it if no session is up)
 -> PingReqResult(alive) to the requester, or alive=False after ``ping_timeout``.
@@ -212,7 +215,8 @@ class Detector:
         """Act on settled timeouts; end checks and probes past their deadline."""
         due = [u for u, t in self._timeouts.items() if t + TIMEOUT_SETTLE <= now]
         if due:
-            stalled = len(self._timeouts) > 1
+            # several at once, or this node starved (slowness > 1): the silence may be ours
+            stalled = len(self._timeouts) > 1 or self.slowness > 1.0
             for uuid in due:
                 del self._timeouts[uuid]
             for uuid in due:

@@ -161,3 +161,27 @@ def test_the_partition_sweep_slows_down_while_its_dials_connect() -> None:
     # at SWEEP_INTERVAL's pace a node would dial 16 times in 8 s; 0.5, 1, 2, 4 s apart: 4 or 5
     assert dials[len(dials) // 2] <= 5, dials
     assert all(held(net, u) == {State.ALIVE} for u in net.up())
+
+
+def _first_suspicion_after_freeze(slowness: float) -> tuple[float, SimNet]:
+    net = farm(30)
+    for u in net.up():
+        net.nodes[u].machine.slowness = slowness
+    seen: list[float] = []
+    net.on_change.append(lambda observer, eff, now: seen.append(now) if eff.member.uuid == "n11"
+                         and eff.member.state == State.SUSPECT else None)
+    frozen_at = net.now
+    net.freeze("n11")
+    until(net, lambda: held(net, "n11") == {State.DEAD}, 15.0)
+    return min(seen) - frozen_at, net
+
+
+def test_a_starved_observer_checks_a_silent_neighbour_through_helpers_before_suspecting_it() -> None:
+    """A node whose own loop stalls again and again (slowness > 1) does not take a
+    neighbour's silence for its death at once: the silence may be its own.  It
+    asks helpers first; the frozen neighbour is still found dead."""
+    healthy, _ = _first_suspicion_after_freeze(1.0)
+    starved, net = _first_suspicion_after_freeze(3.0)
+    assert healthy < net.window + 0.2
+    # later by the helpers' indirect timeout (0.5 s), stretched by the slowness
+    assert starved >= healthy + 0.5 * 3 - 0.05, (healthy, starved)
