@@ -55,6 +55,7 @@ changes, and leases are scanned for offline workers only when it changed.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -120,6 +121,7 @@ class Scheduler:
         #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
         self._outbox: dict[str, deque[Assign | Cancel]] = {}
         self._dials = trio.CapacityLimiter(DIALS_AT_ONCE)  #: sends that wait on a dial to their worker
+        self._awake = -math.inf  #: the leases' clock (``_lease_clock``)
         self._active = False
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -493,8 +495,10 @@ class Scheduler:
 
     def _lease_clock(self) -> float:
         """The clock leases run on: monotonic seconds less those this node's loop
-        spent stalled (a report sent meanwhile waited unread, and is read next)."""
-        return time.monotonic() - self.peers.health.lost
+        spent stalled (a report sent meanwhile waited unread, and is read next);
+        it never runs backwards."""
+        self._awake = max(self._awake, time.monotonic() - self.peers.health.lost)
+        return self._awake
 
     def _finish_jobs(self) -> None:
         for uuid in self.queue.finished():

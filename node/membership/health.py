@@ -50,6 +50,7 @@ DECAY = 10.0  #: seconds without a stall for the score to fall by one
 LOST_MIN = 0.05  #: seconds behind from which a wake counts in ``lost``
 STALL_CATCHUP = 0.2  #: seconds a timer that woke a stall late lets the sessions read before it acts
 TICK = 0.25  #: seconds between the wakes of ``run``: where a stall began, to within this
+LOST_KEEP = 30.0  #: seconds of stalls kept to count each second of stall once
 
 
 class Health:
@@ -62,7 +63,8 @@ class Health:
         self._falls_at = math.inf
         self._stalled_at = -math.inf
         self.lost = 0.0  #: seconds the loop spent stalled, all told
-        self._stall = (-math.inf, -math.inf)  #: the last stall counted in ``lost``: (from, until)
+        self._stalls: list[tuple[float, float]] = []  #: stalls counted in ``lost`` lately: (from, until)
+        self._horizon = -math.inf  #: time before this counts as covered (stalls forgotten)
 
     def woke_for(self, due: float, began: float, now: float) -> float:
         """A timer that began waiting at ``began`` for ``due`` ran at ``now``: report
@@ -88,16 +90,27 @@ class Health:
         self._falls_at = now + DECAY
 
     def _count_lost(self, start: float, end: float) -> None:
-        """Add the stall from ``start`` to ``end`` to ``lost``: the part that the last
-        one counted (the same stall, reported by another timer) does not cover."""
-        was_from, was_until = self._stall
-        if start > was_until:
-            self.lost += end - start
-            self._stall = (start, end)
-        else:
-            new = (min(start, was_from), max(end, was_until))
-            self.lost += (new[1] - new[0]) - (was_until - was_from)
-            self._stall = new
+        """Add the stall from ``start`` to ``end`` to ``lost``: the part no stall
+        counted before covers (timers report the same stall, each from its own
+        deadline, in any order).  The stalls of the last ``LOST_KEEP`` seconds are
+        kept to tell; time before them counts as covered."""
+        start = max(start, self._horizon)
+        if end <= start:
+            return
+        merged_from, merged_until, covered = start, end, 0.0
+        kept = []
+        for a, b in self._stalls:  # disjoint, oldest first
+            if b < start or a > end:
+                kept.append((a, b))
+                continue
+            covered += min(b, end) - max(a, start)
+            merged_from, merged_until = min(a, merged_from), max(b, merged_until)
+        self.lost += (end - start) - covered
+        kept.append((merged_from, merged_until))
+        kept.sort()
+        while kept and kept[0][1] < merged_until - LOST_KEEP:
+            self._horizon = max(self._horizon, kept.pop(0)[1])
+        self._stalls = kept
 
     def factor(self, now: float) -> float:
         """How much to stretch liveness windows and check timeouts now (>= 1):

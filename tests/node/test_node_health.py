@@ -6,6 +6,7 @@ process then wakes late at once, as after a freeze or a starved CPU)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,3 +153,23 @@ async def test_a_starved_node_counts_a_suspect_online_until_the_farm_holds_it_de
     assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, True, False]
     peers.sessions.clear()
     assert [overlay._counts(e) for e in (alive, suspect, dead)] == [True, True, False]
+
+
+def test_lost_never_runs_ahead_of_the_clock_on_a_loop_late_all_the_time() -> None:
+    """A starved loop is late at every wake, and its timers report overlapping
+    stalls from deadlines long past (a watchdog sleeps 1.5 s, the ticker 0.25 s):
+    each second counts once, so the leases' clock (time less ``lost``) never
+    runs backwards.  (Counting a stall reported from an earlier deadline again
+    made ``lost`` outrun the clock on the 100-host bed, and no lease lapsed.)"""
+    health = Health()
+    rng = random.Random(7)
+    start = now = 100.0
+    wakes = [now]
+    for _ in range(2000):
+        now += rng.uniform(0.1, 1.5)  # the loop's next wake
+        for _ in range(rng.randrange(1, 4)):  # timers of all kinds, each late from its own deadline
+            began = rng.choice(wakes[-8:])  # began waiting at one of the last wakes
+            health.woke_for(began + rng.choice((0.25, 0.75, 1.5)), began, now)
+        wakes.append(now)
+        assert health.lost <= now - start + 1e-9, (health.lost, now - start)
+    assert health.lost > (now - start) * 0.5  # and a loop that late did lose most of its time
