@@ -407,21 +407,51 @@ PART_BUCKETS = 16  #: buckets of tasks (by task id) in ``part_digests``
 PART_BYTES = 8  #: bytes of each part's digest
 
 
+PARTS = PART_BUCKETS + 2  #: a job's parts: head, log, then the task buckets
+
+
+def part_index(tid: int) -> int:
+    """The part holding task ``tid``."""
+    return 2 + tid % PART_BUCKETS
+
+
+def part(doc: JobDoc, index: int) -> JobDoc:
+    """One of ``doc``'s ``PARTS`` deltas: 0 its head (fields, generation, deletion,
+    log base), 1 its log, then its tasks by task id modulo ``PART_BUCKETS``."""
+    if index == 0:
+        return JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, log_base=doc.log_base)
+    if index == 1:
+        return JobDoc(doc.uuid, log=doc.log)
+    bucket = index - 2
+    return JobDoc(doc.uuid, tasks={tid: s for tid, s in doc.tasks.items() if tid % PART_BUCKETS == bucket})
+
+
 def parts(doc: JobDoc) -> list[JobDoc]:
-    """``doc`` cut into ``PART_BUCKETS + 2`` deltas: its head (fields, generation,
-    deletion, log base), its log, and its tasks by task id modulo ``PART_BUCKETS``."""
-    head = JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, log_base=doc.log_base)
+    """``doc`` cut into its ``PARTS`` deltas (``part``)."""
+    head = part(doc, 0)
     buckets: list[dict[int, TaskState]] = [{} for _ in range(PART_BUCKETS)]
     for tid, state in doc.tasks.items():
         buckets[tid % PART_BUCKETS][tid] = state
-    return [head, JobDoc(doc.uuid, log=doc.log)] + [JobDoc(doc.uuid, tasks=b) for b in buckets]
+    return [head, part(doc, 1)] + [JobDoc(doc.uuid, tasks=b) for b in buckets]
+
+
+def part_digest(doc: JobDoc, index: int) -> bytes:
+    """The digest of ``part(doc, index)``: ``PART_BYTES`` bytes."""
+    return digest(part(doc, index))[:PART_BYTES]
 
 
 def part_digests(doc: JobDoc) -> bytes:
     """The digests of ``parts(doc)``, ``PART_BYTES`` each, end to end: two
     replicas whose whole digests differ compare these, and send each other
     only the parts that differ (a busy job's tasks change a few at a time)."""
-    return b"".join(digest(part)[:PART_BYTES] for part in parts(doc))
+    return b"".join(digest(p)[:PART_BYTES] for p in parts(doc))
+
+
+def digest_of_parts(digests: bytes) -> bytes:
+    """A whole job's digest from its part digests: equal documents, equal digests,
+    and a change costs the rehash of the parts it touched (the job book keeps
+    each part's digest until a change touches it)."""
+    return hashlib.sha256(digests).digest()[:16]
 
 
 def differing_parts(doc: JobDoc, mine: bytes, theirs: bytes) -> JobDoc | None:
@@ -448,8 +478,9 @@ def with_task(doc: JobDoc, tid: int, state: TaskState) -> JobDoc:
 
 
 __all__ = [
-    "PART_BUCKETS", "PART_BYTES", "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp",
-    "TaskState", "differing_parts", "digest", "hlc_observe", "part_digests", "parts",
+    "PARTS", "PART_BUCKETS", "PART_BYTES", "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp",
+    "TaskState", "differing_parts", "digest", "digest_of_parts", "hlc_observe", "part", "part_digest",
+    "part_digests", "part_index", "parts",
     "hlc_tick", "job_from_wire", "job_to_wire", "key_between", "merge_job", "merge_register",
     "merge_task", "replace", "task_current", "tombstone", "with_task",
 ]

@@ -19,16 +19,18 @@ import trio
 
 from node.db import Database
 from protocol.crdt import (
+    PARTS,
     ZERO,
     JobDoc,
     Stamp,
     absorb,
-    digest,
+    digest_of_parts,
     hlc_observe,
     hlc_tick,
     job_from_wire,
     job_to_wire,
-    part_digests,
+    part_digest,
+    part_index,
     task_from_wire,
     task_to_wire,
 )
@@ -70,7 +72,8 @@ class JobBook:
         db.migrate(SCHEMA)
         self.docs: dict[str, JobDoc] = {}
         self._digests: dict[str, bytes] = {}  #: uuid -> digest, dropped when the job changes
-        self._part_digests: dict[str, bytes] = {}  #: uuid -> part digests, likewise
+        #: uuid -> each part's digest (protocol.crdt.part), None once a change touched it
+        self._part_digests: dict[str, list[bytes | None]] = {}
         self._clock: Stamp = ZERO
         self._load()
         self._dirty_jobs: set[str] = set()
@@ -128,28 +131,33 @@ class JobBook:
         return [d for d in self.docs.values() if is_live(d)]
 
     def digests(self) -> dict[str, bytes]:
-        """uuid -> digest, for anti-entropy.  A job's digest is computed once per
-        change of it (hashing a big job takes tens of milliseconds, and every new
-        session asks for all of them)."""
+        """uuid -> digest, for anti-entropy: a hash of the job's part digests
+        (``part_digests``), so a change costs the rehash of the parts it touched.
+        Hashing a whole busy job at every digest exchange took a starved daemon
+        on the 100-host bed a sixth of its CPU."""
         cache = self._digests
         out = {}
-        for uuid, doc in self.docs.items():
+        for uuid in self.docs:
             d = cache.get(uuid)
             if d is None:
-                d = cache[uuid] = digest(doc)
+                d = cache[uuid] = digest_of_parts(self._parts_of(uuid))
             out[uuid] = d
         return out
 
     def part_digests(self, uuid: str) -> bytes | None:
-        """A job's part digests (``protocol.crdt.part_digests``), computed once per
-        change of it; None if this node lacks the job."""
-        doc = self.docs.get(uuid)
-        if doc is None:
+        """A job's part digests (``protocol.crdt.part_digests``), each kept until a
+        change touches its part; None if this node lacks the job."""
+        if uuid not in self.docs:
             return None
-        d = self._part_digests.get(uuid)
-        if d is None:
-            d = self._part_digests[uuid] = part_digests(doc)
-        return d
+        return self._parts_of(uuid)
+
+    def _parts_of(self, uuid: str) -> bytes:
+        doc = self.docs[uuid]
+        cached = self._part_digests.setdefault(uuid, [None] * PARTS)
+        for i, d in enumerate(cached):
+            if d is None:
+                cached[i] = part_digest(doc, i)
+        return b"".join(d for d in cached if d is not None)
 
     # -- changes ----------------------------------------------------------------
 
@@ -160,7 +168,15 @@ class JobBook:
             return False
         self.docs[delta.uuid] = new
         self._digests.pop(delta.uuid, None)
-        self._part_digests.pop(delta.uuid, None)
+        parts = self._part_digests.get(delta.uuid)
+        if parts is not None:
+            if changes.head:  # a new generation may have dropped tasks of every part
+                del self._part_digests[delta.uuid]
+            else:
+                if changes.logs:
+                    parts[1] = None
+                for tid in changes.tasks:
+                    parts[part_index(tid)] = None
         self._observe_doc(delta)
         if changes.head:
             self._dirty_jobs.add(delta.uuid)

@@ -5,6 +5,7 @@ plus queue moves (node.jobs) on keys that concurrent writers made equal."""
 from __future__ import annotations
 
 import copy
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 
 from node.jobs.book import JobBook, decode_task_blob
 from node.jobs.operations import Jobs
-from protocol.crdt import JobDoc, Phase, Register, TaskState
+from protocol.crdt import JobDoc, Phase, Register, TaskState, digest_of_parts, part_digests
+from tests.harness.crdt_strategies import events
 from tests.harness.jobs import FAST_TMP, FakeWall, open_book, spec, table_rows
 
 ME = "node-a"
@@ -260,3 +262,26 @@ def test_move_puts_the_job_next_to_the_other_and_keeps_everyone_else_in_order(
             assert [u for u in after if u != doc.uuid] == [u for u in order if u != doc.uuid]
         for r in replicas:
             r.book._db.close()
+
+
+# -- digests --------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_the_books_kept_part_digests_are_those_of_the_document_after_any_changes(data: st.DataObject) -> None:
+    """The book keeps each part's digest until a change touches its part: after
+    any changes, in any order, asked for between them or not, the digests it
+    gives are those computed afresh from the document."""
+    with tempfile.TemporaryDirectory(dir=FAST_TMP) as where:
+        book = open_book(Path(where), ME)
+        try:
+            for delta in data.draw(events()):
+                book.apply(delta)
+                if data.draw(st.booleans()):
+                    book.digests()  # fill the cache midway
+            for uuid, doc in book.docs.items():
+                assert book.part_digests(uuid) == part_digests(doc)
+                assert book.digests()[uuid] == digest_of_parts(part_digests(doc))
+        finally:
+            book._db.close()
