@@ -14,9 +14,9 @@ sessions to the workers and hears their reports.
 
 Assignments are leases: a worker's progress reports renew them; a lease that
 lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
-leases run on the server's awake time (``_lease_clock``: the seconds its own
-loop stalled are left out, node/membership/health.py), so the reports that
-waited unread while a starved server did not run do not lapse them;
+a lease lapses only the server's lag (node/membership/health.py: how far
+behind its loop runs) after its deadline, so the reports that wait unread
+while a starved server does not run do not lapse them;
 after ``retries`` attempts that failed in the render the task fails.  An
 attempt lost with its worker (gone, silent, or giving the task up as it shuts
 down) is not the task's fault and does not count, up to ``LOST_LIMIT`` times
@@ -55,7 +55,6 @@ changes, and leases are scanned for offline workers only when it changed.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -67,7 +66,7 @@ from node.jobs.operations import Jobs, job_state, tiling_of
 from node.jobs.scheduling.leases import ACTIVE, Key, Lease, Leases
 from node.jobs.scheduling.policy import Policy
 from node.jobs.scheduling.queue import QueueIndex
-from node.membership.health import LOST_MIN, STALL_CATCHUP
+from node.membership.health import STALL_CATCHUP
 from node.membership.peers import Peers
 from node.membership.session import Session, SessionLost
 from node.nursery import service_nursery
@@ -82,6 +81,7 @@ UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not of
 #: workers the server dials at once to deliver their assignments: at a job's start on a
 #: farm of 100, all of them at once made every handshake slow, and many timed out half done
 DIALS_AT_ONCE = 8
+LATE_WAKE = 0.05  #: seconds late from which the loop lets the sessions read before it checks leases
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
 
@@ -121,7 +121,6 @@ class Scheduler:
         #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
         self._outbox: dict[str, deque[Assign | Cancel]] = {}
         self._dials = trio.CapacityLimiter(DIALS_AT_ONCE)  #: sends that wait on a dial to their worker
-        self._awake = -math.inf  #: the leases' clock (``_lease_clock``)
         self._active = False
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -173,7 +172,7 @@ class Scheduler:
         key = (job, tid)
         if (state.phase in ACTIVE and state.worker and state.term < self.election.term
                 and key not in self.leases and job in self.queue):
-            self.leases.adopt(key, state, self._lease_clock())
+            self.leases.adopt(key, state, time.monotonic())
 
     def _tiles(self, doc: JobDoc, tid: int) -> dict[str, Any]:
         """The Assign fields of a tiled job's task: its tiles' regions, the frame size
@@ -203,7 +202,7 @@ class Scheduler:
 
     def _take_over(self) -> None:
         """Become the scheduler: rebuild queues and leases from the job book."""
-        now = self._lease_clock()
+        now = time.monotonic()
         self._reset()
         for doc in self.book.live():
             self.queue.index(doc)
@@ -317,7 +316,7 @@ class Scheduler:
                           lease_until=time.time() + self.lease_time, term=term, failures=cur.failures,
                           runs=tuple(sorted({*cur.runs, (term, cur.attempt)})))
         self.jobs.set_task(doc, tid, state)
-        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, self._lease_clock(), prefetched=prefetch,
+        self.leases.grant((doc.uuid, tid), worker, doc.gen, cur.attempt, time.monotonic(), prefetched=prefetch,
                           delivered=False)
         self.assigned_count += 1
         msg = Assign(job=doc.uuid, task=tid, frames=self.queue.frames(doc)[tid], gen=doc.gen,
@@ -351,7 +350,7 @@ class Scheduler:
         if worker == self.me:
             if isinstance(msg, Assign):
                 await self.local.assign(msg, self.me)
-                self.leases.delivered((msg.job, msg.task), worker, msg.gen, msg.attempt, self._lease_clock())
+                self.leases.delivered((msg.job, msg.task), worker, msg.gen, msg.attempt, time.monotonic())
             else:
                 await self.local.cancel(msg)
             # this node's worker answers at once (a refusal re-enters the scheduler without
@@ -365,7 +364,7 @@ class Scheduler:
                 async with self._dials:
                     await self.peers.deliver_to(worker, msg, hold="worker")
             if isinstance(msg, Assign):  # its lease runs from its delivery, not its turn to dial
-                self.leases.delivered((msg.job, msg.task), worker, msg.gen, msg.attempt, self._lease_clock())
+                self.leases.delivered((msg.job, msg.task), worker, msg.gen, msg.attempt, time.monotonic())
         except (SessionLost, ProtocolError) as exc:
             self._unreachable[worker] = time.monotonic()
             self._roster = None
@@ -393,7 +392,7 @@ class Scheduler:
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
-        self.leases.renew(lease, self._lease_clock())
+        self.leases.renew(lease, time.monotonic())
         lease.progress = msg.progress
         if not msg.finished:
             return
@@ -484,21 +483,15 @@ class Scheduler:
             online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
             for key in self.leases.off(online):
                 self._lapse(key, "worker went offline")
-        awake = self._lease_clock()
-        for key, lease in self.leases.due(awake):
-            self._lapsed(key, lease, f"no progress report for {self.lease_time:.0f} s")
+        # a report sent within the loop's lag may still wait unread (node/membership/health.py)
+        lag = self.peers.health.lag(trio.current_time())
+        for key, lease in self.leases.due(now - lag):
+            self._lapsed(key, lease, f"no progress report for {self.lease_time + lag:.0f} s")
         self._finish_jobs()
         rest = self.policy.resting_until(now)
         deadline = self.leases.next_deadline()
         return min(3600.0, (now + 3600.0 if rest is None else rest) - now,
-                   deadline - awake if deadline is not None else 3600.0)
-
-    def _lease_clock(self) -> float:
-        """The clock leases run on: monotonic seconds less those this node's loop
-        spent stalled (a report sent meanwhile waited unread, and is read next);
-        it never runs backwards."""
-        self._awake = max(self._awake, time.monotonic() - self.peers.health.lost)
-        return self._awake
+                   deadline + lag - now if deadline is not None else 3600.0)
 
     def _finish_jobs(self) -> None:
         for uuid in self.queue.finished():
@@ -538,7 +531,7 @@ class Scheduler:
                 with trio.move_on_after(wait) as timer:
                     await self._wake.wait()
                 if timer.cancelled_caught:  # how late this loop woke tells the node's health
-                    if self.peers.health.woke_for(began + wait, began, trio.current_time()) >= LOST_MIN:
+                    if self.peers.health.woke_for(began + wait, began, trio.current_time()) >= LATE_WAKE:
                         # stalled: read the reports that wait before leases are checked
                         await trio.sleep(STALL_CATCHUP)
                 self._wake = trio.Event()

@@ -25,12 +25,11 @@ how late it woke (the scheduler's loop too), and:
   suspicion alone (a suspected member stays ONLINE here until the farm holds
   it DEAD), so an overloaded farm does not elect a new server every time one
   of its nodes falls behind;
-- ``lost`` adds up the seconds the loop spent stalled (every late wake of
-  ``LOST_MIN`` or more, the overlapping reports of one stall counted once;
-  ``run`` wakes every ``TICK`` so that a stall is counted from its start): the
-  server measures its leases on a clock that leaves them out
-  (``node/jobs/scheduler.py``), so a progress report that waited unread in a
-  socket while the server did not run does not lapse its worker's lease.
+- ``lag`` is how far behind the loop runs now (the latest wake of the last
+  ``LAG_WINDOW`` seconds that came late the most): a report a worker sent
+  that long ago may still wait unread in a socket, so the server lets a
+  lease lapse only ``lag`` seconds after its deadline
+  (``node/jobs/scheduler.py``).
 
 A healthy node, or one that stalled once, is unchanged in everything:
 factor 1, suspicions acted on at once, the failover times of the system
@@ -41,16 +40,16 @@ OFFLINE as fast as the others do).
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import trio
 
 LATE = 1.0  #: seconds behind that say this node's loop was starved (keepalives are 0.75 s apart)
 SCORE_MAX = 9  #: the factor is at most SCORE_MAX
 DECAY = 10.0  #: seconds without a stall for the score to fall by one
-LOST_MIN = 0.05  #: seconds behind from which a wake counts in ``lost``
+LAG_WINDOW = 10.0  #: seconds of late wakes that ``lag`` looks back on
 STALL_CATCHUP = 0.2  #: seconds a timer that woke a stall late lets the sessions read before it acts
 TICK = 0.25  #: seconds between the wakes of ``run``: where a stall began, to within this
-LOST_KEEP = 30.0  #: seconds of stalls kept to count each second of stall once
 
 
 class Health:
@@ -62,9 +61,7 @@ class Health:
         self.worst = 0.0  #: the latest wake seen behind, in seconds
         self._falls_at = math.inf
         self._stalled_at = -math.inf
-        self.lost = 0.0  #: seconds the loop spent stalled, all told
-        self._stalls: list[tuple[float, float]] = []  #: stalls counted in ``lost`` lately: (from, until)
-        self._horizon = -math.inf  #: time before this counts as covered (stalls forgotten)
+        self._late: deque[tuple[float, float]] = deque()  #: (when, how late) of late wakes, lately
 
     def woke_for(self, due: float, began: float, now: float) -> float:
         """A timer that began waiting at ``began`` for ``due`` ran at ``now``: report
@@ -77,8 +74,11 @@ class Health:
     def woke(self, late: float, now: float) -> None:
         """A timer meant for ``now - late`` ran at ``now``."""
         self._decay(now)
-        if late >= LOST_MIN:
-            self._count_lost(now - late, now)
+        if late > 0:
+            late_wakes = self._late
+            while late_wakes and late_wakes[-1][1] <= late:  # only the latest of the worst are kept
+                late_wakes.pop()
+            late_wakes.append((now, late))
         if late < LATE:
             return
         self.worst = max(self.worst, late)
@@ -89,28 +89,13 @@ class Health:
         self.score = min(SCORE_MAX, self.score + 1)
         self._falls_at = now + DECAY
 
-    def _count_lost(self, start: float, end: float) -> None:
-        """Add the stall from ``start`` to ``end`` to ``lost``: the part no stall
-        counted before covers (timers report the same stall, each from its own
-        deadline, in any order).  The stalls of the last ``LOST_KEEP`` seconds are
-        kept to tell; time before them counts as covered."""
-        start = max(start, self._horizon)
-        if end <= start:
-            return
-        merged_from, merged_until, covered = start, end, 0.0
-        kept = []
-        for a, b in self._stalls:  # disjoint, oldest first
-            if b < start or a > end:
-                kept.append((a, b))
-                continue
-            covered += min(b, end) - max(a, start)
-            merged_from, merged_until = min(a, merged_from), max(b, merged_until)
-        self.lost += (end - start) - covered
-        kept.append((merged_from, merged_until))
-        kept.sort()
-        while kept and kept[0][1] < merged_until - LOST_KEEP:
-            self._horizon = max(self._horizon, kept.pop(0)[1])
-        self._stalls = kept
+    def lag(self, now: float) -> float:
+        """How far behind this node's loop runs: the most a wake of the last
+        ``LAG_WINDOW`` seconds came late (0 when none did)."""
+        late_wakes = self._late
+        while late_wakes and late_wakes[0][0] < now - LAG_WINDOW:
+            late_wakes.popleft()
+        return late_wakes[0][1] if late_wakes else 0.0
 
     def factor(self, now: float) -> float:
         """How much to stretch liveness windows and check timeouts now (>= 1):
@@ -126,7 +111,8 @@ class Health:
 
     async def run(self) -> None:
         """Wake every ``TICK`` and report how late: with no other timer due (a busy
-        session sends no keepalives), ``lost`` would miss the start of a stall."""
+        session sends no keepalives), a stall would be timed from the next deadline
+        after its start, and ``lag`` would miss the first part of it."""
         while True:
             began = trio.current_time()
             await trio.sleep(TICK)
@@ -134,9 +120,9 @@ class Health:
 
     def status(self, now: float) -> dict[str, float | int]:
         """For ``rendernode status``: the factor, the stalls so far, the worst, and
-        the seconds lost to stalls."""
+        the lag now."""
         return {"factor": self.factor(now), "stalls": self.stalls, "worst_late": round(self.worst, 3),
-                "lost": round(self.lost, 3)}
+                "lag": round(self.lag(now), 3)}
 
     def _decay(self, now: float) -> None:
         while self.score and now >= self._falls_at:
