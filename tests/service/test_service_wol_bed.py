@@ -84,5 +84,7 @@ def test_a_waiting_task_wakes_an_offline_machine(bed: Bed, tmp_path: Path, token
     caught = json.loads(catch.read_log().splitlines()[-1])
     assert bytes.fromhex(caught["hex"]) == power.magic_packet(wanted)
     assert caught["from"] == server.addr
-    log = server.daemon.read_log() if server.daemon else ""
-    assert f"sent Wake-on-LAN to {sleeper.name} ({wanted})" in log
+    line = f"sent Wake-on-LAN to {sleeper.name} ({wanted})"  # logged once the send returned:
+    poll_until(lambda: server.daemon is not None and line in server.daemon.read_log(),  # after the catch
+               WAIT, "the server logs the Wake-on-LAN it sent", lambda: server.daemon and server.daemon.read_log(),
+               ignore=())
