@@ -6,6 +6,7 @@ frame when a worker dies in the middle of one."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from node.jobs import scheduler as scheduler_module
 from node.membership import peers as peers_module
 from protocol.membership.effects import Config
 from tests.harness.cli import rn
-from tests.harness.jobs import agreed_server
+from tests.harness.jobs import Member, agreed_server
 from tests.harness.render import (
     SLOW,
     SMALL,
@@ -135,14 +136,12 @@ async def test_a_task_its_worker_gives_up_while_shutting_down_goes_back_to_the_q
         in log_lines(server, uuid)
 
 
-async def test_leases_of_online_workers_the_server_is_still_dialing_do_not_lapse(
-        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a farm larger than the overlay's active view the server assigns tasks to
-    members it has no session with and dials them.  A session coming up
-    meanwhile (another worker's) must not lapse the leases of the workers still
-    being dialed as "worker went offline": they are online in the farm.  (With
-    100 hosts this re-queued the tasks of every undialed worker at each job
-    start, again and again, until the farm drowned in re-assignments.)"""
+async def _farm_beyond_the_active_view(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> tuple[Member, Member, Callable[[], list[Member]]]:
+    """Six nodes whose overlays keep two neighbours each, so the server has no
+    session with some workers: (the first node, the server, the workers it has
+    no session with now), once every node counts the five others ONLINE, the
+    server counts them all as workers, and it has no session with two of them."""
     monkeypatch.setattr(peers_module, "IDLE_CLOSE", 0.5)  # sessions outside the active view close soon
     small_views = Config(active_max=2)
 
@@ -160,10 +159,24 @@ async def test_leases_of_online_workers_the_server_is_still_dialing_do_not_lapse
         await wait_until(lambda: set(server.node.scheduler.workers()) == want,
                          30, "the server counts every node as a worker",
                          lambda: server.node.scheduler.workers())
-        undialed = lambda: [m for m in members if m is not server  # noqa: E731
-                            and m.uuid not in server.node.peers.sessions]
+
+        def undialed() -> list[Member]:
+            return [m for m in members if m is not server and m.uuid not in server.node.peers.sessions]
+
         await wait_until(lambda: len(undialed()) >= 2, 30, "the server has no session with two workers",
                          lambda: sorted(server.node.peers.sessions))
+    return first, server, undialed
+
+
+async def test_leases_of_online_workers_the_server_is_still_dialing_do_not_lapse(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a farm larger than the overlay's active view the server assigns tasks to
+    members it has no session with and dials them.  A session coming up
+    meanwhile (another worker's) must not lapse the leases of the workers still
+    being dialed as "worker went offline": they are online in the farm.  (With
+    100 hosts this re-queued the tasks of every undialed worker at each job
+    start, again and again, until the farm drowned in re-assignments.)"""
+    first, server, undialed = await _farm_beyond_the_active_view(farm, monkeypatch)
     strangers = {m.uuid for m in undialed()}
     real_dial = server.node.peers._dial_member
     delays = iter([0.0, 0.5, 1.0, 1.5])
@@ -211,24 +224,8 @@ async def test_the_server_dials_its_workers_a_few_at_a_time_and_their_leases_wai
     dials ``DIALS_AT_ONCE`` at a time (on the 100-host bed, all at once made every
     handshake slow and many timed out half done), and a lease whose Assign
     waits for its dial does not lapse: its lease time runs from the delivery."""
-    monkeypatch.setattr(peers_module, "IDLE_CLOSE", 0.5)
     monkeypatch.setattr(scheduler_module, "DIALS_AT_ONCE", 1)
-    small_views = Config(active_max=2)
-
-    def built(node: Any) -> None:
-        node.overlay.config = small_views
-
-    first = await farm.start("a", built=built)
-    members = [first] + [await farm.start(f"w{i}", peers=[first], built=built) for i in range(5)]
-    with trio.fail_after(30):
-        await wait_until(lambda: all(len(m.node.peers.online_uuids()) == 5 for m in members),
-                         30, "every node counts the five others ONLINE",
-                         lambda: {m.name: len(m.node.peers.online_uuids()) for m in members})
-        server = await agreed_server(members)
-        undialed = lambda: [m for m in members if m is not server  # noqa: E731
-                            and m.uuid not in server.node.peers.sessions]
-        await wait_until(lambda: len(undialed()) >= 2, 30, "the server has no session with two workers",
-                         lambda: sorted(server.node.peers.sessions))
+    first, server, _ = await _farm_beyond_the_active_view(farm, monkeypatch)
     peers = server.node.peers
     real_dial, real_deliver = peers._dial_member, peers.deliver_to
     in_flight: set[str] = set()
