@@ -13,15 +13,19 @@ carries them out: it writes the job book, sends Assign and Cancel, keeps
 sessions to the workers and hears their reports.
 
 Assignments are leases: a worker's progress reports renew them; a lease that
-lapses (worker frozen, cut off, killed) re-queues the task as a new attempt;
-a lease lapses only the server's lag (node/membership/health.py: how far
-behind its loop runs) after its deadline, so the reports that wait unread
-while a starved server does not run do not lapse them;
-after ``retries`` attempts that failed in the render the task fails.  An
-attempt lost with its worker (gone, silent, or giving the task up as it shuts
-down) is not the task's fault and does not count, up to ``LOST_LIMIT`` times
-the retries in all.  A worker that goes offline (no longer online in the
-farm's membership; with no overlay, its session ends) loses its leases at once.
+lapses (its Assign went astray, the worker dropped the task, went offline or
+fell silent for long: ``node.jobs.scheduling.leases`` says when) re-queues the
+task as a new attempt.  A lease lapses only the server's lag
+(node/membership/health.py: how far behind its loop runs) after its
+deadline, so the reports that wait unread while a starved server does not
+run do not lapse them.  After ``retries`` attempts that failed in the render
+the task fails.  An attempt lost with its worker (gone, silent, or giving the
+task up as it shuts down) is not the task's fault and does not count, up to
+``LOST_LIMIT`` times the retries in all.  A worker that goes offline (no
+longer online in the farm's membership; with no overlay, its session ends)
+loses its leases at their deadlines: a lease time after its last report at
+most, so a false death refuted meanwhile (on the 100-host bed, each daemon
+saw dozens a minute) costs nothing.
 Every Assign and Cancel carries the server's term.
 
 A waiting (prefetched) task is an ordinary lease: ASSIGNED in the book,
@@ -117,7 +121,8 @@ class Scheduler:
         self.policy = Policy(self.queue, self.leases, exclude_after)
         self.losses: dict[Key, int] = {}  #: task -> attempts lost with their worker
         self._roster: tuple[dict[str, set[str]], dict[str, str]] | None = None
-        self._membership = True  #: sessions changed since leases were last checked for it
+        self._membership = True  #: sessions changed since ``_online`` was taken
+        self._online: set[str] = set()  #: the workers online, as of the last check of the leases
         #: worker -> Assign/Cancel not yet sent (a few: DEPTH assignments and their cancels)
         self._outbox: dict[str, deque[Assign | Cancel]] = {}
         self._dials = trio.CapacityLimiter(DIALS_AT_ONCE)  #: sends that wait on a dial to their worker
@@ -389,6 +394,7 @@ class Scheduler:
         key = (msg.job, msg.task)
         if msg.finished and msg.result != RenderResult.RENDERRESULT_NOMACHINE and self.policy.freed(worker):
             self._wake.set()  # a worker that refused as busy ended one of its tasks: it has room
+        self.leases.report(worker, time.monotonic())
         lease = self.leases.get(key)
         if lease is None or lease.worker != worker or (lease.gen, lease.attempt) != (msg.gen, msg.attempt):
             return  # a report of an attempt we no longer wait for
@@ -475,18 +481,16 @@ class Scheduler:
         self._requeue(doc, key[1], cur, reason, count=False, lost=True)
 
     def _check(self) -> float:
-        """Lapse leases of offline workers and expired ones; return seconds to the next deadline.
+        """Lapse the leases that are due; return seconds to the next deadline.
         (Leases whose task is done were retired when the task state arrived.)"""
         now = time.monotonic()
         if self._membership:
             self._membership = False
-            online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
-            for key in self.leases.off(online):
-                self._lapse(key, "worker went offline")
+            self._online = set(self.peers.online_uuids()) | {self.me}  # sessions or, relayed, the membership
         # a report sent within the loop's lag may still wait unread (node/membership/health.py)
         lag = self.peers.health.lag(trio.current_time())
-        for key, lease in self.leases.due(now - lag):
-            self._lapsed(key, lease, f"no progress report for {self.lease_time + lag:.0f} s")
+        for key, lease, why in self.leases.due(now - lag, self._online):
+            self._lapsed(key, lease, why)
         self._finish_jobs()
         rest = self.policy.resting_until(now)
         deadline = self.leases.next_deadline()

@@ -218,6 +218,39 @@ async def test_a_server_stalled_longer_than_a_lease_lapses_no_lease(farm: Render
     assert attempts(a, uuid) == {0: 0, 1: 0}
 
 
+async def test_a_worker_online_but_silent_for_longer_than_a_lease_keeps_its_task(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose reports stop for two lease times while the membership still
+    has it online (starved, as every daemon on the 100-host bed was) keeps its
+    lease: it lapses only after ``SILENT_LEASES`` lease times of silence, or when
+    the worker goes offline.  Lapsing it at the deadline re-queued thousands of
+    tasks that were rendering there."""
+    (a, b), server = await farm.ready("a", "b")
+    worker = b if server is a else a
+    uuid = await submit(a, farm.scene, frames="1-2", renderer="command", rdata={"command": "sleep 8"})
+    lease = server.node.scheduler.lease_time
+    with trio.fail_after(30):
+        await wait_until(lambda: worker.uuid in server.node.scheduler.leases.busy, 30,
+                         "the worker holds a task", lambda: tasks(server, uuid))
+    real_report = worker.node.worker._report
+    quiet_until = trio.current_time() + 2 * lease
+
+    async def starved(target: str, update: Any) -> None:
+        if trio.current_time() < quiet_until:
+            return  # the report never leaves
+        await real_report(target, update)
+
+    monkeypatch.setattr(worker.node.worker, "_report", starved)
+    await trio.sleep(lease + 1.0)
+    [held] = server.node.scheduler.leases.busy[worker.uuid]  # past its deadline, still rendering
+    assert time.monotonic() - server.node.scheduler.leases[held].renewed > lease
+    with trio.fail_after(60):
+        assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
+    lines = log_lines(a, uuid)
+    assert not [ln for ln in lines if "re-queued" in ln], lines
+    assert attempts(a, uuid) == {0: 0, 1: 0}
+
+
 async def test_the_server_dials_its_workers_a_few_at_a_time_and_their_leases_wait_for_delivery(
         farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
     """A job's start has the server dial every worker it has no session with; it

@@ -1,32 +1,43 @@
 """Leases: the assignments the server is waiting on, their deadlines, and the
 tasks each worker holds.
 
-A lease lapses when its deadline passes with no progress report (a report
-renews it); the caller re-queues the task.  Deadlines sit in a heap: a renewed
-lease keeps its old entry, which is pushed back with the new deadline when it
-comes up, and entries of leases retired or replaced are skipped when popped,
-so a renewal costs nothing and a check costs the entries that came due.  A
-lease is retired as soon as its task is done.
+A lease's deadline is a lease time after its grant or its last progress report
+(a report renews it).  A lease past its deadline lapses (the caller re-queues
+the task) when the worker has reported other tasks since half a lease time
+after the renewal (it talks, but not of this task: the Assign went astray or
+the worker dropped the task) or when it is offline.  A worker that is online
+but silent is starved or cut off, not gone: on the 100-host bed, where every
+daemon's wakes came seconds late, lapsing its leases at the deadline
+re-queued thousands of tasks that were rendering.  Its leases lapse when the
+worker has been silent for ``silence`` (``SILENT_LEASES`` lease times).
+
+Deadlines sit in a heap: a renewed lease keeps its old entry, which is pushed
+back with the new deadline when it comes up, and entries of leases retired or
+replaced are skipped when popped, so a renewal costs nothing and a check
+costs the entries that came due.  A lease is retired as soon as its task is
+done.
 
 A worker holds the leased tasks it has not finished rendering (``busy``,
 oldest first): the one it renders and, with prefetch, one waiting behind it.
-A finished lease (the worker delivers the frames) holds no slot and does not
-lapse: it waits for the task to be done.  Nor does a lease whose Assign has
-not reached its worker yet (the server dials a few workers at a time): its
-lease time runs from the delivery.
+A finished lease (the worker delivers the frames) holds no slot; it lapses
+only when its worker is offline past its deadline, and otherwise waits for
+the task to be done.  A lease whose Assign has not reached its worker yet
+(the server dials a few workers at a time) does not lapse: its lease time
+runs from the delivery.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import ItemsView, Iterator, Mapping
+from collections.abc import Container, ItemsView, Iterator, Mapping
 from dataclasses import dataclass
 
 from protocol.crdt import Phase, TaskState
 
 Key = tuple[str, int]  #: (job, task id)
 ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
+SILENT_LEASES = 6  #: lease times a worker online but silent keeps its leases
 
 
 @dataclass
@@ -37,6 +48,7 @@ class Lease:
     gen: int
     attempt: int
     deadline: float
+    renewed: float  #: its grant, delivery or last progress report
     progress: float = 0.0
     finished: bool = False  #: rendered; the worker is delivering the frames
     prefetched: bool = False  #: sent while the worker was rendering another task
@@ -51,6 +63,8 @@ class Leases(Mapping[Key, Lease]):
 
     def __init__(self, length: float) -> None:
         self.length = length
+        self.silence = SILENT_LEASES * length
+        self.heard: dict[str, float] = {}  #: worker -> when its last progress report (of any task) came
         self._by_task: dict[Key, Lease] = {}
         self.busy: dict[str, list[Key]] = {}  #: worker -> tasks it holds, oldest first
         self._deadlines: list[tuple[float, int, Key, Lease]] = []  #: heap
@@ -79,7 +93,7 @@ class Leases(Mapping[Key, Lease]):
         """Lease ``key`` to ``worker`` until ``now`` + the lease time; an unfinished
         lease holds a slot of the worker's.  A lease not yet ``delivered`` does not
         lapse until ``delivered`` says so (its lease time runs from then)."""
-        lease = Lease(worker, gen, attempt, now + self.length, finished=finished, prefetched=prefetched,
+        lease = Lease(worker, gen, attempt, now + self.length, now, finished=finished, prefetched=prefetched,
                       delivered=delivered)
         self._by_task[key] = lease
         heapq.heappush(self._deadlines, (lease.deadline, next(self._seq), key, lease))
@@ -95,7 +109,12 @@ class Leases(Mapping[Key, Lease]):
 
     def renew(self, lease: Lease, now: float) -> None:
         """A progress report: the lease runs a lease time from ``now``."""
+        lease.renewed = now
         lease.deadline = now + self.length
+
+    def report(self, worker: str, now: float) -> None:
+        """A progress report from ``worker`` (of any task, one it holds or not) came."""
+        self.heard[worker] = now
 
     def delivered(self, key: Key, worker: str, gen: int, attempt: int, now: float) -> None:
         """The Assign of ``key`` reached ``worker``: its lease (if it is still that
@@ -127,11 +146,13 @@ class Leases(Mapping[Key, Lease]):
     def free(self, worker: str) -> None:
         """Forget the tasks ``worker`` holds (it is gone)."""
         self.busy.pop(worker, None)
+        self.heard.pop(worker, None)
 
     def clear(self) -> None:
         """No leases (the node is no longer the server, or takes over afresh)."""
         self._by_task.clear()
         self.busy.clear()
+        self.heard.clear()
         self._deadlines.clear()
 
     def of_job(self, job: str) -> list[Key]:
@@ -142,29 +163,46 @@ class Leases(Mapping[Key, Lease]):
         """The tasks leased to ``worker``."""
         return [k for k, lease in self._by_task.items() if lease.worker == worker]
 
-    def off(self, online: set[str]) -> Iterator[Key]:
-        """Leases of workers not in ``online``: each is checked when its turn comes
-        (after the caller ended the ones before, which may have retired it)."""
-        for key, lease in list(self._by_task.items()):
-            if lease.worker not in online and self._by_task.get(key) is lease:
-                yield key
-
-    def due(self, now: float) -> Iterator[tuple[Key, Lease]]:
-        """Take out the leases whose deadline passed by ``now``, soonest first; each
-        comes out when its turn comes (the caller may lapse the ones before).
-        Entries of leases renewed since go back with their new deadline; those of
-        leases retired or replaced, and of finished ones, are dropped."""
+    def due(self, now: float, online: Container[str]) -> Iterator[tuple[Key, Lease, str]]:
+        """Take out the leases that lapse by ``now``, soonest first, each with the
+        reason; each comes out when its turn comes (the caller may lapse the ones
+        before).  Entries of leases renewed since go back with their new
+        deadline, those of leases held (a silent worker online, a finished one
+        delivering) with the time to look again; those of leases retired or
+        replaced are dropped."""
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, key, lease = heapq.heappop(heap)
-            if self._by_task.get(key) is not lease or lease.finished:
-                continue  # renewed into a new lease, retired, or waiting on delivery only
-            if not lease.delivered:  # its Assign waits on a dial: look again a lease time on
-                lease.deadline = max(lease.deadline, now + self.length)
-            if lease.deadline > now:  # renewed by a progress report
-                heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
-                continue
-            yield key, self.pop(key)
+            if self._by_task.get(key) is not lease:
+                continue  # renewed into a new lease, or retired
+            if lease.deadline <= now:
+                why = self._lapses(lease, now, online)
+                if why:
+                    yield key, self.pop(key), why
+                    continue
+            heapq.heappush(heap, (lease.deadline, next(self._seq), key, lease))
+
+    def _lapses(self, lease: Lease, now: float, online: Container[str]) -> str:
+        """Why ``lease``, past its deadline, lapses now; "" if it does not, and then
+        its deadline moves to when to look again."""
+        again = now + self.length / 4
+        if not lease.delivered:  # its Assign waits on a dial: a lease time from the delivery
+            lease.deadline = now + self.length
+            return ""
+        if lease.worker not in online:
+            return "worker went offline"
+        if lease.finished:  # delivering the frames: as long as it takes
+            lease.deadline = now + self.length
+            return ""
+        since = now - lease.renewed
+        heard = self.heard.get(lease.worker, lease.renewed)
+        if heard >= lease.renewed + self.length / 2:
+            return f"no progress report for {since:.0f} s (the worker reports its other tasks)"
+        silent = now - max(heard, lease.renewed)
+        if silent >= self.silence:
+            return f"worker online but silent for {silent:.0f} s"
+        lease.deadline = min(again, max(heard, lease.renewed) + self.silence)
+        return ""
 
     def next_deadline(self) -> float | None:
         """The earliest deadline in the heap (perhaps a stale entry's: the check
