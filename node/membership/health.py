@@ -17,10 +17,10 @@ how late it woke (the scheduler's loop too), and:
   again (an overloaded machine) climbs to the full factor and stays there
   while it lasts;
 - ``factor()`` (1 after one stall, one more for each stall after it)
-  stretches this node's liveness windows and the timeouts of its checks of
-  a lost neighbour, as Lifeguard stretches its
-  probe timeouts (suspicion timeouts stay Lifeguard's own: they shrink with
-  independent confirmations);
+  stretches this node's liveness windows, the timeouts of its checks of
+  a lost neighbour and its suspicion timers, as Lifeguard stretches its
+  probe timeouts (protocol/membership/members.py says why the suspicions
+  too);
 - while the score is 2 or more the node is ``degraded``: it does not act on a
   suspicion alone (a suspected member stays ONLINE here until the farm holds
   it DEAD), so an overloaded farm does not elect a new server every time one

@@ -86,14 +86,14 @@ class Membership:
     @property
     def slowness(self) -> float:
         """How much this node stretches the timeouts of its checks of a lost
-        neighbour (>= 1): the node layer's local health factor, as Lifeguard
-        stretches its probe timeouts (1 when healthy).  Suspicion timeouts are
-        Lifeguard's own (confirmations), not stretched."""
+        neighbour and its suspicion timers (>= 1): the node layer's local health
+        factor, as Lifeguard stretches its probe timeouts (1 when healthy).  A
+        suspicion timer takes the factor of when it was set."""
         return self.detector.slowness
 
     @slowness.setter
     def slowness(self, factor: float) -> None:
-        self.detector.slowness = max(1.0, factor)
+        self.detector.slowness = self.table.slowness = max(1.0, factor)
 
     # -- inputs ----------------------------------------------------------------------
 

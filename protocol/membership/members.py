@@ -13,7 +13,13 @@ the same entries hold the same list.  Failure detection itself is elsewhere
     shrinks towards ``suspicion_min`` as independent confirmations (distinct
     suspecting nodes) arrive, reaching the minimum at ``suspicion_k`` of them:
     a node that several neighbours lost at once is dead quickly, a node one
-    neighbour lost has ample time to refute.  A node that did not suspect the
+    neighbour lost has ample time to refute.  A starved node (``slowness``
+    above 1, the node layer's local health factor) stretches its timers that
+    much: the refutation it waits for comes through nodes as slow as itself
+    (on the 100-host bed, every daemon's wakes came seconds late, and members
+    the farm held DEAD a second after two suspicions came back alive dozens
+    of times a minute: the server among them, so the role moved again and
+    again).  A node that did not suspect the
     member itself waits ``bystander_grace`` longer, so the few neighbours that
     did are the ones that declare the death (fewer duplicate broadcasts).
 *   A member that hears it is suspected or dead at incarnation ``i`` (or alive
@@ -87,6 +93,7 @@ class MemberTable:
         self.pending: list[Update] = []  #: to broadcast; drained by the machine
         self.leaving = False
         self.isolated = False  #: linked before, and no neighbour now (the machine sets it)
+        self.slowness = 1.0  #: suspicion timers are stretched this much (Membership.slowness)
         self.deaths: deque[float] = deque(maxlen=16)  #: when members died, latest last
         self._bucket_of: dict[str, int] = {}
         self._bucket_hash = [0] * config.sync_buckets
@@ -228,7 +235,7 @@ class MemberTable:
             m = self.entries[uuid]
             if uuid in self.outbox.sessions and m.state == State.SUSPECT:
                 self.outbox.send(uuid, Ping(0, m))
-                s.deadline = now + self.config.suspicion_min
+                s.deadline = now + self.config.suspicion_min * self.slowness
                 continue
             del self.suspicions[uuid]
             if m.state == State.SUSPECT and m.incarnation == s.incarnation:
@@ -282,7 +289,7 @@ class MemberTable:
     def _reschedule(self, s: Suspicion) -> None:
         grace = 0.0 if s.local else self.config.bystander_grace
         confirmations = self.config.suspicion_k if s.refused else len(s.confirmers) - 1
-        s.deadline = s.start + self.timeout(max(0, confirmations)) + grace
+        s.deadline = s.start + self.timeout(max(0, confirmations)) * self.slowness + grace
 
     def _store(self, new: Member, old: Member | None) -> None:
         self.entries[new.uuid] = new

@@ -182,6 +182,7 @@ def test_a_starved_observer_checks_a_silent_neighbour_through_helpers_before_sus
     asks helpers first; the frozen neighbour is still found dead."""
     healthy, _ = _first_suspicion_after_freeze(1.0)
     starved, net = _first_suspicion_after_freeze(3.0)
+    assert all(n.machine.table.slowness == 3.0 for n in net.nodes.values())  # its suspicion timers too
     assert healthy < net.window + 0.2
     # later by the helpers' indirect timeout (0.5 s), stretched by the slowness
     assert starved >= healthy + 0.5 * 3 - 0.05, (healthy, starved)

@@ -94,6 +94,31 @@ def test_a_node_that_suspects_itself_has_no_grace_and_a_refused_dial_means_the_m
     assert update.entry == Member("n1", 0, State.SUSPECT) and update.by == "me" and update.refused
 
 
+def test_a_starved_node_stretches_its_suspicion_timers_by_its_slowness() -> None:
+    """The refutation it waits for comes through nodes as slow as itself; a
+    timer keeps the factor of when it was set, and so does the Ping that a
+    timer run out on a member with a session sends in its place."""
+    t = table()
+    t.slowness = 4.0
+    t.apply(Member("n1", 0, State.SUSPECT), 0.0, by="n2")
+    t.apply(Member("n1", 0, State.SUSPECT), 0.0, by="n3")
+    t.apply(Member("n1", 0, State.SUSPECT), 0.0, by="n4")
+    assert t.next_deadline() == pytest.approx(4.0 * CFG.suspicion_min + CFG.bystander_grace)
+    t.slowness = 1.0
+    t.tick(CFG.suspicion_min + CFG.bystander_grace)
+    assert t.get("n1").state == State.SUSPECT  # type: ignore[union-attr]
+    t.tick(4.0 * CFG.suspicion_min + CFG.bystander_grace)
+    assert t.get("n1").state == State.DEAD  # type: ignore[union-attr]
+    t.slowness = 3.0
+    t.outbox.sessions.add("n5")
+    t.apply(Member("n5", 0, State.SUSPECT), 0.0, by="n2")
+    timer = t.next_deadline()
+    assert timer == pytest.approx(3.0 * CFG.suspicion_max + CFG.bystander_grace)
+    t.tick(timer)  # type: ignore[arg-type]
+    assert t.get("n5").state == State.SUSPECT  # type: ignore[union-attr]
+    assert t.next_deadline() == pytest.approx(timer + 3.0 * CFG.suspicion_min)  # type: ignore[operator]
+
+
 def test_the_timeout_formula_is_lifeguards() -> None:
     t = table(others=20)
     assert t.timeout(0) == CFG.suspicion_max
