@@ -18,6 +18,13 @@ heartbeats have gone round):
   node with a higher priority joins.
 - A node waits ``grace`` seconds after start before claiming, so a restarted
   node finds the farm's server before it would take the role itself.
+- A starved node (``Health.degraded``: its view of its peers is suspect) does
+  not claim while a live node still follows another server: that server may
+  be dead in its own view only.  It waits for the followers to see the death
+  too (their claims change), or for the server to come back.  On the 100-host
+  bed, where every daemon was starved and the farm held each member DEAD a
+  few times a minute, two nodes each held the other dead, claimed the role in
+  turn and served side by side for the whole job.
 
 During a partition each side has a server; on heal the lower claim steps
 down.  Terms only grow; every server command carries its term and a worker
@@ -158,8 +165,11 @@ class Election:
         else:
             self.term, self.server = 0, None
             eligible = [(self._priority_of(u), u) for u in live if self._priority_of(u) > 0]
-            waited = trio.current_time() - self._started_at >= self.grace
-            if eligible and max(eligible)[1] == self.me and waited:
+            now = trio.current_time()
+            waited = now - self._started_at >= self.grace
+            followers = any(server not in ("", uuid, self.me) for uuid, (_, server) in self.claims.items())
+            if eligible and max(eligible)[1] == self.me and waited \
+                    and not (followers and self.peers.health.degraded(now)):
                 self.term, self.server = seen + 1, self.me
         if self.term > self.max_term:
             self.max_term = self.term

@@ -6,10 +6,12 @@ server."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import trio
 
-from node.jobs.election import TERM_FILE
+from node.jobs.election import TERM_FILE, Election
+from node.membership.health import Health
 from tests.harness.jobs import GRACE, Farm, Member, agreed_server, connected
 from tests.harness.waiting import wait_until
 
@@ -91,3 +93,45 @@ async def test_a_server_claimed_alone_with_a_higher_term_yields_to_the_server_th
         await connected(everyone)
         assert await agreed_server(everyone) is server
     assert lone.role == "worker" and lone.term == server.term
+
+
+class _Peers:
+    """What the election reads of the peers service, for its rule alone."""
+
+    def __init__(self, me: str, online: list[str]) -> None:
+        self.ident = SimpleNamespace(uuid=me)
+        self.online = online
+        self.sessions: dict[str, object] = {}
+        self.overlay = None
+        self.health = Health()
+        self.on_change: list[object] = []
+
+    def register_inline(self, message_type: type, handler: object) -> None:
+        pass
+
+    def online_uuids(self) -> list[str]:
+        return list(self.online)
+
+
+async def test_a_starved_node_does_not_claim_while_a_live_node_still_follows_another_server(
+        tmp_path: Path) -> None:
+    """Its view of its peers is suspect: the server may be dead in its view only
+    (on the 100-host bed two nodes each held the other dead and served side by
+    side for a whole job).  It claims once the followers' claims say the server
+    is gone for them too; a healthy node claims at once."""
+    peers = _Peers("me", online=["f1"])
+    election = Election(peers, str(tmp_path), priority=50, grace=0.0)  # type: ignore[arg-type]
+    election.claims["f1"] = (3, "gone")  # a live node still obeys a server we do not see
+    now = trio.current_time()
+    for ago in (4.0, 1.0):  # stalled twice lately: degraded
+        peers.health.woke(2.0, now - ago)
+    assert peers.health.degraded(now)
+    assert not election.evaluate() and election.server is None and election.term == 0
+    election.claims["f1"] = (0, "")  # it saw the server go too
+    assert election.evaluate() and election.role == "server" and election.term == 4
+
+    healthy = _Peers("me2", online=["f1"])
+    (tmp_path / "other").mkdir()
+    other = Election(healthy, str(tmp_path / "other"), priority=50, grace=0.0)  # type: ignore[arg-type]
+    other.claims["f1"] = (3, "gone")
+    assert other.evaluate() and other.role == "server" and other.term == 4
