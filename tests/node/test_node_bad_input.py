@@ -17,9 +17,11 @@ from node.client import Client, RemoteError
 from node.control import server
 from node.control.server import ControlServer, bind_unix
 from node.errors import ConfigError, DaemonNotRunning
+from node.membership.health import SCORE_MAX
+from node.membership.session import Session
 from protocol import codec
 from protocol.framing import HEADER, MAX_CONTROL, RecordDecoder
-from protocol.messages import Error, JobDelta, Reply
+from protocol.messages import Error, Hello, JobDelta, Reply
 from tests.harness.nodes import call, client_do, new_token, node_prefs, start_node, unique
 from tests.harness.waiting import wait_until
 
@@ -95,13 +97,40 @@ async def test_an_oversize_length_header_on_the_peer_port_is_refused_at_once(tmp
 
 
 async def test_a_silent_peer_connection_is_dropped_after_the_handshake_timeout(tmp_path: Path) -> None:
+    """However starved the node: it stretches a handshake's timeout by its health
+    factor only once the dialer proved it holds the token."""
     async with trio.open_nursery() as nursery:
         a = await start_node(nursery, node_prefs(tmp_path, unique("slow"), mdns=False,
                                                  handshake_timeout=0.3), new_token())
+        a.node.peers.health.score = SCORE_MAX  # stalled again and again: the factor is 9
         stream = await peer_connect(a.port)
         await stream.send_all(HEADER.pack(100))  # a header, then nothing
         await read_until_closed(stream, limit=2.0)
         await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_starved_nodes_finish_a_handshake_slower_than_the_timeout_stretched_by_their_factor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Hello leaves 0.4 s late, past the 0.3 s ``handshake_timeout``: nodes
+    whose loops stall again and again (factor 9) still meet.  On the 100-host
+    bed thousands of handshakes timed out between starved daemons."""
+    real_send = Session.send
+
+    async def late_hello(self: Session, message: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(message, Hello):
+            await trio.sleep(0.4)
+        await real_send(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "send", late_hello)
+    token = new_token()
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_prefs(tmp_path, unique("a"), mdns=False, handshake_timeout=0.3), token)
+        b = await start_node(nursery, node_prefs(tmp_path, unique("b"), mdns=False, handshake_timeout=0.3), token)
+        for node in (a, b):
+            node.node.peers.health.score = SCORE_MAX
+        b.node.peers.add_static(f"127.0.0.1:{a.port}")
+        await wait_until(lambda: a.sees_up(b) and b.sees_up(a), 10, "the starved peers verify each other")
         nursery.cancel_scope.cancel()
 
 
