@@ -60,7 +60,6 @@ class Membership:
         self.outbox = Outbox()
         me = Member(uuid, incarnation, State.ALIVE, tuple(addresses), meta or Meta())
         self.table = MemberTable(me, self.config, self.outbox)
-        self._linked_before = False  #: a neighbour was ever up (a first link after that is a return from isolation)
         self.views = Views(uuid, self.config, self.outbox, self.table, rng)
         self.tree = Plumtree(uuid, self.config, self.outbox, rng)
         self.router = Router(uuid, self.config, self.outbox, self.tree)
@@ -283,7 +282,7 @@ class Membership:
             # of members it simply could not reach are dropped before the first sync or
             # catch-up carries them out, and so are its own member broadcasts and checks
             self.table.forgive()
-            if self._linked_before:
+            if self.views.linked:  # a first link after that is a return from isolation
                 self.tree.drop_own(m.KIND_MEMBERS)
                 self.detector.forget_checks()
         self.table.isolated = False
@@ -292,11 +291,10 @@ class Membership:
         if alone:  # announce ourselves: back from isolation under a new incarnation (the
             # farm may hold us SUSPECT or DEAD at our current one, which the same
             # incarnation cannot beat); at a start our incarnation is new already
-            if self._linked_before:
+            if self.views.linked:
                 self.table.bump()
             else:
                 self.table.pending.append(Update(self.table.me))
-        self._linked_before = True
 
     def _neighbor_down(self, uuid: str, now: float) -> None:
         self.tree.neighbor_down(uuid)

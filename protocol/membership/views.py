@@ -77,6 +77,7 @@ class Views:
         self.next_shuffle = self.next_reconnect = 0.0
         self.backoff = config.fill_interval
         self._shuffles: dict[int, tuple[str, ...]] = {}  #: nonce -> uuids we sent
+        self.linked = False  #: a neighbour was up once, before the one coming up (a join now is a rejoin)
 
     def start(self, now: float) -> None:
         """Set the periodic timers."""
@@ -242,9 +243,16 @@ class Views:
     def _join(self, now: float) -> None:
         fresh = [u for u in self.contacts
                  if self.unreachable.get(u, -CONTACT_RETRY) + CONTACT_RETRY <= now]
-        pool = [u for u in self.contacts if u in self.outbox.sessions] or fresh or list(self.contacts)
-        if not pool:
-            pool = [u for u in self.passive if self._usable(u)]
+        # a node that lost every neighbour (a partition put them all on the other
+        # side) rejoins through the members it knew last, its passive view, before
+        # the contacts it started from: those may be across the partition, and it
+        # only ever tried them, so it stayed cut off from its own side
+        passive = [u for u in self.passive if self._usable(u)]
+        with_session = [u for u in self.contacts if u in self.outbox.sessions]
+        if self.linked:
+            pool = with_session or passive or fresh or list(self.contacts)
+        else:
+            pool = with_session or fresh or list(self.contacts) or passive
         if pool:
             uuid = self.rng.choice(pool)
             self._attempt(uuid, self._addresses(uuid), high=True, now=now, kind="join")
@@ -324,6 +332,7 @@ class Views:
         self.passive.pop(uuid, None)
         self.backoff = self.config.fill_interval
         self.on_up(uuid, now)
+        self.linked = True
 
     def _remove_active(self, uuid: str, now: float) -> None:
         del self.active[uuid]

@@ -61,3 +61,36 @@ def test_fifty_nodes_with_loss_survive_a_partition_and_converge() -> None:
     net._settle(origin)
     net.run_until(net.now + 1.0)
     assert got == set(names) - {left[0]}
+
+
+def test_two_islands_that_never_knew_each_other_merge_within_seconds_of_one_link() -> None:
+    """Nodes started at once can form islands: on the 16-host bed a batch of new
+    nodes linked among themselves before any of them reached the farm, and their
+    own announcements went round their island only.  Once one link joins the
+    islands, a sync round that brings members new to one side makes the next
+    round go to every neighbour, so the news spreads from every node that has
+    it (along one chain of syncs, the last node heard 20 s after the link here
+    and 36 s after it on the bed)."""
+    net = SimNet(seed=3)
+    left = [f"a{i}" for i in range(8)]
+    right = [f"b{i}" for i in range(8)]
+    net.partition([left, right])
+    for side in (left, right):
+        for i, u in enumerate(side):
+            net.add(u, contacts=[side[0]] if i else [], at=i * 0.01)
+    net.run_until(3.0)
+    assert all(len(net.nodes[u].machine.members()) == 8 for u in net.up())
+    net.heal()
+    b3 = net.nodes["b3"]
+    net._input(b3, lambda: b3.machine.views.request("a5", net.now, high=True))  # one link across
+    start = net.now
+    everyone = frozenset(left + right)
+
+    def merged() -> bool:
+        return all(frozenset(x.uuid for x in net.nodes[u].machine.members() if x.state == State.ALIVE)
+                   == everyone for u in net.up())
+
+    while not merged() and net.now - start < 30.0:
+        net.run_until(net.now + 0.1)
+    assert merged(), "the islands did not merge within 30 s"
+    assert net.now - start < 3.0, net.now - start

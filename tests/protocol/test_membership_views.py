@@ -113,6 +113,29 @@ def test_a_node_that_lost_its_last_neighbour_joins_again_through_its_passive_vie
     assert Send(target, m.Join(mach.me)) in mach.effects()
 
 
+def test_a_node_cut_off_from_its_neighbours_rejoins_through_its_passive_view_before_its_contact() -> None:
+    """Its contact (the member it started from) may be across the partition that
+    took every neighbour: it used to try only the contact, again and again, and
+    stayed cut off from its own side.  A first join still goes to the contact."""
+    mach = machine()
+    mach.discovered("c", ["c:1"], 0.0)
+    mach.tick(0.0)
+    assert Connect("c", ("c:1",)) in mach.effects()  # a first join: through the contact
+    mach.connected("c", 0.1)
+    mach.receive("c", m.Neighbor(Member("c", 0, addresses=("c:1",)), True), 0.1)
+    mach.views.passive.update({"p": ("p:1",), "q": ("q:1",)})
+    mach.effects()
+    mach.disconnected("c", 1.0, "timeout")  # the partition: the contact is on the other side
+    tried: list[str] = []
+    for t in (1.0, 2.5, 4.0, 5.5):
+        mach.tick(t)
+        dials = [e.uuid for e in mach.effects() if isinstance(e, Connect)]
+        tried += dials
+        for uuid in dials:
+            mach.connect_failed(uuid, t + 0.1)
+    assert {"p", "q"} <= set(tried), tried  # not the contact alone, again and again
+
+
 def machine(uuid: str = "me", **kw: object) -> Membership:
     mach = Membership(uuid, rng=random.Random(1), addresses=[f"{uuid}:1"], **kw)  # type: ignore[arg-type]
     mach.start(0.0)
