@@ -169,14 +169,19 @@ class Scheduler:
         self._wake.set()
 
     def _adopt(self, job: str, tid: int, state: TaskState) -> None:
-        """Lease a task an earlier term's server assigned, as ``_take_over`` does: a
-        state merged in when a partition heals, or an Assign a stale server sent
-        before it stepped down (its worker ignores it).  The lease is renewed if the
-        worker reports on the task, and lapses (re-queueing it) if nobody does;
-        without it the task would stay ASSIGNED with nobody waiting on it."""
+        """Lease a task another server assigned, as ``_take_over`` does: a state
+        merged in when a partition heals, or an Assign a stale server sent before it
+        stepped down (its worker ignores it), of an earlier term or of this one (two
+        starved nodes can claim the role with the same term, each having seen the
+        same highest one: on the 100-host bed the one that stepped down left 2 tasks
+        ASSIGNED that nobody waited on; this node's own Assign of this term is
+        written before its lease is granted, and is not another's).  The lease is
+        renewed if the worker reports on the task, and lapses (re-queueing it) if
+        nobody does; without it the task would stay ASSIGNED for good."""
         key = (job, tid)
-        if (state.phase in ACTIVE and state.worker and state.term < self.election.term
-                and key not in self.leases and job in self.queue):
+        term = self.election.term
+        other_server = state.term < term or (state.term == term and state.stamp[2] != self.me)
+        if state.phase in ACTIVE and state.worker and other_server and key not in self.leases and job in self.queue:
             self.leases.adopt(key, state, time.monotonic())
 
     def _tiles(self, doc: JobDoc, tid: int) -> dict[str, Any]:

@@ -5,7 +5,9 @@ frame when a worker dies in the middle of one."""
 
 from __future__ import annotations
 
+import shutil
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,16 +15,20 @@ from typing import Any
 import pytest
 import trio
 
+from node import renderers
 from node.jobs import scheduler as scheduler_module
 from node.membership import peers as peers_module
+from protocol.crdt import Phase, TaskState, task_current
 from protocol.membership.effects import Config
 from tests.harness.cli import rn
 from tests.harness.jobs import Member, agreed_server
 from tests.harness.render import (
+    EXAMPLES,
     SLOW,
     SMALL,
     RenderFarm,
     attempts,
+    doc_of,
     frame_files,
     log_lines,
     mid_frame,
@@ -249,6 +255,36 @@ async def test_a_worker_online_but_silent_for_longer_than_a_lease_keeps_its_task
     lines = log_lines(a, uuid)
     assert not [ln for ln in lines if "re-queued" in ln], lines
     assert attempts(a, uuid) == {0: 0, 1: 0}
+
+
+async def test_a_task_another_server_of_the_same_term_assigned_is_leased_and_lapses(
+        farm: RenderFarm, short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two starved nodes can claim the role with the same term (each saw the
+    same highest term and took the next).  The one that steps down leaves the
+    tasks it assigned ASSIGNED in the book; the server that stays must lease
+    them like an earlier term's, or they stay assigned for good (on the
+    100-host bed, 2 frames were still assigned to workers that never heard of
+    them at 600 s)."""
+    monkeypatch.setattr(renderers, "BACKENDS", {k: v for k, v in renderers.BACKENDS.items() if k != "povray"})
+    (a, b), server = await farm.ready("a", "b")
+    other = b if server is a else a
+    pov = short_dir / "pov"
+    shutil.copytree(EXAMPLES / "pov", pov)
+    # no machine has the renderer: only the other "server" assigns the task
+    uuid = await submit(a, pov / "orbit.pov", frames="1", renderer="povray")
+    await wait_until(lambda: doc_of(server, uuid) is not None and doc_of(other, uuid) is not None, 10,
+                     "the job on both nodes")
+    doc = doc_of(other, uuid)
+    assert doc is not None
+    ghost = str(uuidlib.uuid4())
+    cur = task_current(doc, 0)
+    other.node.jobs.set_task(doc, 0, TaskState(gen=doc.gen, done=0, attempt=cur.attempt, phase=Phase.ASSIGNED,
+                                               stamp=other.node.book.stamp(), worker=ghost, machines=(ghost,),
+                                               term=server.node.election.term))
+    line = f"task 0 on {ghost}: worker went offline; re-queued"
+    await wait_until(lambda: line in log_lines(server, uuid), 30, "the server leases the task and it lapses",
+                     lambda: log_lines(server, uuid))
+    assert attempts(server, uuid) == {0: cur.attempt + 1}
 
 
 async def test_the_server_dials_its_workers_a_few_at_a_time_and_their_leases_wait_for_delivery(
