@@ -208,6 +208,10 @@ class Peers(Dialing, Handshakes, Links):
         if message_type in self._handlers or message_type in self._inline_handlers:
             raise ValueError(f"a handler for {message_type.__name__} is registered already")
 
+    def is_online(self, uuid: str) -> bool:
+        """True if this node counts ``uuid`` ONLINE (a session, or the membership)."""
+        return uuid not in self.blocked and self._counts_online(uuid)
+
     def online_uuids(self) -> list[str]:
         """UUIDs of the other members online: ALIVE or SUSPECT in the farm's
         membership, or (with no overlay attached) those with a live session."""

@@ -9,7 +9,9 @@ environment (``node.render.sandbox``); its output is read line by line
 (``\\n`` or ``\\r``) for progress and a bounded log tail.  When it exits, what
 it left is copied out of its folder, the folder is removed, and only then
 does the backend judge the outcome and the next task start.  Progress goes to the server at
-most every ``REPORT_INTERVAL`` (newest value only) and renews the lease; the
+most every ``REPORT_INTERVAL`` (newest value only) and renews the lease (to the
+server this worker follows, and to the one that assigned the task too while
+that one is another live node); the
 waiting task is reported (progress 0) with it, which renews its lease too.  A
 cancelled waiting task is dropped and reported stopped.  Stop: SIGTERM to the
 process group, SIGKILL after ``KILL_AFTER`` seconds.
@@ -236,6 +238,14 @@ class Worker:
             await self.peers.deliver_to(target, update, hold="server")
         except (SessionLost, ProtocolError) as exc:
             log.debug("progress report to %s failed: %s", target, exc)
+        if server not in (target, self.me) and self.peers.is_online(server):
+            # the server that assigned the task is another live one (two starved nodes
+            # served side by side on the 100-host bed, and each lapsed the leases of the
+            # workers that followed the other): it waits on this report too
+            try:
+                await self.peers.deliver_to(server, update)
+            except (SessionLost, ProtocolError) as exc:
+                log.debug("progress report to %s failed: %s", server, exc)
 
     async def _discard(self, running: Running) -> None:
         """Remove the folder prepared for a task that will not run."""

@@ -10,6 +10,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -285,6 +286,31 @@ async def test_a_task_another_server_of_the_same_term_assigned_is_leased_and_lap
     await wait_until(lambda: line in log_lines(server, uuid), 30, "the server leases the task and it lapses",
                      lambda: log_lines(server, uuid))
     assert attempts(server, uuid) == {0: cur.attempt + 1}
+
+
+async def test_a_worker_following_another_server_still_reports_to_the_one_that_assigned_its_task(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two starved nodes can serve side by side for a while (on the 100-host bed,
+    for a whole job).  A worker reports to the server it follows and, while the
+    server that assigned the task is another live node, to that one too: else
+    that server's lease on a task being rendered lapsed for silence."""
+    (a, b, c), server = await farm.ready("a", "b", "c")
+    worker, elsewhere = [m for m in (a, b, c) if m is not server]
+    uuid = await submit(a, farm.scene, frames="1", renderer="command", rdata={"command": "sleep 8"},
+                        machines=[worker.name])
+    leases = server.node.scheduler.leases
+    with trio.fail_after(30):
+        await wait_until(lambda: (uuid, 0) in leases and leases[(uuid, 0)].delivered, 30, "the task leased",
+                         lambda: tasks(server, uuid))
+    # it follows another server now (the farm's own election would put it right at once)
+    monkeypatch.setattr(worker.node.worker, "election",
+                        SimpleNamespace(server=elsewhere.uuid, term=worker.node.election.term))
+    since = time.monotonic()
+    await wait_until(lambda: (uuid, 0) in leases and leases[(uuid, 0)].renewed > since + 1.0, 4,
+                     "a report renews the assigning server's lease")  # well before the render ends
+    with trio.fail_after(60):
+        assert await wait_state(a, uuid, "done", "failed") == "done", "\n".join(log_lines(a, uuid))
+    assert not [ln for ln in log_lines(a, uuid) if "re-queued" in ln]
 
 
 async def test_the_server_dials_its_workers_a_few_at_a_time_and_their_leases_wait_for_delivery(
