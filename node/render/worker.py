@@ -234,18 +234,19 @@ class Worker:
             if self._server_held:
                 self.peers.release(self._server_held, "server")
             self._server_held = target
-        try:
-            await self.peers.deliver_to(target, update, hold="server")
-        except (SessionLost, ProtocolError) as exc:
-            log.debug("progress report to %s failed: %s", target, exc)
+        await self._deliver_report(target, update, hold="server")
         if server not in (target, self.me) and self.peers.is_online(server):
             # the server that assigned the task is another live one (two starved nodes
             # served side by side on the 100-host bed, and each lapsed the leases of the
             # workers that followed the other): it waits on this report too
-            try:
-                await self.peers.deliver_to(server, update)
-            except (SessionLost, ProtocolError) as exc:
-                log.debug("progress report to %s failed: %s", server, exc)
+            await self._deliver_report(server, update)
+
+    async def _deliver_report(self, target: str, update: TaskUpdate, hold: str = "") -> None:
+        """Send a report to ``target``; one that does not arrive is superseded by the next."""
+        try:
+            await self.peers.deliver_to(target, update, hold=hold)
+        except (SessionLost, ProtocolError) as exc:
+            log.debug("progress report to %s failed: %s", target, exc)
 
     async def _discard(self, running: Running) -> None:
         """Remove the folder prepared for a task that will not run."""
