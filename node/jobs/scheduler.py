@@ -21,11 +21,16 @@ deadline, so the reports that wait unread while a starved server does not
 run do not lapse them.  After ``retries`` attempts that failed in the render
 the task fails.  An attempt lost with its worker (gone, silent, or giving the
 task up as it shuts down) is not the task's fault and does not count, up to
-``LOST_LIMIT`` times the retries in all.  A worker that goes offline (no
-longer online in the farm's membership; with no overlay, its session ends)
-loses its leases at their deadlines: a lease time after its last report at
-most, so a false death refuted meanwhile (on the 100-host bed, each daemon
-saw dozens a minute) costs nothing.
+``LOST_LIMIT`` times the retries in all.  Only an attempt the worker took up
+counts towards that limit (it reported on the task, or went offline with it:
+a frame that takes down every machine it reaches); one whose Assign may never
+have reached its worker does not: on the 100-host bed, where handshakes timed
+out by the thousand and Assigns went astray, tasks lapsed up to ten times of
+the twelve allowed, though no frame harmed a machine.  A worker that goes
+offline (no longer online in the farm's membership; with no overlay, its
+session ends) loses its leases at their deadlines: a lease time after its
+last report at most, so a false death refuted meanwhile (on the 100-host bed,
+each daemon saw dozens a minute) costs nothing.
 Every Assign and Cancel carries the server's term.
 
 A waiting (prefetched) task is an ordinary lease: ASSIGNED in the book,
@@ -483,7 +488,7 @@ class Scheduler:
         if cur.done or (cur.gen, cur.attempt) != (lease.gen, lease.attempt):
             return
         self.jobs.add_log(doc, f"task {key[1]} on {lease.worker}: {reason}; re-queued")
-        self._requeue(doc, key[1], cur, reason, count=False, lost=True)
+        self._requeue(doc, key[1], cur, reason, count=False, lost=lease.taken_up(reason))
 
     def _check(self) -> float:
         """Lapse the leases that are due; return seconds to the next deadline.

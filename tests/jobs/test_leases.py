@@ -11,7 +11,7 @@ from collections.abc import Container
 
 import pytest
 
-from node.jobs.scheduling.leases import SILENT_LEASES, Leases
+from node.jobs.scheduling.leases import OFFLINE, SILENT_LEASES, Leases
 from protocol.crdt import Phase, TaskState
 
 LENGTH = 30.0
@@ -175,3 +175,23 @@ def test_a_lease_whose_assign_waits_on_a_dial_does_not_lapse_until_a_lease_time_
     assert waiting.delivered and waiting.deadline == T0 + 4 * LENGTH
     assert due(leases, T0 + 4 * LENGTH - 1) == []
     assert due(leases, T0 + 4 * LENGTH) == [("j", 0)]
+
+
+def test_a_lease_was_taken_up_once_its_worker_reported_on_it_or_when_it_went_offline() -> None:
+    """Only a lease the worker took up counts as a task lost with its worker: one
+    that lapsed with no report of it (its Assign may never have arrived) does not;
+    its delivery alone is no report."""
+    leases = Leases(LENGTH)
+    online = {"w1", "w2"}
+    never = leases.grant(("j", 0), "w1", 0, 0, now=T0, delivered=False)
+    leases.delivered(("j", 0), "w1", 0, 0, now=T0 + 1)
+    leases.grant(("j", 1), "w2", 0, 0, now=T0)
+    leases.report("w1", T0 + 2 * LENGTH)  # w1 talks of other tasks only
+    [(_, lapsed, why)] = leases.due(T0 + 2 * LENGTH, online)
+    assert lapsed is never and "reports its other tasks" in why and not never.taken_up(why)
+    ran = leases.grant(("j", 2), "w1", 0, 0, now=T0 + 2 * LENGTH)
+    leases.renew(ran, T0 + 2 * LENGTH + 1)
+    assert ran.reported and ran.taken_up("cannot reach worker")
+    silent = leases.get(("j", 1))
+    assert silent is not None and not silent.taken_up("worker online but silent for 180 s")
+    assert silent.taken_up(OFFLINE)  # a frame can take its machine down before the first report

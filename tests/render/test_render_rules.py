@@ -17,6 +17,7 @@ import trio
 
 from node import renderers
 from node.jobs.scheduler import LOST_LIMIT
+from node.jobs.scheduling.leases import OFFLINE, Lease
 from node.jobs.scheduling.policy import DEPTH
 from node.render.worker import Running
 from protocol.crdt import task_current
@@ -200,6 +201,38 @@ async def test_a_task_that_keeps_losing_its_worker_fails_only_after_lost_limit_t
     row = requeue(count=False, lost=True)
     assert row["state"] == "failed" and row["failures"] == 0, row
     assert f"task 0 failed after its worker was lost {2 * LOST_LIMIT} times: test" in log_lines(a, uuid)
+
+
+async def test_only_attempts_their_worker_took_up_count_towards_the_lost_limit(farm: RenderFarm) -> None:
+    """A lease that lapses with no report of its task (the Assign went astray, or
+    the worker only talked of other tasks) may never have reached the worker: it
+    is queued again however often that happens; one the worker reported on, or
+    whose worker went offline, counts as lost with its worker."""
+    (a,), _ = await farm.ready("a", retries=1)
+    uuid = await submit(a, farm.scene, frames="1", start=False)
+    sched = a.node.scheduler
+    key = (uuid, 0)
+
+    def lapse(reason: str, reported: bool) -> dict[str, object]:
+        doc = doc_of(a, uuid)
+        assert doc is not None
+        cur = task_current(doc, 0)
+        lease = Lease("elsewhere", cur.gen, cur.attempt, deadline=0.0, renewed=0.0, reported=reported)
+        sched._lapsed(key, lease, reason)
+        return tasks(a, uuid)[0]
+
+    for _ in range(3 * LOST_LIMIT):
+        row = lapse("no progress report for 9 s (the worker reports its other tasks)", reported=False)
+        row = lapse("worker online but silent for 30 s", reported=False)
+        row = lapse("cannot reach worker: cannot reach elsewhere", reported=False)
+    assert row["state"] == "queued" and row["attempt"] == 9 * LOST_LIMIT, row
+    for _ in range(LOST_LIMIT - 1):
+        row = lapse(OFFLINE, reported=False)
+    assert row["state"] == "queued", row
+    row = lapse("worker online but silent for 30 s", reported=True)
+    assert row["state"] == "failed" and row["failures"] == 0, row
+    assert (f"task 0 failed after its worker was lost {LOST_LIMIT} times: worker online but silent for 30 s"
+            in log_lines(a, uuid))
 
 
 async def test_a_worker_busy_behind_the_servers_back_is_not_asked_again_at_once(

@@ -38,6 +38,7 @@ from protocol.crdt import Phase, TaskState
 Key = tuple[str, int]  #: (job, task id)
 ACTIVE = (Phase.ASSIGNED, Phase.RENDERING, Phase.DELIVERING)
 SILENT_LEASES = 6  #: lease times a worker online but silent keeps its leases
+OFFLINE = "worker went offline"  #: the reason ``due`` gives for a lease whose worker is offline
 
 
 @dataclass
@@ -53,6 +54,14 @@ class Lease:
     finished: bool = False  #: rendered; the worker is delivering the frames
     prefetched: bool = False  #: sent while the worker was rendering another task
     delivered: bool = True  #: its Assign reached the worker (a lease waiting on a dial does not lapse)
+    reported: bool = False  #: the worker reported on this attempt: it took the task up
+
+    def taken_up(self, why: str) -> bool:
+        """Whether the task was with the worker when this lease lapsed for ``why``:
+        the worker reported on it, or went offline (a frame can take its machine
+        down before the first report).  A lease that lapsed otherwise (the worker
+        talks of other tasks, or said nothing) may never have reached it."""
+        return self.reported or why == OFFLINE
 
 
 class Leases(Mapping[Key, Lease]):
@@ -109,6 +118,7 @@ class Leases(Mapping[Key, Lease]):
 
     def renew(self, lease: Lease, now: float) -> None:
         """A progress report: the lease runs a lease time from ``now``."""
+        lease.reported = True
         lease.renewed = now
         lease.deadline = now + self.length
 
@@ -122,7 +132,7 @@ class Leases(Mapping[Key, Lease]):
         lease = self._by_task.get(key)
         if lease is not None and lease.worker == worker and (lease.gen, lease.attempt) == (gen, attempt):
             lease.delivered = True
-            self.renew(lease, now)
+            lease.renewed, lease.deadline = now, now + self.length
 
     def release(self, worker: str, key: Key) -> None:
         """``worker`` no longer holds ``key`` (it ended rendering it)."""
@@ -190,7 +200,7 @@ class Leases(Mapping[Key, Lease]):
             lease.deadline = now + self.length
             return ""
         if lease.worker not in online:
-            return "worker went offline"
+            return OFFLINE
         if lease.finished:  # delivering the frames: as long as it takes
             lease.deadline = now + self.length
             return ""
