@@ -129,6 +129,25 @@ class Farm:
                 return name
         return uuid
 
+    def election_log(self, hosts: Sequence[Host], tail: int = 8) -> str:
+        """The last ``tail`` election lines and membership deaths in each host's
+        daemon log, UUIDs as host names: what a failed election check prints, so
+        a rare failure in CI can be read without its bed."""
+        out = []
+        for h in hosts:
+            try:
+                lines = (h.dir / "daemon.log").read_text(errors="replace").splitlines()
+            except OSError as exc:
+                out.append(f"{h.name}: no log ({exc})")
+                continue
+            election = [ln for ln in lines if "rendernode.election" in ln][-tail:]
+            deaths = [ln for ln in lines if "overlay: member" in ln and ln.endswith((" dead", " suspect"))][-tail:]
+            text = "\n  ".join(sorted(election + deaths))
+            for name, uuid in self.uuid.items():
+                text = text.replace(uuid, name)
+            out.append(f"{h.name}:\n  {text}")
+        return "\n".join(out)
+
     # -- conditions -------------------------------------------------------------------
 
     def missing(self, hosts: Sequence[Host], want: Callable[[Any], bool] = good) -> dict[str, dict[str, str]]:

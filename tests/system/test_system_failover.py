@@ -294,7 +294,8 @@ def test_partition_then_heal(settled: Farm) -> None:
     expect = max((term_a, farm.uuid[server_a]), (term_b, farm.uuid[server_b]))
     one, winner, final_term = farm.wait_election(hosts, 15.0, since=t_heal,
                                                  what="one server again after the heal")
-    assert (final_term, farm.uuid[winner]) == expect, (winner, final_term, expect)
+    assert (final_term, farm.uuid[winner]) == expect, \
+        f"{winner} won with term {final_term}, not {expect}:\n{farm.election_log(hosts)}"
     loser = server_a if winner == server_b else server_b
     assert farm.status(farm.bed.host(loser))["role"] == "worker"
     assert all(j["state"] == "rendering" and j["frames_done"] < j["frames_total"]
