@@ -114,13 +114,22 @@ class Broker:
         self.ring.append(Published(self.seq, _encode(self.seq, self.boot, name, data), audience))
 
     def flush(self) -> int:
-        """Turn what was noted into events; how many were published."""
+        """Turn what was noted into events; how many were published.  With no
+        stream open nobody reads them: what was noted is dropped, and the ring
+        with it (a page that comes back is told to fetch everything).  Building
+        them took a twentieth of every daemon's loop on the 100-host bed during a
+        job, with no page open anywhere."""
         before = self.seq
         tasks, self._tasks = self._tasks, {}
         heads, self._heads = self._heads, set()
         resets, self._resets = self._resets, set()
         logs, self._logs = self._logs, {}
         messages, self._messages = self._messages, []
+        if not self.watchers:
+            if tasks or heads or logs or messages:
+                self.seq += 1  # the events of this change are gone: resuming from before it resets
+                self.ring.clear()
+            return 0
         book = self.views.book
         for uuid in heads | set(tasks):
             doc = book.docs.get(uuid)
