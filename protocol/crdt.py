@@ -403,36 +403,50 @@ def digest(doc: JobDoc) -> bytes:
     return hashlib.sha256(msgpack.packb(canon, use_bin_type=True)).digest()[:16]
 
 
-PART_BUCKETS = 16  #: buckets of tasks (by task id) in ``part_digests``
+PART_BUCKETS = 64  #: buckets of tasks (by task id) in ``part_digests``
+LOG_BUCKETS = 16  #: buckets of log lines (by the window of their stamp) in ``part_digests``
+LOG_WINDOW_MS = 10_000  #: a log bucket holds the lines of every ``LOG_BUCKETS``-th window this long
 PART_BYTES = 8  #: bytes of each part's digest
 
 
-PARTS = PART_BUCKETS + 2  #: a job's parts: head, log, then the task buckets
+PARTS = 1 + LOG_BUCKETS + PART_BUCKETS  #: a job's parts: head, the log buckets, then the task buckets
 
 
 def part_index(tid: int) -> int:
     """The part holding task ``tid``."""
-    return 2 + tid % PART_BUCKETS
+    return 1 + LOG_BUCKETS + tid % PART_BUCKETS
+
+
+def log_part_index(stamp: Stamp) -> int:
+    """The part holding the log line stamped ``stamp``: the lines of one window of
+    time share a part, so while a job runs the lines still spreading sit in one
+    or two parts, and the rest of its log (thousands of lines on a busy farm)
+    matches on both replicas and is not sent."""
+    return 1 + (stamp[0] // LOG_WINDOW_MS) % LOG_BUCKETS
 
 
 def part(doc: JobDoc, index: int) -> JobDoc:
     """One of ``doc``'s ``PARTS`` deltas: 0 its head (fields, generation, deletion,
-    log base), 1 its log, then its tasks by task id modulo ``PART_BUCKETS``."""
+    log base), then its log lines by ``log_part_index``, then its tasks by task id
+    modulo ``PART_BUCKETS``."""
     if index == 0:
         return JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, log_base=doc.log_base)
-    if index == 1:
-        return JobDoc(doc.uuid, log=doc.log)
-    bucket = index - 2
+    if index <= LOG_BUCKETS:
+        return JobDoc(doc.uuid, log={s: line for s, line in doc.log.items() if log_part_index(s) == index})
+    bucket = index - 1 - LOG_BUCKETS
     return JobDoc(doc.uuid, tasks={tid: s for tid, s in doc.tasks.items() if tid % PART_BUCKETS == bucket})
 
 
 def parts(doc: JobDoc) -> list[JobDoc]:
     """``doc`` cut into its ``PARTS`` deltas (``part``)."""
     head = part(doc, 0)
+    logs: list[dict[Stamp, str]] = [{} for _ in range(LOG_BUCKETS)]
+    for stamp, line in doc.log.items():
+        logs[log_part_index(stamp) - 1][stamp] = line
     buckets: list[dict[int, TaskState]] = [{} for _ in range(PART_BUCKETS)]
     for tid, state in doc.tasks.items():
         buckets[tid % PART_BUCKETS][tid] = state
-    return [head, part(doc, 1)] + [JobDoc(doc.uuid, tasks=b) for b in buckets]
+    return [head, *(JobDoc(doc.uuid, log=b) for b in logs), *(JobDoc(doc.uuid, tasks=b) for b in buckets)]
 
 
 def part_digest(doc: JobDoc, index: int) -> bytes:
@@ -464,9 +478,10 @@ def differing_parts(doc: JobDoc, mine: bytes, theirs: bytes) -> JobDoc | None:
               if mine[i * PART_BYTES:(i + 1) * PART_BYTES] != theirs[i * PART_BYTES:(i + 1) * PART_BYTES]]
     if not differ:
         return None
-    buckets = {i - 2 for i in differ if i >= 2}
+    buckets = {i - 1 - LOG_BUCKETS for i in differ if i > LOG_BUCKETS}
     tasks = {tid: state for tid, state in doc.tasks.items() if tid % PART_BUCKETS in buckets}
-    log = doc.log if 1 in differ else {}
+    windows = {i for i in differ if 1 <= i <= LOG_BUCKETS}
+    log = {s: line for s, line in doc.log.items() if log_part_index(s) in windows} if windows else {}
     if 0 in differ:
         return JobDoc(doc.uuid, doc.fields, doc.gen, doc.deleted, tasks, log, doc.log_base)
     return JobDoc(doc.uuid, tasks=tasks, log=log)
@@ -478,9 +493,9 @@ def with_task(doc: JobDoc, tid: int, state: TaskState) -> JobDoc:
 
 
 __all__ = [
-    "PARTS", "PART_BUCKETS", "PART_BYTES", "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp",
+    "LOG_BUCKETS", "LOG_WINDOW_MS", "PARTS", "PART_BUCKETS", "PART_BYTES", "ZERO", "Changes", "JobDoc", "absorb", "Phase", "Register", "Stamp",
     "TaskState", "differing_parts", "digest", "digest_of_parts", "hlc_observe", "part", "part_digest",
-    "part_digests", "part_index", "parts",
+    "part_digests", "part_index", "log_part_index", "parts",
     "hlc_tick", "job_from_wire", "job_to_wire", "key_between", "merge_job", "merge_register",
     "merge_task", "replace", "task_current", "tombstone", "with_task",
 ]

@@ -19,18 +19,22 @@ import trio
 
 from node.db import Database
 from protocol.crdt import (
+    PART_BYTES,
     PARTS,
     ZERO,
     JobDoc,
     Stamp,
     absorb,
+    digest,
     digest_of_parts,
     hlc_observe,
     hlc_tick,
     job_from_wire,
     job_to_wire,
+    log_part_index,
     part_digest,
     part_index,
+    parts,
     task_from_wire,
     task_to_wire,
 )
@@ -154,8 +158,13 @@ class JobBook:
     def _parts_of(self, uuid: str) -> bytes:
         doc = self.docs[uuid]
         cached = self._part_digests.setdefault(uuid, [None] * PARTS)
-        for i, d in enumerate(cached):
-            if d is None:
+        missing = [i for i, d in enumerate(cached) if d is None]
+        if len(missing) > 2:  # cut the document once, not once per part
+            whole = parts(doc)
+            for i in missing:
+                cached[i] = digest(whole[i])[:PART_BYTES]
+        else:
+            for i in missing:
                 cached[i] = part_digest(doc, i)
         return b"".join(d for d in cached if d is not None)
 
@@ -173,8 +182,8 @@ class JobBook:
             if changes.head:  # a new generation may have dropped tasks of every part
                 del self._part_digests[delta.uuid]
             else:
-                if changes.logs:
-                    parts[1] = None
+                for stamp in changes.logs:
+                    parts[log_part_index(stamp)] = None
                 for tid in changes.tasks:
                     parts[part_index(tid)] = None
         self._observe_doc(delta)

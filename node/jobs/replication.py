@@ -11,8 +11,9 @@
   both sides send the digest of every job they hold; each then sends its
   document of every job whose digest differs or that the other lacks.  A big
   job (over ``PARTS_FROM`` tasks) the other holds too is compared part by part
-  first (``JobParts``: its head, its log and 16 buckets of its tasks), and
-  each side sends the other only the parts that differ: while a job renders
+  first (``JobParts``: its head, 16 buckets of its log lines by window of
+  time, and 64 buckets of its tasks), and each side sends the other only the
+  parts that differ: while a job renders
   every digest of it differs, and whole documents of hundreds of tasks went
   back and forth.  Merging is a join, so both end equal.
 - ``replicate`` sends deltas as requests and counts the peers that answer once
