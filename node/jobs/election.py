@@ -17,7 +17,11 @@ heartbeats have gone round):
   persisted before it is announced.  A live server keeps the role even when a
   node with a higher priority joins.
 - A node waits ``grace`` seconds after start before claiming, so a restarted
-  node finds the farm's server before it would take the role itself.
+  node finds the farm's server before it would take the role itself, and
+  past that while a live node follows a server it has no member entry of
+  (the member list has not reached it yet).
+- A claim's term is one above the highest this node ever heard of, from
+  live members or not.
 - A starved node (``Health.degraded``: its view of its peers is suspect) does
   not claim while a live node still follows another server: that server may
   be dead in its own view only.  It waits for the followers to see the death
@@ -140,14 +144,38 @@ class Election:
         """What this node's membership metadata says: the term and server it obeys."""
         return self.term, self.server or ""
 
+    def _heard_term(self) -> int:
+        """The highest term any claim this node heard names, live or not: a member
+        that claimed a term and then dropped out of view (dead here, or gone) still
+        used it up.  On the 100-host bed three starved nodes claimed term 6 each,
+        one after another, the earlier claimants being dead in the later ones' view."""
+        heard = [t for t, _ in self.claims.values()]
+        overlay = self.peers.overlay
+        if overlay is not None:
+            heard.extend(e.meta.term for e in overlay.members() if e.meta.name)
+        return max(heard, default=0)
+
+    def _unknown_followed(self) -> bool:
+        """A live member follows a server this node has no entry of at all: a node
+        that has just started and not yet received the member list (on the
+        100-host bed, starting nodes whose grace ran out first claimed the role
+        for a moment, and used up a term each).  It learns of that server soon,
+        or the member stops following it."""
+        overlay = self.peers.overlay
+        if overlay is None:
+            return False
+        return any(server not in ("", uuid, self.me) and overlay.member(server) is None
+                   for uuid, (_, server) in self.claims.items())
+
     def evaluate(self) -> bool:
         """Apply the rules once; True if the role, term or server changed."""
+        heard = self._heard_term()
         live = set(self.peers.online_uuids()) | {self.me}
         for uuid in list(self.claims):
             if uuid not in live:
                 del self.claims[uuid]
         self._gossiped_claims(live)
-        seen = max([self.max_term, *(t for t, _ in self.claims.values())])
+        seen = max([self.max_term, heard, *(t for t, _ in self.claims.values())])
         followed: set[str] = {server for uuid, (_, server) in self.claims.items() if server != uuid}
         if self.server and self.server != self.me:
             followed.add(self.server)
@@ -168,7 +196,7 @@ class Election:
             now = trio.current_time()
             waited = now - self._started_at >= self.grace
             followers = any(server not in ("", uuid, self.me) for uuid, (_, server) in self.claims.items())
-            if eligible and max(eligible)[1] == self.me and waited \
+            if eligible and max(eligible)[1] == self.me and waited and not self._unknown_followed() \
                     and not (followers and self.peers.health.degraded(now)):
                 self.term, self.server = seen + 1, self.me
         if self.term > self.max_term:

@@ -135,3 +135,50 @@ async def test_a_starved_node_does_not_claim_while_a_live_node_still_follows_ano
     other = Election(healthy, str(tmp_path / "other"), priority=50, grace=0.0)  # type: ignore[arg-type]
     other.claims["f1"] = (3, "gone")
     assert other.evaluate() and other.role == "server" and other.term == 4
+
+
+class _Overlay:
+    """The member list the election reads: entries with their gossiped claims."""
+
+    def __init__(self, entries: dict[str, tuple[int, str]]) -> None:
+        self.entries = entries
+
+    def _entry(self, uuid: str) -> SimpleNamespace:
+        term, server = self.entries[uuid]
+        return SimpleNamespace(uuid=uuid, meta=SimpleNamespace(name=uuid, term=term, server=server,
+                                                               server_priority=50))
+
+    def members(self) -> list[SimpleNamespace]:
+        return [self._entry(u) for u in self.entries]
+
+    def member(self, uuid: str) -> SimpleNamespace | None:
+        return self._entry(uuid) if uuid in self.entries else None
+
+
+async def test_a_node_does_not_claim_while_a_live_node_follows_a_server_it_has_not_heard_of(
+        tmp_path: Path) -> None:
+    """A node that has just started knows its first neighbour, which follows the
+    farm's server, before the member list naming that server reaches it: it
+    waits for the list rather than claim the role for a moment (and use up a
+    term).  A server it holds an entry of, dead, does not hold it back."""
+    peers = _Peers("me", online=["f1"])
+    overlay = _Overlay({"me": (0, ""), "f1": (2, "s")})
+    peers.overlay = overlay  # type: ignore[assignment]
+    election = Election(peers, str(tmp_path), priority=50, grace=0.0)  # type: ignore[arg-type]
+    assert not election.evaluate() and election.server is None
+    overlay.entries["s"] = (2, "s")  # the list arrived; the server is not live in it
+    assert election.evaluate() and election.role == "server" and election.term == 3
+
+
+async def test_a_claim_takes_a_term_above_any_heard_of_from_members_no_longer_live(
+        tmp_path: Path) -> None:
+    """Three starved nodes on the 100-host bed claimed term 6 one after another:
+    each earlier claimant was dead in the later ones' view, and its claim was
+    left out of the terms seen."""
+    peers = _Peers("me", online=["f1"])
+    peers.overlay = _Overlay({"me": (0, ""), "f1": (5, "s"), "s": (5, "s"),  # type: ignore[assignment]
+                              "gone": (6, "gone")})  # claimed 6, and is not live here
+    election = Election(peers, str(tmp_path), priority=50, grace=0.0)  # type: ignore[arg-type]
+    election.claims["dead-now"] = (7, "dead-now")  # its heartbeat came; it is not live any more
+    assert election.evaluate() and election.role == "server" and election.term == 8
+    assert (tmp_path / TERM_FILE).read_text() == "8"
