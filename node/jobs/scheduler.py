@@ -90,6 +90,12 @@ UNREACHABLE_WAIT = 5.0  #: seconds a member the server could not reach is not of
 #: workers the server dials at once to deliver their assignments: at a job's start on a
 #: farm of 100, all of them at once made every handshake slow, and many timed out half done
 DIALS_AT_ONCE = 8
+#: assignments handed out in one go; the rest follow once the loop has yielded.  A job's
+#: start on a farm of 100 hands out 200 (a task and a waiting one per worker) without a
+#: yield, a stretch that on the 100-host bed, where a daemon gets a fiftieth of a core,
+#: can keep its heartbeats in for seconds; the farm held the server dead 4-5 s into
+#: three of five jobs there
+ASSIGN_BURST = 16
 LATE_WAKE = 0.05  #: seconds late from which the loop lets the sessions read before it checks leases
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
 
@@ -298,12 +304,13 @@ class Scheduler:
 
     def assign_all(self) -> None:
         """Hand queued tasks to idle workers in queue order, then a waiting task
-        to workers rendering one (the policy decides; see node.jobs.scheduling.policy)."""
+        to workers rendering one (the policy decides; see node.jobs.scheduling.policy),
+        ``ASSIGN_BURST`` at a time: the run loop hands out the rest after it yields."""
         if self._roster is None:
             self._roster = (self.workers(), self._names())
             self._hold_workers(self._roster[0])
         workers, names = self._roster
-        plan = self.policy.plan(time.monotonic(), workers, names, self._scheduled())
+        plan = self.policy.plan(time.monotonic(), workers, names, self._scheduled(), limit=ASSIGN_BURST)
         for uuid, none in plan.nomachine.items():
             doc = self.book.get(uuid)
             if doc is not None:
@@ -312,6 +319,8 @@ class Scheduler:
             doc = self.book.get(a.job)
             if doc is not None:
                 self._assign(doc, a.tid, task_current(doc, a.tid), a.worker, prefetch=a.prefetch)
+        if plan.full:
+            self._wake.set()  # the run loop plans the rest after a checkpoint
 
     def _mark_nomachine(self, doc: JobDoc, none: bool) -> None:
         nomachine = int(RenderResult.RENDERRESULT_NOMACHINE)

@@ -44,10 +44,11 @@ class Setup:
         self.workers = workers if workers is not None else {"w1": {"builtin"}, "w2": {"builtin"}}
         self.names = names or {}
 
-    def plan(self, now: float = T0) -> list[tuple[str, int, str, bool]]:
+    def plan(self, now: float = T0, limit: int | None = None) -> list[tuple[str, int, str, bool]]:
         """Plan a pass and carry it out as the scheduler does (lease each task)."""
         jobs = [self.docs[u] for u in self.queue.order(self.docs)]
-        plan = self.policy.plan(now, self.workers, self.names, jobs)
+        plan = self.policy.plan(now, self.workers, self.names, jobs, limit=limit)
+        self.full = plan.full
         for a in plan.assignments:
             self.leases.grant((a.job, a.tid), a.worker, 0, 0, now, prefetched=a.prefetch)
             self.docs[a.job].tasks[a.tid] = TaskState(phase=Phase.ASSIGNED, worker=a.worker)
@@ -73,6 +74,20 @@ def test_idle_workers_get_the_first_jobs_lowest_tasks_then_a_waiting_one_each() 
     s.end("a", 2)  # each renders one task now, and 3 are queued for the 2 of them:
     assert s.plan() == [("a", 5, "w1", True)]  # one more waits; the last 2 go to whoever frees first
     assert s.queue.queued("a") == [6, 7]
+
+
+def test_a_pass_with_a_limit_stops_there_and_the_next_goes_on_in_the_same_order() -> None:
+    """The scheduler hands out a burst at a time; a pass stopped at its limit
+    leaves the rest queued (its heap untouched), and the passes together make
+    the decisions one pass would have made."""
+    whole = Setup(job("a", "1-8", position="1"), job("b", "1-6", position="2"))
+    at_once = whole.plan()
+    assert not whole.full
+    s = Setup(job("a", "1-8", position="1"), job("b", "1-6", position="2"))
+    first = s.plan(limit=3)
+    assert s.full and len(first) == 3 and sorted(s.queue.queued("a")) == [3, 4, 5, 6, 7]
+    assert first + s.plan(limit=3) == at_once and not s.full
+    assert s.plan(limit=3) == [] and not s.full
 
 
 def test_the_last_tasks_wait_for_whichever_worker_frees_first() -> None:

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from node import renderers
+from node.jobs import scheduler as scheduler_module
 from node.jobs.scheduler import LOST_LIMIT
 from node.jobs.scheduling.leases import OFFLINE, Lease
 from node.jobs.scheduling.policy import DEPTH
@@ -233,6 +234,30 @@ async def test_only_attempts_their_worker_took_up_count_towards_the_lost_limit(f
     assert row["state"] == "failed" and row["failures"] == 0, row
     assert (f"task 0 failed after its worker was lost {LOST_LIMIT} times: worker online but silent for 30 s"
             in log_lines(a, uuid))
+
+
+async def test_the_server_hands_out_a_burst_of_assignments_at_a_time_and_the_rest_after_a_yield(
+        farm: RenderFarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's start hands out a task and a waiting one per worker; on a farm of
+    100 that is 200 assignments in one stretch of the loop, with no heartbeat
+    going out meanwhile.  The scheduler hands out ``ASSIGN_BURST`` and wakes its
+    own loop for the rest, which comes after a checkpoint."""
+    monkeypatch.setattr(scheduler_module, "ASSIGN_BURST", 1)
+    (a, b), server = await farm.ready("a", "b")
+    sched = server.node.scheduler
+    uuid = await submit(server, farm.scene, frames="1-6", start=False)
+    doc = doc_of(server, uuid)
+    assert doc is not None
+    before = sched.assigned_count
+    server.node.jobs.start(doc, "test")
+    waiting, sched._wake = sched._wake, trio.Event()  # the run loop has not run since: this call alone
+    sched.assign_all()
+    assert sched.assigned_count == before + 1  # of a task and a waiting one for each of 2 workers
+    assert sched._wake.is_set()  # it wakes the run loop for the rest
+    waiting.set()  # (the loop waits on the event it saw)
+    with trio.fail_after(30):
+        assert await wait_state(server, uuid, "done", "failed") == "done", "\n".join(log_lines(server, uuid))
+    assert sched.assigned_count >= before + 6
 
 
 async def test_a_worker_busy_behind_the_servers_back_is_not_asked_again_at_once(

@@ -60,6 +60,7 @@ class Plan:
     assignments: list[Assignment] = field(default_factory=list)
     #: each queued job looked at, in queue order -> True if no machine may render it
     nomachine: dict[str, bool] = field(default_factory=dict)
+    limit: int | None = None  #: assignments at most; the pass stops there (``full``), the rest wait for the next
     _given: dict[str, int] = field(default_factory=dict, init=False, repr=False)  #: worker -> tasks given
     _taken: set[Key] = field(default_factory=set, init=False, repr=False)  #: tasks given
 
@@ -70,6 +71,11 @@ class Plan:
     def gives(self, key: Key) -> bool:
         """This plan hands out ``key`` already (a heap can list a task twice)."""
         return key in self._taken
+
+    @property
+    def full(self) -> bool:
+        """The pass stopped at its ``limit``: more may be handed out by the next."""
+        return self.limit is not None and len(self.assignments) >= self.limit
 
     def give(self, assignment: Assignment) -> None:
         """Decide ``assignment``."""
@@ -162,13 +168,13 @@ class Policy:
     # -- deciding -----------------------------------------------------------------------
 
     def plan(self, now: float, workers: dict[str, set[str]], names: dict[str, str],
-             jobs: Iterable[JobDoc]) -> Plan:
+             jobs: Iterable[JobDoc], limit: int | None = None) -> Plan:
         """Hand queued tasks to idle workers in queue order, then a waiting task to
-        workers rendering one (see Prefetch above).  ``workers``: the machines that
-        may render now (uuid -> renderer names), ``names`` their names, ``jobs`` the
-        scheduled jobs' documents in queue order."""
+        workers rendering one (see Prefetch above); ``limit`` assignments at most.
+        ``workers``: the machines that may render now (uuid -> renderer names),
+        ``names`` their names, ``jobs`` the scheduled jobs' documents in queue order."""
         busy = self.leases.busy
-        plan = Plan()
+        plan = Plan(limit=limit)
         resting = {w for w, until in self.rest.items() if until > now}
         idle = sum(1 for w in workers if w not in busy and w not in resting)
         looked: list[tuple[JobDoc, list[str]]] = []
@@ -209,7 +215,7 @@ class Policy:
         free = list(candidates)
         deferred: list[int] = []
         given = 0
-        while len(heap) > keep and free:
+        while len(heap) > keep and free and not plan.full:
             tid = heapq.heappop(heap)
             state = task_current(doc, tid)
             key = (doc.uuid, tid)
