@@ -93,8 +93,9 @@ DIALS_AT_ONCE = 8
 #: assignments handed out in one go; the rest follow once the loop has yielded.  A job's
 #: start on a farm of 100 hands out 200 (a task and a waiting one per worker) without a
 #: yield, a stretch that on the 100-host bed, where a daemon gets a fiftieth of a core,
-#: can keep its heartbeats in for seconds; the farm held the server dead 4-5 s into
-#: three of five jobs there
+#: can keep its heartbeats in for seconds.  (The farm there still held the server dead
+#: 2-13 s into a job with bursts, as 4-5 s into three of five without: that has another
+#: cause, not found yet.)
 ASSIGN_BURST = 16
 LATE_WAKE = 0.05  #: seconds late from which the loop lets the sessions read before it checks leases
 LOST_LIMIT = 4  #: attempts in all, in multiples of ``retries``, before a task that keeps losing its workers fails
