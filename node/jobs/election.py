@@ -155,17 +155,14 @@ class Election:
             heard.extend(e.meta.term for e in overlay.members() if e.meta.name)
         return max(heard, default=0)
 
-    def _unknown_followed(self) -> bool:
-        """A live member follows a server this node has no entry of at all: a node
-        that has just started and not yet received the member list (on the
+    def _unknown(self, servers: set[str]) -> bool:
+        """Some of ``servers`` (followed by live members) have no entry here at all:
+        this node has just started and not yet received the member list (on the
         100-host bed, starting nodes whose grace ran out first claimed the role
         for a moment, and used up a term each).  It learns of that server soon,
         or the member stops following it."""
         overlay = self.peers.overlay
-        if overlay is None:
-            return False
-        return any(server not in ("", uuid, self.me) and overlay.member(server) is None
-                   for uuid, (_, server) in self.claims.items())
+        return overlay is not None and any(overlay.member(server) is None for server in servers)
 
     def evaluate(self) -> bool:
         """Apply the rules once; True if the role, term or server changed."""
@@ -175,7 +172,7 @@ class Election:
             if uuid not in live:
                 del self.claims[uuid]
         self._gossiped_claims(live)
-        seen = max([self.max_term, heard, *(t for t, _ in self.claims.values())])
+        seen = max(self.max_term, heard)  # heard covers the live claims too
         followed: set[str] = {server for uuid, (_, server) in self.claims.items() if server != uuid}
         if self.server and self.server != self.me:
             followed.add(self.server)
@@ -195,9 +192,9 @@ class Election:
             eligible = [(self._priority_of(u), u) for u in live if self._priority_of(u) > 0]
             now = trio.current_time()
             waited = now - self._started_at >= self.grace
-            followers = any(server not in ("", uuid, self.me) for uuid, (_, server) in self.claims.items())
-            if eligible and max(eligible)[1] == self.me and waited and not self._unknown_followed() \
-                    and not (followers and self.peers.health.degraded(now)):
+            others = {server for uuid, (_, server) in self.claims.items() if server not in ("", uuid, self.me)}
+            if eligible and max(eligible)[1] == self.me and waited and not self._unknown(others) \
+                    and not (others and self.peers.health.degraded(now)):
                 self.term, self.server = seen + 1, self.me
         if self.term > self.max_term:
             self.max_term = self.term
