@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from node import renderers
 from node.image import read_image
 from protocol.crdt import JobDoc, task_current
 from protocol.enums import RenderJobCreator, RenderResult
@@ -76,6 +79,18 @@ def small_scene(path: Path, frames: str = "1-2", width: int = 64, height: int = 
     scene.update(frames=frames, resolution=[width, height], samples=samples)
     path.write_text(json.dumps(scene))
     return path
+
+
+def without_povray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No node started after this has the POV-Ray backend: a POV-Ray job is one no
+    machine can render (``pov_scene``)."""
+    monkeypatch.setattr(renderers, "BACKENDS", {k: v for k, v in renderers.BACKENDS.items() if k != "povray"})
+
+
+def pov_scene(folder: Path) -> Path:
+    """The example POV-Ray scene, copied under ``folder``: its path."""
+    shutil.copytree(EXAMPLES / "pov", folder / "pov")
+    return folder / "pov" / "orbit.pov"
 
 
 def reference_render(scene: Path | str, frames: str, out_dir: Path, rdata: dict[str, Any]) -> dict[int, Path]:

@@ -5,7 +5,6 @@ frame when a worker dies in the middle of one."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 
-from node import renderers
 from node.jobs import scheduler as scheduler_module
 from node.membership import peers as peers_module
 from protocol.crdt import Phase, TaskState, task_current
@@ -24,7 +22,6 @@ from protocol.membership.effects import Config
 from tests.harness.cli import rn
 from tests.harness.jobs import Member, agreed_server
 from tests.harness.render import (
-    EXAMPLES,
     SLOW,
     SMALL,
     RenderFarm,
@@ -33,6 +30,7 @@ from tests.harness.render import (
     frame_files,
     log_lines,
     mid_frame,
+    pov_scene,
     reference_render,
     render_pids,
     same_pixels,
@@ -40,6 +38,7 @@ from tests.harness.render import (
     submit,
     tasks,
     wait_state,
+    without_povray,
 )
 from tests.harness.waiting import wait_until
 
@@ -266,13 +265,11 @@ async def test_a_task_another_server_of_the_same_term_assigned_is_leased_and_lap
     them like an earlier term's, or they stay assigned for good (on the
     100-host bed, 2 frames were still assigned to workers that never heard of
     them at 600 s)."""
-    monkeypatch.setattr(renderers, "BACKENDS", {k: v for k, v in renderers.BACKENDS.items() if k != "povray"})
+    without_povray(monkeypatch)
     (a, b), server = await farm.ready("a", "b")
     other = b if server is a else a
-    pov = short_dir / "pov"
-    shutil.copytree(EXAMPLES / "pov", pov)
     # no machine has the renderer: only the other "server" assigns the task
-    uuid = await submit(a, pov / "orbit.pov", frames="1", renderer="povray")
+    uuid = await submit(a, pov_scene(short_dir), frames="1", renderer="povray")
     await wait_until(lambda: doc_of(server, uuid) is not None and doc_of(other, uuid) is not None, 10,
                      "the job on both nodes")
     doc = doc_of(other, uuid)

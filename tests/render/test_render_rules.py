@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 
-from node import renderers
 from node.jobs import scheduler as scheduler_module
 from node.jobs.scheduler import LOST_LIMIT
 from node.jobs.scheduling.leases import OFFLINE, Lease
@@ -26,18 +25,19 @@ from protocol.enums import RenderResult
 from protocol.messages import Assign, TaskUpdate
 from tests.harness.jobs import agreed_server
 from tests.harness.render import (
-    EXAMPLES,
     NOMACHINE,
     SMALL,
     RenderFarm,
     doc_of,
     frame_files,
     log_lines,
+    pov_scene,
     state,
     submit,
     summary,
     tasks,
     wait_state,
+    without_povray,
 )
 from tests.harness.waiting import wait_until
 
@@ -145,12 +145,10 @@ async def test_deleteafterrendering_deletes_the_job_once_its_frames_are_delivere
 
 async def test_a_job_whose_renderer_no_machine_has_is_nomachine_and_holds_up_nothing(
         farm: RenderFarm, short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(renderers, "BACKENDS", {k: v for k, v in renderers.BACKENDS.items() if k != "povray"})
+    without_povray(monkeypatch)
     (a, b), server = await farm.ready("a", "b")
     assert not any("povray" in caps for caps in server.node.scheduler.workers().values())
-    pov = short_dir / "pov"
-    shutil.copytree(EXAMPLES / "pov", pov)
-    stuck = await submit(a, pov / "orbit.pov", frames="1-2", renderer="povray")
+    stuck = await submit(a, pov_scene(short_dir), frames="1-2", renderer="povray")
     behind = await submit(a, farm.scene, frames="1-2", rdata=SMALL, output=str(short_dir / "out" / "f_##.png"))
     with trio.fail_after(30):
         await wait_state(a, stuck, "nomachine")
